@@ -1,0 +1,22 @@
+# The two entry points a fresh machine needs (see README): `make test` and, for the main job,
+# `make pipeline` (arrives with the pipeline flow). Both run the idempotent set-up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Tests use up to two worker processes (the CI machine has two cores).
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup test test-slow bench lint
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --timeout 900
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow --timeout 3600
+
+bench: setup
+	$(PY) benchmarks/moe_layer.py
+	$(PY) benchmarks/decode.py

@@ -1,0 +1,155 @@
+"""The ``unimoe`` command line. It lives in the orchestration layer so that the libraries
+(unimoe/, data/, evaluation/) stay free of Prefect and of CLI concerns."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import typer
+
+app = typer.Typer(help="UniMoE-Audio: unified speech and music generation, and its pipeline.", no_args_is_help=True)
+model_app = typer.Typer(help="Model presets, parameter counts, checkpoints and generation.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _config(preset: str | None, config: Path | None):
+    from unimoe.config import ConfigError, UniMoEConfig, get_preset
+
+    try:
+        if config is not None:
+            return UniMoEConfig.load(config)
+        return get_preset(preset or "tiny")
+    except (ConfigError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+@model_app.command("info")
+def model_info(
+    preset: str = typer.Option("tiny", help="Preset name (tiny, paper)."),
+    config: Path = typer.Option(None, help="A YAML/JSON config file instead of a preset."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Total and active parameter counts, computed on the meta device (no weights allocated)."""
+    from unimoe.model import parameter_report
+
+    cfg = _config(preset, config)
+    report = parameter_report(cfg)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"preset {report['preset']}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+               f"{cfg.num_heads} heads / {cfg.num_kv_heads} KV heads, FFN kinds {sorted(set(cfg.ffn_kinds))}")
+    typer.echo(f"  total parameters      {_human(report['total'])}  ({report['total']:,})")
+    typer.echo(f"    vision tower        {_human(report['vision_tower'])}")
+    typer.echo(f"    routed experts      {_human(report['routed_experts'])}")
+    typer.echo(f"  active per token  min {_human(report['active_min'])}   max {_human(report['active_max'])}")
+    for k, v in report["active_avg_at_k"].items():
+        typer.echo(f"    avg with k={k} dynamic experts selected: {_human(v)}")
+
+
+@model_app.command("config")
+def model_config(
+    preset: str = typer.Option("tiny", help="Preset name."),
+    fmt: str = typer.Option("yaml", "--format", help="yaml or json"),
+):
+    """Print a preset's full config (a starting point for a config file)."""
+    cfg = _config(preset, None)
+    typer.echo(cfg.to_yaml() if fmt == "yaml" else cfg.to_json())
+
+
+@model_app.command("init")
+def model_init(
+    out: Path = typer.Argument(..., help="Checkpoint directory to write."),
+    preset: str = typer.Option("tiny"),
+    config: Path = typer.Option(None),
+    text_file: Path = typer.Option(..., help="Text (one sentence per line) to train the tokenizer on when the "
+                                             "config names no tokenizer.json."),
+    seed: int = typer.Option(0),
+):
+    """Write a randomly initialised checkpoint (plus its tokenizer). Useful to smoke-test tooling."""
+    import torch
+
+    from unimoe.checkpoint import save_checkpoint
+    from unimoe.model import UniMoEAudio
+    from unimoe.tokenizer import TextTokenizer
+
+    cfg = _config(preset, config)
+    lines = [line for line in text_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tok = TextTokenizer.from_config(cfg.tokenizer, corpus_texts=lines)
+    torch.manual_seed(seed)
+    save_checkpoint(out, UniMoEAudio(cfg), cfg, {"stage": "init", "step": 0, "seed": seed}, tokenizer=tok)
+    typer.echo(f"wrote {out}")
+
+
+@model_app.command("generate")
+def model_generate(
+    checkpoint: Path = typer.Option(..., help="Checkpoint directory (with tokenizer.json)."),
+    task: str = typer.Option(..., help="zh_tts, en_tts, t2m or v2m"),
+    text: str = typer.Option("", help="Words to speak (TTS) or the caption (music)."),
+    video: Path = typer.Option(None, help="Video file (v2m)."),
+    out: Path = typer.Option(..., help="Output WAV path."),
+    max_seconds: float = typer.Option(10.0),
+    guidance: float = typer.Option(0.0, help="Classifier-free guidance scale (0 = off)."),
+    sample: bool = typer.Option(False, help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0),
+    top_k: int = typer.Option(0),
+    top_p: float = typer.Option(1.0),
+    seed: int = typer.Option(0),
+):
+    """Generate one clip and write it as WAV (the codec's label is recorded in a JSON sidecar)."""
+    import torch
+    from rich.progress import Progress
+
+    from unimoe.audio_io import save_wav
+    from unimoe.checkpoint import TOKENIZER, load_checkpoint
+    from unimoe.codec import AudioCodec
+    from unimoe.generation import GenerationConfig, generate
+    from unimoe.io import atomic_write_json
+    from unimoe.sequence import Example, SequenceBuilder
+    from unimoe.tokenizer import TextTokenizer
+
+    model, cfg, state = load_checkpoint(checkpoint)
+    model.eval()
+    tok = TextTokenizer.load(checkpoint / TOKENIZER)
+    frames = None
+    if video is not None:
+        from unimoe.vision import read_video_frames
+
+        frames = read_video_frames(video)
+    try:
+        example = Example(task, text=text, video=frames)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    codec = AudioCodec.from_model_config(cfg)
+    gen = GenerationConfig(max_frames=max(1, int(max_seconds * codec.frame_rate)), guidance_scale=guidance,
+                           greedy=not sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    torch.manual_seed(seed)
+    with Progress(transient=True) as bar:
+        job = bar.add_task("generating frames", total=None)
+        codes = generate(model, SequenceBuilder(cfg, tok), [example], gen,
+                         progress=lambda i, n: bar.update(job, completed=i, total=n))[0]
+    wav = codec.decode([codes])[0]
+    save_wav(out, wav, codec.sample_rate)
+    atomic_write_json(out.with_suffix(".json"), {"checkpoint": str(checkpoint), "stage": state.get("stage"),
+                                                 "task": task, "text": text, "frames": codes.shape[1],
+                                                 "codec": codec.info(), "generation": gen.__dict__})
+    typer.echo(f"wrote {out} ({codes.shape[1]} frames, {len(wav) / codec.sample_rate:.2f} s; codec: {codec.label})")
+
+
+def main() -> None:  # pragma: no cover
+    app(prog_name="unimoe")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""The audio codec: a wrapper over the Descript Audio Codec (package ``descript-audio-codec``).
+
+``AudioCodec`` turns waveforms into ``[num_codebooks, frames]`` code matrices and back (DESIGN §2.3).
+It holds either the real DAC weights from the local weights store (checksum-verified, unpickled only
+with ``weights_only=True``) or, when ``codec.random_init`` is set, a small randomly initialised DAC of
+the same family for tests and the offline demo. A random-init codec is NOT a codec: its
+``is_random_init`` is true and its ``label`` says so, so anything that writes its output can record it.
+
+Conventions
+-----------
+- Input audio is mono-mixed (mean of channels), resampled to the codec rate, then right-padded with
+  zeros to a multiple of the hop (DAC's own ``preprocess``). An item of ``n`` samples at the codec rate
+  gives ``ceil(n / hop)`` frames (CEIL, not floor; 0 samples give 0 frames).
+- ``decode`` of ``T`` frames returns exactly ``T * hop`` samples. (DAC decoders whose rates contain an
+  odd factor, like the 16 kHz model's [8, 5, 4, 2], natively produce a few samples fewer; those are
+  zero-padded at the end.)
+- Batching is exact: items of different lengths share a batch, and every convolution input is
+  re-zeroed beyond each item's own length, so an item's codes (and decoded audio) do not depend on
+  what it was batched with — the same values a one-item call gives (up to float rounding of batched
+  kernels).
+- Long inputs are processed in windows of ``chunk_seconds`` (aligned to whole frames) with a margin of
+  context on both sides at least as wide as the network's receptive field, and only each window's
+  core frames are kept, so chunked output equals unchunked output and frame counts add up exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from unimoe.audio_io import resample, to_mono
+from unimoe.config import CodecConfig
+from unimoe.io import atomic_path, resolve_weights, sha256_file
+
+# Official release files per DAC variant (what the local weights store should hold).
+DAC_RELEASE_URLS = {
+    "16khz": "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.5/weights_16khz.pth",
+    "24khz": "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.4/weights_24khz.pth",
+    "44khz": "https://github.com/descriptinc/descript-audio-codec/releases/download/0.0.1/weights.pth",
+    "44khz_16kbps": "https://github.com/descriptinc/descript-audio-codec/releases/download/1.0.0/weights_44khz_16kbps.pth",
+}
+
+RANDOM_INIT_LABEL = "random-init DAC (untrained; NOT a real codec)"
+
+
+class CodecLoadError(ValueError):
+    """A DAC weights file exists but cannot be (safely) loaded or does not fit the config."""
+
+
+def _import_dac():
+    with warnings.catch_warnings():
+        # dac/audiotools import emits deprecation noise from torch.jit.script.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        import dac
+    return dac
+
+
+def _construct_dac(**kwargs) -> nn.Module:
+    """``dac.DAC(**kwargs)`` without touching the global RNG and without weight_norm deprecation noise."""
+    dac = _import_dac()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+        return dac.DAC(**kwargs)
+
+
+def build_random_dac(cfg: CodecConfig, num_codebooks: int, codebook_size: int = 1024) -> nn.Module:
+    """A small randomly initialised DAC, deterministic for ``cfg.random_seed``.
+
+    Biases (zero in DAC's own init) are drawn at random too, so padding effects are not hidden by an
+    all-zero network and the codes are spread over the codebooks.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.random_seed)
+        model = _construct_dac(
+            encoder_dim=cfg.encoder_dim,
+            encoder_rates=list(cfg.encoder_rates),
+            decoder_dim=cfg.decoder_dim,
+            decoder_rates=list(cfg.decoder_rates),
+            n_codebooks=num_codebooks,
+            codebook_size=codebook_size,
+            codebook_dim=cfg.codebook_dim,
+            sample_rate=cfg.sample_rate,
+        )
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and m.bias is not None:
+                    m.bias.normal_(0.0, 0.01)
+    return model.eval()
+
+
+def load_dac_weights(path: str | Path) -> nn.Module:
+    """Load a DAC weights file written by ``DAC.save`` (``{"state_dict", "metadata": {"kwargs"}}``).
+
+    ``dac.DAC.load`` calls ``torch.load`` without ``weights_only=True`` (and first tries
+    ``torch.package``, which unpickles code); the project never unpickles anything else, so the file is
+    read here with ``weights_only=True`` and the model is built from its recorded constructor kwargs.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure here means "not a safe plain checkpoint"
+        raise CodecLoadError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:300]}). "
+            "Only plain DAC state-dict files (as written by DAC.save / the official releases) are accepted; "
+            "torch.package archives and other pickles are refused."
+        ) from None
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
+            and isinstance(ckpt.get("metadata"), dict) and isinstance(ckpt["metadata"].get("kwargs"), dict)):
+        raise CodecLoadError(f"{path}: not a DAC weights file (expected keys 'state_dict' and 'metadata.kwargs')")
+    dac = _import_dac()
+    accepted = set(inspect.signature(dac.DAC).parameters)
+    kwargs = {k: v for k, v in ckpt["metadata"]["kwargs"].items() if k in accepted}
+    with torch.random.fork_rng(devices=[]):
+        model = _construct_dac(**kwargs)
+    result = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if result.missing_keys:
+        raise CodecLoadError(f"{path}: weights missing for {len(result.missing_keys)} tensors, e.g. {result.missing_keys[:3]}")
+    if result.unexpected_keys:
+        warnings.warn(f"{path}: ignoring {len(result.unexpected_keys)} unexpected tensors, e.g. {result.unexpected_keys[:3]}")
+    model.metadata = ckpt["metadata"]
+    return model.eval()
+
+
+# ---- exact batching: per-item masks at every convolution ------------------------------------------
+
+
+@dataclass
+class _ConvLen:
+    """Input length of one convolution as ``a * units + b`` (units: hops for the encoder, frames for
+    the decoder) and its receptive span in input elements."""
+
+    module: nn.Module
+    a: int
+    b: int
+    span: int
+
+
+@dataclass
+class _StackPlan:
+    convs: list[_ConvLen]
+    out_a: int
+    out_b: int
+    context_units: int  # margin (in units) that covers the stack's receptive field on either side
+
+
+def _plan_stack(stack: nn.Module, make_input, units: Sequence[int] = (1, 2, 3)) -> _StackPlan:
+    """Measure how every conv's input length depends on the stack's input length (it is affine)."""
+    convs = [m for m in stack.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
+    seen: dict[int, list[int]] = {id(m): [] for m in convs}
+    outs = []
+
+    def record(module, args):
+        seen[id(module)].append(args[0].shape[-1])
+
+    handles = [m.register_forward_pre_hook(record) for m in convs]
+    try:
+        with torch.inference_mode():
+            for n in units:
+                outs.append(stack(make_input(n)).shape[-1])
+    finally:
+        for h in handles:
+            h.remove()
+
+    def affine(vals: list[int], what: str) -> tuple[int, int]:
+        a = vals[1] - vals[0]
+        b = vals[0] - a * units[0]
+        if any(v != a * n + b for v, n in zip(vals, units)) or a <= 0:
+            raise CodecLoadError(f"codec {what}: lengths {vals} are not affine in the input length; cannot batch exactly")
+        return a, b
+
+    plans = []
+    context = 0.0
+    for m in convs:
+        vals = seen[id(m)]
+        if len(vals) != len(units):
+            raise CodecLoadError("codec: a convolution ran a different number of times than the stack")
+        a, b = affine(vals, type(m).__name__)
+        k, d, s = m.kernel_size[0], m.dilation[0], m.stride[0]
+        span = (k - 1) * d + 1 if isinstance(m, nn.Conv1d) else -(-k // s) + 1
+        plans.append(_ConvLen(m, a, b, span))
+        context += span / a  # this conv's reach, in units
+    out_a, out_b = affine(outs, "output")
+    return _StackPlan(plans, out_a, out_b, int(math.ceil(context)) + 1)
+
+
+@contextmanager
+def _masked(plan: _StackPlan, units: torch.Tensor) -> Iterator[None]:
+    """Zero each item's positions past its own length at the input of every conv of the stack."""
+
+    def hook_for(c: _ConvLen):
+        def hook(module, args):
+            x = args[0]
+            valid = c.a * units + c.b
+            if bool((valid >= x.shape[-1]).all()):
+                return None
+            keep = torch.arange(x.shape[-1], device=x.device)[None, :] < valid[:, None]
+            return (x * keep[:, None, :].to(x.dtype),) + tuple(args[1:])
+
+        return hook
+
+    handles = [c.module.register_forward_pre_hook(hook_for(c)) for c in plan.convs]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _windows(total: int, core: int, context: int) -> list[tuple[int, int, int, int]]:
+    """Split ``total`` units into cores of ``core`` units with ``context`` units either side:
+    ``(window_start, window_end, core_start, core_end)``."""
+    if total <= core:
+        return [(0, total, 0, total)]
+    out = []
+    for start in range(0, total, core):
+        end = min(start + core, total)
+        out.append((max(0, start - context), min(total, end + context), start, end))
+    return out
+
+
+# ---- the codec ------------------------------------------------------------------------------------------
+
+
+class AudioCodec:
+    """Waveforms <-> ``[num_codebooks, frames]`` DAC codes. Use ``AudioCodec.from_config``."""
+
+    def __init__(self, model: nn.Module, *, num_codebooks: int, label: str, is_random_init: bool,
+                 chunk_seconds: float = 30.0, device: str | torch.device = "cpu",
+                 weights_path: Path | None = None, weights_sha256: str | None = None):
+        if not 1 <= num_codebooks <= model.n_codebooks:
+            raise CodecLoadError(f"codec has {model.n_codebooks} codebooks; cannot use {num_codebooks}")
+        if chunk_seconds <= 0:
+            raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
+        self.model = model.eval().to(device)
+        self._num_codebooks = int(num_codebooks)
+        self.label = label
+        self.is_random_init = bool(is_random_init)
+        self.chunk_seconds = float(chunk_seconds)
+        self.weights_path = weights_path
+        self.weights_sha256 = weights_sha256
+        self._enc_plan: _StackPlan | None = None
+        self._dec_plan: _StackPlan | None = None
+
+    # ---- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, codec_cfg: CodecConfig, num_codebooks: int, codebook_size: int = 1024,
+                    device: str | torch.device = "cpu") -> "AudioCodec":
+        """Random-init (``codec_cfg.random_init``) or the real DAC from the local weights store."""
+        codec_cfg.validate()
+        if codec_cfg.random_init:
+            model = build_random_dac(codec_cfg, num_codebooks, codebook_size)
+            codec = cls(model, num_codebooks=num_codebooks, label=RANDOM_INIT_LABEL, is_random_init=True,
+                        chunk_seconds=codec_cfg.chunk_seconds, device=device)
+        else:
+            origin = DAC_RELEASE_URLS.get(codec_cfg.variant)
+            if origin is None:
+                raise CodecLoadError(f"codec.variant {codec_cfg.variant!r} unknown; choose from {sorted(DAC_RELEASE_URLS)}")
+            if not codec_cfg.weights_path:
+                raise CodecLoadError(
+                    f"codec.weights_path is not set (and codec.random_init is false): set it to the local copy of {origin}")
+            what = f"DAC {codec_cfg.variant} codec"
+            path = resolve_weights(codec_cfg.weights_path, sha256=codec_cfg.weights_sha256, what=what, origin=origin)
+            model = load_dac_weights(path)
+            sha = codec_cfg.weights_sha256 or sha256_file(path)
+            label = f"DAC {codec_cfg.variant} ({path.name}, sha256 {sha[:12]})"
+            codec = cls(model, num_codebooks=num_codebooks, label=label, is_random_init=False,
+                        chunk_seconds=codec_cfg.chunk_seconds, device=device, weights_path=path, weights_sha256=sha)
+        if codec.sample_rate != codec_cfg.sample_rate:
+            raise CodecLoadError(f"{codec.label}: sample rate {codec.sample_rate} != codec.sample_rate {codec_cfg.sample_rate}")
+        if abs(codec.frame_rate - codec_cfg.frame_rate) > 1e-6:
+            raise CodecLoadError(f"{codec.label}: frame rate {codec.frame_rate} != codec.frame_rate {codec_cfg.frame_rate}")
+        if codec.codebook_size != codebook_size:
+            raise CodecLoadError(f"{codec.label}: codebook size {codec.codebook_size} != audio.codebook_size {codebook_size}")
+        return codec
+
+    @classmethod
+    def from_model_config(cls, cfg, device: str | torch.device = "cpu") -> "AudioCodec":
+        """From a whole ``UniMoEConfig`` (its ``codec`` and ``audio`` sections)."""
+        return cls.from_config(cfg.codec, cfg.audio.num_codebooks, cfg.audio.codebook_size, device=device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the underlying DAC in DAC's own file format (``DAC.save``), atomically."""
+        with atomic_path(path) as tmp:
+            self.model.save(str(tmp), package=False)
+        return Path(path)
+
+    save_random_init = save
+
+    def to(self, device: str | torch.device) -> "AudioCodec":
+        self.model.to(device)
+        return self
+
+    # ---- properties ----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(np.prod(self.model.encoder_rates))
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    def num_codebooks(self) -> int:
+        return self._num_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.codebook_size)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames for ``num_samples`` at the codec rate: ``ceil(num_samples / hop)``."""
+        return -(-int(num_samples) // self.hop_length)
+
+    def info(self) -> dict:
+        """Provenance to record next to anything made with this codec."""
+        return {"label": self.label, "is_random_init": self.is_random_init, "sample_rate": self.sample_rate,
+                "hop_length": self.hop_length, "frame_rate": self.frame_rate, "num_codebooks": self.num_codebooks,
+                "codebook_size": self.codebook_size,
+                "weights_path": None if self.weights_path is None else str(self.weights_path),
+                "weights_sha256": self.weights_sha256}
+
+    def __repr__(self) -> str:
+        return (f"AudioCodec({self.label}, {self.sample_rate} Hz, hop {self.hop_length}, "
+                f"{self.num_codebooks} x {self.codebook_size} codes)")
+
+    # ---- plans ----------------------------------------------------------------------------------------
+    def _encoder_plan(self) -> _StackPlan:
+        if self._enc_plan is None:
+            dev, hop = self.device, self.hop_length
+            self._enc_plan = _plan_stack(self.model.encoder, lambda n: torch.zeros(1, 1, n * hop, device=dev))
+        return self._enc_plan
+
+    def _decoder_plan(self) -> _StackPlan:
+        if self._dec_plan is None:
+            dev, dim = self.device, self.model.latent_dim
+            self._dec_plan = _plan_stack(self.model.decoder, lambda n: torch.zeros(1, dim, n, device=dev))
+            if self._dec_plan.out_a != self.hop_length:
+                raise CodecLoadError(f"codec decoder makes {self._dec_plan.out_a} samples per frame, expected {self.hop_length}")
+        return self._dec_plan
+
+    def _chunk_frames(self) -> int:
+        return max(1, int(self.chunk_seconds * self.sample_rate) // self.hop_length)
+
+    # ---- encode ---------------------------------------------------------------------------------------
+    def prepare(self, wav: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+        """Mono float32 at the codec rate (what ``encode`` feeds the network, before hop padding)."""
+        return resample(to_mono(wav), int(sample_rate), self.sample_rate)
+
+    def encode(self, wavs: Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor,
+               sample_rate: int | Sequence[int], *, batch_size: int = 8) -> list[torch.Tensor]:
+        """Codes for each waveform: ``LongTensor[num_codebooks, ceil(n_i / hop)]`` on the CPU.
+
+        ``wavs``: a list of 1-D ``[samples]`` or 2-D ``[channels, samples]`` arrays/tensors (a single
+        1-D array is one item); ``sample_rate``: their rate (one for all, or one per item);
+        ``batch_size``: windows (of at most ``chunk_seconds`` plus context) per forward pass.
+        """
+        if isinstance(wavs, (np.ndarray, torch.Tensor)):
+            if wavs.ndim != 1:
+                raise ValueError("encode takes a list of waveforms (or one 1-D waveform); got a "
+                                 f"{wavs.ndim}-D array — wrap a [channels, samples] array in a list")
+            wavs = [wavs]
+        rates = [sample_rate] * len(wavs) if isinstance(sample_rate, (int, np.integer)) else list(sample_rate)
+        if len(rates) != len(wavs):
+            raise ValueError(f"{len(wavs)} waveforms but {len(rates)} sample rates")
+        hop, chunk = self.hop_length, self._chunk_frames()
+        plan = self._encoder_plan()
+        audio = [self.prepare(w, sr) for w, sr in zip(wavs, rates)]
+        frames = [self.num_frames(len(a)) for a in audio]
+        padded = [np.pad(a, (0, f * hop - len(a))) for a, f in zip(audio, frames)]
+
+        jobs = [(i, *w) for i, f in enumerate(frames) if f > 0 for w in _windows(f, chunk, plan.context_units)]
+        jobs.sort(key=lambda j: j[2] - j[1], reverse=True)  # similar lengths share a batch
+        pieces: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in range(len(audio))}
+        with torch.inference_mode():
+            for s in range(0, len(jobs), batch_size):
+                batch = jobs[s:s + batch_size]
+                units = torch.tensor([we - ws for _, ws, we, _, _ in batch], device=self.device)
+                x = torch.zeros(len(batch), 1, int(units.max()) * hop, device=self.device)
+                for row, (i, ws, we, _, _) in enumerate(batch):
+                    x[row, 0, :(we - ws) * hop] = torch.from_numpy(padded[i][ws * hop:we * hop])
+                with _masked(plan, units):
+                    z = self.model.encoder(x)
+                _, codes, _, _, _ = self.model.quantizer(z, self.num_codebooks)
+                codes = codes[:, :self.num_codebooks].to("cpu", torch.long)
+                for row, (i, ws, _, cs, ce) in enumerate(batch):
+                    pieces[i].append((cs, codes[row, :, cs - ws:ce - ws]))
+        out = []
+        for i in range(len(audio)):
+            parts = [c for _, c in sorted(pieces[i], key=lambda p: p[0])]
+            c = torch.cat(parts, dim=-1) if parts else torch.zeros(self.num_codebooks, 0, dtype=torch.long)
+            assert c.shape[-1] == frames[i], (c.shape, frames[i])
+            out.append(c.contiguous())
+        return out
+
+    # ---- decode ---------------------------------------------------------------------------------------
+    def decode(self, codes: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray], *,
+               batch_size: int = 8) -> list[np.ndarray]:
+        """Waveforms (float32 mono at ``sample_rate``, exactly ``T_i * hop`` samples) from codes
+        ``[B, K, T]`` or a list of ``[K, T_i]`` (``K == num_codebooks``; values in ``[0, codebook_size)``
+        — strip EOS/PAD/BOS first)."""
+        if isinstance(codes, (torch.Tensor, np.ndarray)):
+            codes = torch.as_tensor(codes)
+            if codes.dim() == 2:
+                raise ValueError("decode takes [B, K, T] or a list of [K, T]; got one 2-D tensor (wrap it in a list)")
+            codes = list(codes)
+        items = [torch.as_tensor(c).to("cpu", torch.long) for c in codes]
+        for n, c in enumerate(items):
+            if c.dim() != 2 or c.shape[0] != self.num_codebooks:
+                raise ValueError(f"codes[{n}] has shape {tuple(c.shape)}; expected [{self.num_codebooks}, T]")
+            if c.numel() and (int(c.min()) < 0 or int(c.max()) >= self.codebook_size):
+                raise ValueError(f"codes[{n}] has values outside [0, {self.codebook_size}) "
+                                 f"(min {int(c.min())}, max {int(c.max())}); strip EOS/PAD/BOS before decoding")
+        hop, chunk = self.hop_length, self._chunk_frames()
+        plan = self._decoder_plan()
+        jobs = [(i, *w) for i, c in enumerate(items) if c.shape[-1] > 0
+                for w in _windows(c.shape[-1], chunk, plan.context_units)]
+        jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
+        pieces: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in range(len(items))}
+        with torch.inference_mode():
+            for s in range(0, len(jobs), batch_size):
+                batch = jobs[s:s + batch_size]
+                units = torch.tensor([we - ws for _, ws, we, _, _ in batch], device=self.device)
+                c = torch.zeros(len(batch), self.num_codebooks, int(units.max()), dtype=torch.long, device=self.device)
+                for row, (i, ws, we, _, _) in enumerate(batch):
+                    c[row, :, :we - ws] = items[i][:, ws:we]
+                z, _, _ = self.model.quantizer.from_codes(c)
+                with _masked(plan, units):
+                    y = self.model.decoder(z)[:, 0].float().cpu().numpy()
+                for row, (i, ws, _, cs, ce) in enumerate(batch):
+                    valid = plan.out_a * (int(units[row])) + plan.out_b
+                    pieces[i].append((cs, y[row, (cs - ws) * hop:min((ce - ws) * hop, valid)]))
+        out = []
+        for i, c in enumerate(items):
+            parts = [p for _, p in sorted(pieces[i], key=lambda p: p[0])]
+            wav = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+            n = c.shape[-1] * hop
+            wav = wav[:n] if len(wav) >= n else np.pad(wav, (0, n - len(wav)))
+            out.append(wav.astype(np.float32, copy=False))
+        return out
