@@ -61,8 +61,14 @@ def _filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 
 @torch.no_grad()
 def generate(model: UniMoEAudio, builder: SequenceBuilder, examples: list[Example],
-             gen: GenerationConfig, progress=None) -> list[Tensor]:
-    """Generate codes [K, T_i] for each example (its ``codes`` are ignored)."""
+             gen: GenerationConfig, progress=None, return_delayed: bool = False):
+    """Generate codes [K, T_i] for each example (its ``codes`` are ignored). With
+    ``return_delayed`` also return the raw delayed frames [K, steps] per example."""
+    with model.routing_stats_disabled():
+        return _generate(model, builder, examples, gen, progress, return_delayed)
+
+
+def _generate(model, builder, examples, gen, progress, return_delayed):
     gen.validate()
     audio = model.cfg.audio
     delays = torch.tensor(audio.delay_pattern)
@@ -79,14 +85,18 @@ def generate(model: UniMoEAudio, builder: SequenceBuilder, examples: list[Exampl
     max_steps = gen.max_frames + max_delay + 1
     generator = torch.Generator(device="cpu").manual_seed(gen.seed)
 
-    cache = model.new_cache(rows, prompt.input_ids.shape[1] + max_steps) if gen.use_cache else None
+    prompt_len = prompt.input_ids.shape[1]
+    cache = model.new_cache(rows, prompt_len + max_steps) if gen.use_cache else None
     hidden = model(prompt, cache).hidden[:, -1]
-    attention = prompt.attention_mask
     history: Batch = prompt
+    # Per-step inputs that never change, and the attention mask for every step, allocated once.
+    attention = torch.cat([prompt.attention_mask, torch.ones(rows, max_steps, dtype=torch.bool, device=device)], 1)
+    step_ids = torch.full((rows, 1), builder.ids[st.AUDIO_PAD], dtype=torch.long, device=device)
+    step_audio_mask = torch.ones(rows, 1, dtype=torch.bool, device=device)
+    step_target_mask = torch.zeros(rows, 1, dtype=torch.bool, device=device)
 
     frames: list[Tensor] = []                          # delayed frames, each [b, K]
     eos_step = torch.full((b,), -1, dtype=torch.long)  # step at which codebook 0 chose EOS
-    audio_pad_id = builder.ids[st.AUDIO_PAD]
     for t in range(max_steps):
         guided = model.audio_logits(hidden).float().cpu()  # [rows, K, V]
         if cfg_on:
@@ -103,32 +113,25 @@ def generate(model: UniMoEAudio, builder: SequenceBuilder, examples: list[Exampl
             filtered = _filter_logits(logits / gen.temperature, gen.top_k, gen.top_p)
             frame = torch.multinomial(filtered.softmax(-1).view(b * k, -1), 1, generator=generator).view(b, k)
 
-        # Forced values: leading BOS fill, EOS at max_frames, then the countdown.
-        open_rows = eos_step < 0
-        chose_eos = open_rows & ((frame[:, 0] == audio.eos_id) | (t >= gen.max_frames))
-        eos_step = torch.where(chose_eos, torch.full_like(eos_step, t), eos_step)
-        frame[:, 0] = torch.where(chose_eos, torch.full_like(frame[:, 0], audio.eos_id), frame[:, 0])
-        done_at = eos_step[:, None] + delays[None, :]            # [b, K]
-        finished = eos_step[:, None] >= 0
-        frame = torch.where(finished & (t == done_at), torch.full_like(frame, audio.eos_id), frame)
-        frame = torch.where(finished & (t > done_at), torch.full_like(frame, audio.pad_id), frame)
-        frame = torch.where(t < delays[None, :], torch.full_like(frame, audio.bos_id), frame)
+        # Forced values: EOS at max_frames, the countdown after EOS, the leading BOS fill.
+        chose_eos = (eos_step < 0) & ((frame[:, 0] == audio.eos_id) | (t >= gen.max_frames))
+        eos_step[chose_eos] = t
+        finished = eos_step >= 0
+        if bool(finished.any()):
+            since = t - eos_step[:, None] - delays[None, :]          # [b, K]
+            frame[finished[:, None] & (since == 0)] = audio.eos_id
+            frame[finished[:, None] & (since > 0)] = audio.pad_id
+        if t < max_delay:
+            frame[:, delays > t] = audio.bos_id
         frames.append(frame)
         if progress is not None:
             progress(t + 1, max_steps)
-        if bool((eos_step >= 0).all()) and t >= int(eos_step.max()) + max_delay:
+        if bool(finished.all()) and t >= int(eos_step.max()) + max_delay:
             break
 
-        step_frame = torch.cat([frame, frame]) if cfg_on else frame
-        attention = torch.cat([attention, torch.ones(rows, 1, dtype=torch.bool, device=device)], dim=1)
-        step = Batch(
-            input_ids=torch.full((rows, 1), audio_pad_id, dtype=torch.long, device=device),
-            audio_codes=step_frame[:, None].to(device),
-            audio_mask=torch.ones(rows, 1, dtype=torch.bool, device=device),
-            target_mask=torch.zeros(rows, 1, dtype=torch.bool, device=device),
-            attention_mask=attention,
-            task_ids=prompt.task_ids,
-        )
+        step = Batch(input_ids=step_ids, audio_codes=(torch.cat([frame, frame]) if cfg_on else frame)[:, None].to(device),
+                     audio_mask=step_audio_mask, target_mask=step_target_mask,
+                     attention_mask=attention[:, :prompt_len + t + 1], task_ids=prompt.task_ids)
         if cache is not None:
             hidden = model(step, cache).hidden[:, -1]
         else:
@@ -136,7 +139,9 @@ def generate(model: UniMoEAudio, builder: SequenceBuilder, examples: list[Exampl
             hidden = model(history).hidden[:, -1]
 
     delayed = torch.stack(frames, dim=-1)  # [b, K, steps]
-    return [undo_delay(delayed[i], audio) for i in range(b)]
+    rows_delayed = [delayed[i, :, :int(eos_step[i]) + max_delay + 1] for i in range(b)]
+    codes = [undo_delay(d, audio) for d in rows_delayed]
+    return (codes, rows_delayed) if return_delayed else codes
 
 
 def _append(history: Batch, step: Batch) -> Batch:

@@ -4,6 +4,7 @@ and predicting all codebooks of the next audio frame in parallel."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -11,8 +12,8 @@ from torch import Tensor, nn
 
 from unimoe.audio_tokens import AudioEmbedding, AudioHead, audio_labels, codebook_losses
 from unimoe.config import UniMoEConfig
-from unimoe.layers import Attention, KVCache, RMSNorm, rotary_cos_sin
-from unimoe.moe import RoutingStats, build_ffn
+from unimoe.layers import Attention, KVCache, RMSNorm, rotary_cos_sin, rotary_inv_freq
+from unimoe.moe import DCMoE, RoutingStats, build_ffn
 
 
 @dataclass
@@ -74,6 +75,7 @@ class UniMoEAudio(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.audio_head = AudioHead(cfg.audio, cfg.hidden_size)
+        self.register_buffer("rope_inv_freq", rotary_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
         self.vision = None
         if cfg.vision is not None:
             from unimoe.vision import VisionEncoder
@@ -128,7 +130,7 @@ class UniMoEAudio(nn.Module):
         # Causal, padding-aware; every query may see itself so a padding row never has an empty row.
         mask = ((k_pos[None, :] <= q_pos[:, None])[None] & key_valid[:, None, :]) | (k_pos[None, :] == q_pos[:, None])[None]
         mask = mask[:, None]  # [B, 1, n, S]
-        cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rotary_cos_sin(positions, self.rope_inv_freq, x.dtype)
         token_mask = key_valid[:, start:]
         task_ids = None
         if batch.task_ids is not None:
@@ -158,6 +160,18 @@ class UniMoEAudio(nn.Module):
         rows = torch.arange(batch.input_ids.shape[0], device=hidden.device)[:, None].expand_as(predict_from)[predict_from]
         return {"ce": ce, "aux": out.aux_loss, "per_codebook": per_codebook, "counts": counts,
                 "rows": rows, "routing": out.routing}
+
+    @contextmanager
+    def routing_stats_disabled(self):
+        """Skip the balance loss and routing statistics (generation needs neither)."""
+        layers = [m for m in self.modules() if isinstance(m, DCMoE)]
+        for m in layers:
+            m.collect_stats = False
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.collect_stats = True
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         p = self.embed_tokens.weight

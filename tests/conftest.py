@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny preset, a tokenizer trained once per session, a seeded tiny model."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+# Two pytest workers share two cores: one intra-op thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a calm piano melody in c major at ninety beats per minute",
+    "an energetic string quartet in d minor",
+    "hello world, this is a speech synthesis test",
+    "你好世界，今天天气很好",
+    "我们一起去公园散步吧",
+] * 10
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from unimoe.config import tiny_preset
+
+    return tiny_preset()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from unimoe.tokenizer import TextTokenizer
+
+    return TextTokenizer.train(CORPUS, 300)
+
+
+@pytest.fixture(scope="session")
+def builder(tiny_cfg, tokenizer):
+    from unimoe.sequence import SequenceBuilder
+
+    return SequenceBuilder(tiny_cfg, tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(tiny_cfg):
+    from unimoe.model import UniMoEAudio
+
+    torch.manual_seed(0)
+    return UniMoEAudio(tiny_cfg).eval()
+
+
+def random_codes(k: int, t: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 1024, (k, t), generator=torch.Generator().manual_seed(seed))
+
+
+def random_video(seed: int = 0, frames: int = 4, size: int = 56) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
