@@ -1,0 +1,693 @@
+"""Music for the offline demo corpus: music21 scores -> note lists -> MIDI -> fluidsynth audio.
+
+The score is reduced to a plain note list (seconds, pitch, velocity per part) at one constant tempo
+that the builder chooses; the same note list drives the MIDI file (written here, so the timing is
+exact), the per-clip MIDI, the clip key/instrument descriptions and the piano-roll video. Each part
+gets a General MIDI program picked per score from a register-aware palette, so the corpus has
+varied timbres.
+
+Nothing here imports Prefect; music21 is imported lazily (it is slow to import).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import shutil
+import struct
+import subprocess
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# General MIDI
+# --------------------------------------------------------------------------------------------
+
+GM_PROGRAM_NAMES: tuple[str, ...] = (
+    "Acoustic Grand Piano",
+    "Bright Acoustic Piano",
+    "Electric Grand Piano",
+    "Honky-tonk Piano",
+    "Electric Piano 1",
+    "Electric Piano 2",
+    "Harpsichord",
+    "Clavinet",
+    "Celesta",
+    "Glockenspiel",
+    "Music Box",
+    "Vibraphone",
+    "Marimba",
+    "Xylophone",
+    "Tubular Bells",
+    "Dulcimer",
+    "Drawbar Organ",
+    "Percussive Organ",
+    "Rock Organ",
+    "Church Organ",
+    "Reed Organ",
+    "Accordion",
+    "Harmonica",
+    "Tango Accordion",
+    "Acoustic Guitar (nylon)",
+    "Acoustic Guitar (steel)",
+    "Electric Guitar (jazz)",
+    "Electric Guitar (clean)",
+    "Electric Guitar (muted)",
+    "Overdriven Guitar",
+    "Distortion Guitar",
+    "Guitar Harmonics",
+    "Acoustic Bass",
+    "Electric Bass (finger)",
+    "Electric Bass (pick)",
+    "Fretless Bass",
+    "Slap Bass 1",
+    "Slap Bass 2",
+    "Synth Bass 1",
+    "Synth Bass 2",
+    "Violin",
+    "Viola",
+    "Cello",
+    "Contrabass",
+    "Tremolo Strings",
+    "Pizzicato Strings",
+    "Orchestral Harp",
+    "Timpani",
+    "String Ensemble 1",
+    "String Ensemble 2",
+    "Synth Strings 1",
+    "Synth Strings 2",
+    "Choir Aahs",
+    "Voice Oohs",
+    "Synth Voice",
+    "Orchestra Hit",
+    "Trumpet",
+    "Trombone",
+    "Tuba",
+    "Muted Trumpet",
+    "French Horn",
+    "Brass Section",
+    "Synth Brass 1",
+    "Synth Brass 2",
+    "Soprano Sax",
+    "Alto Sax",
+    "Tenor Sax",
+    "Baritone Sax",
+    "Oboe",
+    "English Horn",
+    "Bassoon",
+    "Clarinet",
+    "Piccolo",
+    "Flute",
+    "Recorder",
+    "Pan Flute",
+    "Blown Bottle",
+    "Shakuhachi",
+    "Whistle",
+    "Ocarina",
+    "Lead 1 (square)",
+    "Lead 2 (sawtooth)",
+    "Lead 3 (calliope)",
+    "Lead 4 (chiff)",
+    "Lead 5 (charang)",
+    "Lead 6 (voice)",
+    "Lead 7 (fifths)",
+    "Lead 8 (bass + lead)",
+    "Pad 1 (new age)",
+    "Pad 2 (warm)",
+    "Pad 3 (polysynth)",
+    "Pad 4 (choir)",
+    "Pad 5 (bowed)",
+    "Pad 6 (metallic)",
+    "Pad 7 (halo)",
+    "Pad 8 (sweep)",
+    "FX 1 (rain)",
+    "FX 2 (soundtrack)",
+    "FX 3 (crystal)",
+    "FX 4 (atmosphere)",
+    "FX 5 (brightness)",
+    "FX 6 (goblins)",
+    "FX 7 (echoes)",
+    "FX 8 (sci-fi)",
+    "Sitar",
+    "Banjo",
+    "Shamisen",
+    "Koto",
+    "Kalimba",
+    "Bagpipe",
+    "Fiddle",
+    "Shanai",
+    "Tinkle Bell",
+    "Agogo",
+    "Steel Drums",
+    "Woodblock",
+    "Taiko Drum",
+    "Melodic Tom",
+    "Synth Drum",
+    "Reverse Cymbal",
+    "Guitar Fret Noise",
+    "Breath Noise",
+    "Seashore",
+    "Bird Tweet",
+    "Telephone Ring",
+    "Helicopter",
+    "Applause",
+    "Gunshot",
+)
+assert len(GM_PROGRAM_NAMES) == 128
+
+# (program, lowest MIDI pitch, highest MIDI pitch) of instruments that suit classical part writing.
+_KEYBOARDS = (
+    (0, 21, 108),
+    (6, 29, 89),
+    (19, 24, 96),
+    (4, 28, 103),
+    (46, 23, 103),
+    (12, 45, 96),
+    (11, 53, 89),
+    (24, 40, 84),
+    (21, 41, 89),
+)
+_STRINGS = (
+    (40, 55, 103),
+    (41, 48, 91),
+    (42, 36, 76),
+    (43, 28, 67),
+    (48, 28, 96),
+    (45, 28, 96),
+    (110, 55, 100),
+)
+_WINDS = (
+    (73, 60, 96),
+    (68, 58, 91),
+    (71, 50, 94),
+    (70, 34, 75),
+    (60, 34, 77),
+    (56, 52, 84),
+    (57, 34, 72),
+    (58, 28, 58),
+    (65, 49, 81),
+    (74, 60, 96),
+    (69, 52, 81),
+    (66, 44, 76),
+)
+_VOICES = ((52, 36, 84), (53, 36, 84))
+ENSEMBLES: dict[str, tuple[tuple[int, int, int], ...]] = {
+    "keyboard": _KEYBOARDS,
+    "strings": _STRINGS,
+    "winds": _WINDS,
+    "choir": _VOICES,
+    "mixed": _KEYBOARDS + _STRINGS + _WINDS + _VOICES,
+}
+_ENSEMBLE_WEIGHTS = {"keyboard": 3, "strings": 3, "winds": 2, "choir": 1, "mixed": 3}
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Part:
+    name: str
+    program: int
+    channel: int
+    notes: list[tuple[float, float, int, int]] = field(
+        default_factory=list
+    )  # (start s, end s, pitch, velocity)
+
+
+@dataclass
+class ScoreNotes:
+    """A score reduced to notes at a constant tempo."""
+
+    corpus_name: str
+    composer: str
+    title: str
+    copyright: str | None
+    bpm: float
+    ensemble: str
+    parts: list[Part]
+    duration: float  # end of the last note, seconds
+    truncated_from: float | None = None  # original length when cut at max_seconds
+    key_signatures: list[tuple[float, int]] = field(default_factory=list)  # (start s, sharps; flats < 0)
+
+    def sharps_at(self, t: float) -> int | None:
+        """The key signature (number of sharps, negative for flats) in force at ``t`` seconds."""
+        cur = None
+        for start, sharps in self.key_signatures:
+            if start <= t + 1e-6:
+                cur = sharps
+        return cur
+
+    @property
+    def programs(self) -> list[int]:
+        return [p.program for p in self.parts]
+
+
+_EXT_RE = re.compile(r"\.(mxl|xml|musicxml|krn|abc|mid|midi)$", re.I)
+
+
+class ScoreError(Exception):
+    """A score could not be turned into notes (parse error, no pitched notes, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# music21 -> notes
+# --------------------------------------------------------------------------------------------
+
+COMPOSERS = {
+    "bach": "Johann Sebastian Bach",
+    "beethoven": "Ludwig van Beethoven",
+    "chopin": "Frédéric Chopin",
+    "cpebach": "Carl Philipp Emanuel Bach",
+    "handel": "George Frideric Handel",
+    "haydn": "Joseph Haydn",
+    "johnson_j_r": "J. Rosamond Johnson",
+    "joplin": "Scott Joplin",
+    "liliuokalani": "Liliʻuokalani",
+    "lusitano": "Vicente Lusitano",
+    "mozart": "Wolfgang Amadeus Mozart",
+    "palestrina": "Giovanni Pierluigi da Palestrina",
+    "schubert": "Franz Schubert",
+    "schumann_clara": "Clara Schumann",
+    "schumann_robert": "Robert Schumann",
+    "verdi": "Giuseppe Verdi",
+    "corelli": "Arcangelo Corelli",
+    "monteverdi": "Claudio Monteverdi",
+    "ciconia": "Johannes Ciconia",
+    "josquin": "Josquin des Prez",
+    "weber": "Carl Maria von Weber",
+    "beach": "Amy Beach",
+    "luca": "Luca Marenzio",
+    "ryansMammoth": "traditional (Ryan's Mammoth Collection)",
+    "oneills1850": "traditional (O'Neill's Music of Ireland)",
+    "leadSheet": "lead sheet",
+    "trecento": "trecento (anonymous)",
+}
+
+
+def corpus_root() -> Path:
+    from music21 import corpus
+
+    return Path(corpus.__file__).resolve().parent
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """``"oneills1850/0001-0050.abc#3"`` -> (path, 3); no ``#`` -> (name, None)."""
+    if "#" in name:
+        base, num = name.rsplit("#", 1)
+        return base, int(num)
+    return name, None
+
+
+def resolve_corpus_path(name: str) -> Path:
+    """A corpus file for ``name`` (with or without extension); raises ScoreError if there is none."""
+    base, _ = split_name(name)
+    root = corpus_root()
+    p = root / base
+    if p.is_file():
+        return p
+    from music21 import corpus
+
+    try:
+        found = corpus.getWork(base)
+    except Exception as e:  # music21 raises several kinds
+        raise ScoreError(f"not in the music21 corpus: {type(e).__name__}: {e}") from None
+    if isinstance(found, (list, tuple)):
+        found = sorted(found, key=lambda q: (Path(q).suffix not in (".mxl", ".xml", ".musicxml"), str(q)))
+        if not found:
+            raise ScoreError("not in the music21 corpus")
+        found = found[0]
+    if not found or not Path(found).is_file():
+        raise ScoreError("not in the music21 corpus")
+    return Path(found)
+
+
+def parse_score(name: str):
+    """Parse a corpus score (an Opus yields its ``#N`` score, else its first one)."""
+    import music21
+
+    path = resolve_corpus_path(name)
+    _, number = split_name(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            # From source every time, no pickle cache: parallel builds share nothing.
+            s = music21.converter.parse(str(path), number=number, forceSource=True, storePickle=False)
+        except Exception as e:
+            raise ScoreError(f"music21 could not parse {path.name}: {type(e).__name__}: {e}") from None
+    if isinstance(s, music21.stream.Opus):
+        scores = list(s.scores)
+        if not scores:
+            raise ScoreError("opus holds no scores")
+        s = scores[0]
+    if not isinstance(s, music21.stream.Score):
+        # A lone Part or Stream: wrap it so .parts works.
+        sc = music21.stream.Score()
+        sc.insert(0, s)
+        s = sc
+    return s
+
+
+def _median_pitch(notes: Sequence[tuple[float, float, int, int]]) -> float:
+    return float(np.median([n[2] for n in notes])) if notes else 60.0
+
+
+def choose_programs(medians: Sequence[float], rng: random.Random) -> tuple[str, list[int]]:
+    """Pick an ensemble and one GM program per part (by the part's median pitch)."""
+    names = sorted(_ENSEMBLE_WEIGHTS)
+    ensemble = rng.choices(names, weights=[_ENSEMBLE_WEIGHTS[n] for n in names])[0]
+    palette = ENSEMBLES[ensemble]
+    if ensemble == "keyboard":
+        # One keyboard-like instrument for the whole score, like a piano reduction.
+        lo = min(medians) if medians else 60
+        hi = max(medians) if medians else 60
+        fits = [e for e in palette if e[1] <= lo and hi <= e[2]] or [(0, 21, 108)]
+        prog = rng.choice(fits)[0]
+        return ensemble, [prog] * len(medians)
+    progs = []
+    for m in medians:
+        fits = [e for e in palette if e[1] + 3 <= m <= e[2] - 3]
+        if not fits:
+            fits = sorted(palette, key=lambda e: min(abs(m - e[1]), abs(m - e[2])))[:2]
+        progs.append(rng.choice(fits)[0])
+    return ensemble, progs
+
+
+def score_to_notes(
+    name: str,
+    *,
+    seed: int,
+    tempo_range: tuple[float, float],
+    max_seconds: float | None,
+    default_velocity: int = 80,
+) -> ScoreNotes:
+    """Parse ``name`` and reduce it to notes at a seeded tempo with seeded GM programs."""
+    import music21
+
+    s = parse_score(name)
+    rng = random.Random(f"demo-music:{seed}:{name}")
+    lo, hi = tempo_range
+    bpm = float(rng.randrange(int(lo), int(hi) + 1, 2))
+    spq = 60.0 / bpm  # seconds per quarter note
+
+    raw_parts: list[tuple[str, list[tuple[float, float, int, int]]]] = []
+    parts = list(s.parts) or [s]
+    for i, part in enumerate(parts):
+        try:
+            p = part.stripTies(inPlace=False)
+        except Exception:
+            p = part
+        flat = p.flatten()
+        notes: list[tuple[float, float, int, int]] = []
+        for el in flat.notes:
+            if isinstance(el, music21.harmony.Harmony):
+                continue  # chord symbols of lead sheets are labels, not notes
+            ql = float(el.quarterLength)
+            if ql <= 0 or el.duration.isGrace:
+                continue
+            pitches = getattr(el, "pitches", ())
+            if not pitches:
+                continue
+            start = float(flat.elementOffset(el)) * spq
+            end = start + ql * spq
+            vel = getattr(el.volume, "velocity", None) if el.volume is not None else None
+            vel = int(vel) if vel else default_velocity
+            vel = max(1, min(127, vel))
+            for pt in pitches:
+                midi = int(round(pt.ps))
+                if 0 <= midi <= 127:
+                    notes.append((round(start, 6), round(end, 6), midi, vel))
+        if notes:
+            pname = (part.partName or "").strip() or f"Part {i + 1}"
+            raw_parts.append((pname, sorted(notes)))
+    if not raw_parts:
+        raise ScoreError("no pitched notes in the score")
+
+    duration = max(n[1] for _, ns in raw_parts for n in ns)
+    truncated_from = None
+    if max_seconds is not None and duration > max_seconds:
+        truncated_from = duration
+        cut = []
+        for pname, ns in raw_parts:
+            kept = [(a, min(b, max_seconds), p, v) for a, b, p, v in ns if a < max_seconds - 1e-6]
+            if kept:
+                cut.append((pname, kept))
+        raw_parts = cut
+        duration = max(n[1] for _, ns in raw_parts for n in ns)
+
+    ensemble, programs = choose_programs([_median_pitch(ns) for _, ns in raw_parts], rng)
+    out_parts = []
+    for i, ((pname, ns), prog) in enumerate(zip(raw_parts, programs)):
+        ch = i % 15
+        ch = ch + 1 if ch >= 9 else ch  # skip the GM drum channel
+        out_parts.append(Part(pname, prog, ch, _fix_overlaps(ns)))
+    # Parts that share a channel must share its program.
+    by_ch: dict[int, int] = {}
+    for p in out_parts:
+        p.program = by_ch.setdefault(p.channel, p.program)
+
+    key_sigs: list[tuple[float, int]] = []
+    try:
+        flat0 = parts[0].flatten()
+        for ks in flat0.getElementsByClass(music21.key.KeySignature):
+            t = round(float(flat0.elementOffset(ks)) * spq, 6)
+            sh = int(ks.sharps)
+            if key_sigs and key_sigs[-1][0] == t:
+                key_sigs[-1] = (t, sh)
+            elif not key_sigs or key_sigs[-1][1] != sh:
+                key_sigs.append((t, sh))
+    except Exception:
+        key_sigs = []
+
+    md = s.metadata
+    dir_name = split_name(name)[0].split("/")[0]
+    composer = (getattr(md, "composer", None) or "").strip() if md is not None else ""
+    composer = composer or COMPOSERS.get(dir_name, dir_name)
+    title = ""
+    if md is not None:
+        title = (md.title or md.movementName or "").strip()
+    stem = _EXT_RE.sub("", "/".join(split_name(name)[0].split("/")[1:]) or split_name(name)[0])
+    if not title or _EXT_RE.search(title) or title.lower() == stem.lower():
+        title = stem
+    title = re.sub(r"\s+", " ", title)
+    copyright_ = None
+    if md is not None and getattr(md, "copyright", None):
+        copyright_ = str(md.copyright).strip() or None
+    return ScoreNotes(
+        name, composer, title, copyright_, bpm, ensemble, out_parts, round(duration, 6), truncated_from, key_sigs
+    )
+
+
+def _fix_overlaps(notes: list[tuple[float, float, int, int]]) -> list[tuple[float, float, int, int]]:
+    """Within one part, a note that starts while the same pitch sounds ends the earlier one."""
+    last: dict[int, int] = {}
+    out: list[list] = []
+    for a, b, p, v in sorted(notes):
+        j = last.get(p)
+        if j is not None and out[j][1] > a:
+            if out[j][0] == a:  # same onset, same pitch: keep the longer one
+                out[j][1] = max(out[j][1], b)
+                continue
+            out[j][1] = a
+        last[p] = len(out)
+        out.append([a, b, p, v])
+    return [tuple(n) for n in sorted((n for n in out if n[1] - n[0] > 1e-4), key=lambda n: (n[0], n[2]))]
+
+
+# --------------------------------------------------------------------------------------------
+# Clip helpers
+# --------------------------------------------------------------------------------------------
+
+
+def clip_parts(parts: Sequence[Part], t0: float, t1: float) -> list[Part]:
+    """The notes sounding in [t0, t1), shifted to start at 0 and cut at the window's edges."""
+    out = []
+    for p in parts:
+        ns = [
+            (round(max(a, t0) - t0, 6), round(min(b, t1) - t0, 6), pt, v)
+            for a, b, pt, v in p.notes
+            if a < t1 and b > t0
+        ]
+        ns = [n for n in ns if n[1] - n[0] > 1e-4]
+        out.append(Part(p.name, p.program, p.channel, ns))
+    return out
+
+
+_KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+_MAJOR_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_MINOR_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
+_SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_FLAT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+
+
+def estimate_key(parts: Sequence[Part], sharps: int | None = None) -> str | None:
+    """Krumhansl–Kessler key of the notes (duration-weighted pitch classes), e.g. ``"A minor"``.
+
+    With a key signature (``sharps``, negative for flats) the answer is its major key or its
+    relative minor, spelled to match the signature; without one, any of the 24 keys.
+    """
+    hist = np.zeros(12)
+    for p in parts:
+        for a, b, pt, _ in p.notes:
+            hist[pt % 12] += b - a
+    if hist.sum() <= 0 or np.count_nonzero(hist) < 2:
+        return None
+    if sharps is not None and -7 <= sharps <= 7:
+        major = (7 * sharps) % 12
+        names = _SHARP_NAMES if sharps > 0 else _FLAT_NAMES
+        cands = [(major, "major", _KK_MAJOR, names), ((major + 9) % 12, "minor", _KK_MINOR, names)]
+    else:
+        cands = [(t, "major", _KK_MAJOR, _MAJOR_NAMES) for t in range(12)] + \
+                [(t, "minor", _KK_MINOR, _MINOR_NAMES) for t in range(12)]
+    best, best_r = None, -2.0
+    for tonic, mode, prof, nm in cands:
+        r = float(np.corrcoef(hist, np.roll(prof, tonic))[0, 1])
+        if r > best_r + 1e-12:
+            best, best_r = f"{nm[tonic]} {mode}", r
+    return best
+
+
+def instrument_names(parts: Sequence[Part]) -> list[str]:
+    """GM names of the programs that play at least one note, in part order, without repeats."""
+    seen: list[str] = []
+    for p in parts:
+        if p.notes:
+            n = GM_PROGRAM_NAMES[p.program]
+            if n not in seen:
+                seen.append(n)
+    return seen
+
+
+# --------------------------------------------------------------------------------------------
+# MIDI writing
+# --------------------------------------------------------------------------------------------
+
+_PPQ = 480
+
+
+def _vlq(n: int) -> bytes:
+    n = max(0, int(n))
+    out = [n & 0x7F]
+    n >>= 7
+    while n:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    return bytes(reversed(out))
+
+
+def _track(events: list[tuple[int, int, bytes]], end_tick: int) -> bytes:
+    data = bytearray()
+    now = 0
+    for tick, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
+        data += _vlq(tick - now) + ev
+        now = tick
+    data += _vlq(max(0, end_tick - now)) + b"\xff\x2f\x00"
+    return b"MTrk" + struct.pack(">I", len(data)) + bytes(data)
+
+
+def _meta_text(kind: int, text: str) -> bytes:
+    raw = text.encode("latin-1", "replace")[:120]
+    return bytes([0xFF, kind]) + _vlq(len(raw)) + raw
+
+
+def midi_bytes(parts: Sequence[Part], bpm: float, *, tail_seconds: float = 0.0, title: str = "") -> bytes:
+    """A type-1 Standard MIDI File for the parts at a constant tempo."""
+    tps = bpm / 60.0 * _PPQ  # ticks per second
+
+    def tick(t: float) -> int:
+        return int(round(t * tps))
+
+    last = max((n[1] for p in parts for n in p.notes), default=0.0)
+    end_tick = tick(last + tail_seconds)
+    usec = int(round(60_000_000 / bpm))
+    tempo = [
+        (0, 0, _meta_text(0x03, title or "score")),
+        (0, 1, b"\xff\x51\x03" + usec.to_bytes(3, "big")),
+        (0, 2, b"\xff\x58\x04\x04\x02\x18\x08"),
+    ]
+    chunks = [_track(tempo, end_tick)]
+    for p in parts:
+        ch = p.channel & 0x0F
+        evs: list[tuple[int, int, bytes]] = [
+            (0, 0, _meta_text(0x03, p.name)),
+            (0, 1, bytes([0xC0 | ch, p.program & 0x7F])),
+        ]
+        for a, b, pt, v in p.notes:
+            ta, tb = tick(a), tick(b)
+            if tb <= ta:
+                tb = ta + 1
+            evs.append((tb, 2, bytes([0x80 | ch, pt, 0])))  # offs before ons at the same tick
+            evs.append((ta, 3, bytes([0x90 | ch, pt, v])))
+        chunks.append(_track(evs, end_tick))
+    header = b"MThd" + struct.pack(">IHHH", 6, 1, len(chunks), _PPQ)
+    return header + b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
+
+
+def find_soundfont(path: str | None) -> Path:
+    cands = [path] if path else []
+    cands += [DEFAULT_SOUNDFONT, "/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/soundfonts/default.sf2"]
+    for c in cands:
+        if c and Path(c).is_file():
+            return Path(c)
+    raise FileNotFoundError(
+        f"no General MIDI soundfont found (tried {cands}); install Debian's fluid-soundfont-gm (scripts/setup.sh does)"
+    )
+
+
+def render_midi(
+    midi_path: Path,
+    wav_out: Path,
+    *,
+    sample_rate: int,
+    soundfont: Path,
+    gain: float = 0.5,
+    timeout: float = 300.0,
+) -> None:
+    """Render a MIDI file to a float32 WAV with fluidsynth (no audio device; faster than real time)."""
+    exe = shutil.which("fluidsynth")
+    if exe is None:
+        raise FileNotFoundError(
+            "fluidsynth is not installed (Debian package fluidsynth; scripts/setup.sh installs it)"
+        )
+    cmd = [
+        exe,
+        "-ni",
+        "-q",
+        "-g",
+        str(gain),
+        "-r",
+        str(int(sample_rate)),
+        "-O",
+        "float",
+        "-T",
+        "wav",
+        "-o",
+        "synth.cpu-cores=1",
+        "-F",
+        str(wav_out),
+        str(soundfont),
+        str(midi_path),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if r.returncode != 0 or not wav_out.is_file() or wav_out.stat().st_size <= 44:
+        raise RuntimeError(f"fluidsynth failed (rc={r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
+
+
+def peak_normalise(y: np.ndarray, peak_db: float = -1.0) -> np.ndarray:
+    m = float(np.max(np.abs(y))) if y.size else 0.0
+    if m <= 0 or not math.isfinite(m):
+        return y
+    return (y * (10 ** (peak_db / 20) / m)).astype(np.float32)

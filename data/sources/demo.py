@@ -1,0 +1,123 @@
+"""The built-in offline demo corpus (written by ``data/demo_corpus*.py``).
+
+Layout::
+
+    root/metadata.jsonl   one object per line: id, task, language, audio (relative path), text,
+                          speaker, video (relative or null), licence, source, midi, instruments
+                          (list), tempo_bpm, key, sample_rate, duration [, split]
+    root/failures.jsonl   optional: {"source": ..., "reason": ...} per item the builder could not make
+
+Each metadata line is checked like any corpus row (the declared ``sample_rate``/``duration`` must
+match the file); each failures line becomes a quarantined row (reason: the builder's reason when
+it is a short code, else ``build_failed``; the full text is in ``detail``). ``source``, ``midi``,
+``instruments``, ``tempo_bpm`` and ``key`` go into ``meta`` (``midi`` as an absolute path when it
+is inside the root).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+from data.audio_probe import resolve_in_root
+from data.manifest import ManifestRecord
+from data.sources.base import (
+    LONG_MUSIC_MAX_DURATION,
+    Adapter,
+    Item,
+    MissingCorpusError,
+    QuarantineReason,
+    is_reason_code,
+    iter_jsonl,
+    rel,
+)
+
+_META_KEYS = ("source", "midi", "instruments", "tempo_bpm", "key")
+
+
+def _num(v: Any, kind: type) -> Any:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return kind(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number") from None
+
+
+class DemoAdapter(Adapter):
+    """Options: ``metadata`` ("metadata.jsonl"), ``failures`` ("failures.jsonl")."""
+
+    name = "demo"
+    source_corpus = "unimoe-demo"
+    default_licence = "generated (UniMoE-Audio offline demo corpus)"
+    default_max_duration = LONG_MUSIC_MAX_DURATION
+
+    def __init__(
+        self, root, *, metadata: str = "metadata.jsonl", failures: str = "failures.jsonl", **common
+    ) -> None:
+        super().__init__(root, **common)
+        self.metadata = self.root / metadata
+        self.failures = self.root / failures
+        if not self.metadata.is_file():
+            raise MissingCorpusError(f"demo: {self.metadata} not found (build the demo corpus first)")
+
+    def items(self) -> Iterator[Item | ManifestRecord]:
+        mref = rel(self.metadata, self.root)
+        for line, row in iter_jsonl(self.metadata):
+            ref = f"{mref}:{line}"
+            if isinstance(row, QuarantineReason):
+                yield self.quarantine(ref, None, row.code, row.message)
+                continue
+            meta = {k: row.get(k) for k in _META_KEYS if row.get(k) is not None}
+            midi = row.get("midi")
+            if isinstance(midi, str) and midi:
+                resolved = resolve_in_root(midi, self.root)
+                if isinstance(resolved, Path):
+                    meta["midi"] = str(resolved)
+            problem = None
+            try:
+                sr = _num(row.get("sample_rate"), int)
+                dur = _num(row.get("duration"), float)
+            except ValueError as e:
+                sr = dur = None
+                problem = QuarantineReason("bad_row", f"sample_rate/duration: {e}")
+            audio = row.get("audio")
+            if problem is None and not (isinstance(audio, str) and audio.strip()):
+                problem = QuarantineReason("bad_row", "no audio path")
+            video = row.get("video")
+            text = row.get("text")
+            yield Item(
+                source_ref=ref,
+                id=row.get("id") if row.get("id") not in ("", None) else None,
+                audio=audio.strip() if isinstance(audio, str) and audio.strip() else None,
+                task=row.get("task"),
+                language=row.get("language"),
+                text=text if text is None or isinstance(text, str) else str(text),
+                speaker=row.get("speaker"),
+                split=row.get("split"),
+                licence=row.get("licence") or row.get("license"),
+                video=video if isinstance(video, str) and video.strip() else None,
+                declared_sample_rate=sr,
+                declared_duration=dur,
+                meta=meta,
+                problem=problem,
+            )
+        if self.failures.is_file():
+            fref = rel(self.failures, self.root)
+            for line, row in iter_jsonl(self.failures):
+                ref = f"{fref}:{line}"
+                if isinstance(row, QuarantineReason):
+                    yield self.quarantine(ref, None, row.code, row.message)
+                    continue
+                reason = str(row.get("reason") or "").strip()
+                source = row.get("source")
+                code = reason if is_reason_code(reason) else "build_failed"
+                rid = row.get("id")
+                yield self.quarantine(
+                    ref,
+                    str(rid) if rid not in (None, "") else f"demo-failure-{line:05d}",
+                    code,
+                    f"builder failure for {source!r}: {reason or 'no reason given'}",
+                    task=row.get("task"),
+                    meta={"source": source} if source is not None else {},
+                )
