@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # Tests use up to two worker processes (the CI machine has two cores).
 PYTEST_WORKERS ?= 2
 
@@ -12,7 +13,7 @@ setup:
 	bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --timeout 900
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" --timeout 900
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow --timeout 3600

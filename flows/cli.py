@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect's embedded (ephemeral) server: no analytics; its 20 s default start-up timeout is too tight on
+# a loaded 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import typer
 
@@ -145,6 +149,27 @@ def model_generate(
                                                  "task": task, "text": text, "frames": codes.shape[1],
                                                  "codec": codec.info(), "generation": gen.__dict__})
     typer.echo(f"wrote {out} ({codes.shape[1]} frames, {len(wav) / codec.sample_rate:.2f} s; codec: {codec.label})")
+
+
+@app.command("curate")
+def curate_cmd(
+    workspace: Path = typer.Option(None, help="Workspace for all outputs (default $UNIMOE_WORKSPACE or ./workspace)."),
+    config: Path = typer.Option(None, help="YAML/JSON file of CurateConfig fields (default: the offline demo profile)."),
+    small: bool = typer.Option(False, "--small", help="The small demo corpus (tests, smoke runs)."),
+    gemini_secret_block: str = typer.Option(None, help="Prefect Secret block holding the Gemini API key."),
+):
+    """Run the curate flow: build/ingest -> segment -> caption -> filter -> balance -> tokenise."""
+    import yaml
+
+    from flows.curate import curate
+
+    cfg = yaml.safe_load(config.read_text()) if config else None
+    result = curate(config=cfg, workspace=str(workspace) if workspace else None,
+                    demo_size="small" if small else "default", gemini_secret_block=gemini_secret_block)
+    typer.echo(json.dumps({k: result[k] for k in ("curated", "subset", "warmup", "tokens", "summary", "status_counts")},
+                          indent=2))
+    for s in result["steps"]:
+        typer.echo(f"  {s['step']:<14} {s['rows']:>6} rows  {s['seconds']:>8.2f} s  {s['rows_per_s'] or '-':>8} rows/s")
 
 
 def main() -> None:  # pragma: no cover

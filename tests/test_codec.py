@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from unimoe.audio_io import load_audio, resample, save_wav, to_mono
+from unimoe.audio_io import SPAN_REASONS, AudioSpanError, load_audio, load_span, resample, save_wav, to_mono
 from unimoe.codec import DAC_RELEASE_URLS, AudioCodec, CodecLoadError, load_dac_weights
 from unimoe.config import CodecConfig, tiny_preset
 from unimoe.io import ChecksumError, MissingWeightsError, sha256_file
@@ -279,3 +279,127 @@ def test_to_mono_and_resample_shapes():
     assert resample(np.zeros(0, np.float32), 44_100, 16_000).shape == (0,)
     y = noise(1000)
     np.testing.assert_array_equal(resample(y, SR, SR), y)
+
+
+# ---- load_span: one span of a file ----------------------------------------------------------------------
+
+SPAN_SR = 8_000  # 10 ms tolerance = 80 samples
+
+
+@pytest.fixture()
+def stereo_file(tmp_path) -> tuple[Path, np.ndarray]:
+    """1 s of float32 stereo at 8 kHz (FLOAT subtype: samples round-trip exactly)."""
+    data = np.stack([noise(SPAN_SR, seed=21, sr=SPAN_SR), noise(SPAN_SR, seed=22, sr=SPAN_SR)]) * 0.5
+    return save_wav(tmp_path / "stereo.wav", data, SPAN_SR, subtype="FLOAT"), data.astype(np.float32)
+
+
+def _span_error(*args, **kwargs) -> AudioSpanError:
+    with pytest.raises(AudioSpanError) as ei:
+        load_span(*args, **kwargs)
+    e = ei.value
+    assert isinstance(e, ValueError) and e.reason in SPAN_REASONS and e.detail
+    assert str(e) == f"{e.reason}: {e.detail}"
+    return e
+
+
+def test_load_span_stereo_is_exactly_a_slice_of_the_full_read(stereo_file, monkeypatch):
+    p, data = stereo_file
+    full, sr = load_audio(p)
+    assert sr == SPAN_SR
+    np.testing.assert_array_equal(full, data)
+    whole, sr = load_span(p)
+    assert sr == SPAN_SR and whole.dtype == np.float32 and whole.flags.c_contiguous
+    np.testing.assert_array_equal(whole, full)
+    np.testing.assert_array_equal(load_span(p, None, None)[0], full)
+    # only the span is read from disk: one seek to its start, one read of its length
+    calls = []
+    seek, read = sf.SoundFile.seek, sf.SoundFile.read
+
+    def spy(name, fn):
+        def wrapped(self, frames, *a, **k):
+            calls.append((name, frames))
+            return fn(self, frames, *a, **k)
+        return wrapped
+
+    monkeypatch.setattr(sf.SoundFile, "seek", spy("seek", seek))
+    monkeypatch.setattr(sf.SoundFile, "read", spy("read", read))
+    span, sr = load_span(p, 0.25, 0.5)
+    assert calls[0] == ("seek", 2_000) and [c for c in calls if c[0] == "read"] == [("read", 4_000)]
+    assert span.shape == (2, 4_000) and span.dtype == np.float32 and span.flags.c_contiguous
+    np.testing.assert_array_equal(span, full[:, 2_000:6_000])
+    np.testing.assert_array_equal(load_span(p, 0.75)[0], full[:, 6_000:])  # duration None: to the end
+
+
+def test_load_span_missing_corrupt_and_zero_length(tmp_path):
+    e = _span_error(tmp_path / "nope.wav")
+    assert e.reason == "missing_file" and "not found" in e.detail and "nope.wav" in e.detail
+    for empty in (None, ""):
+        assert _span_error(empty).reason == "missing_file"
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    assert _span_error(bad).reason == "corrupt_audio"
+    junk = tmp_path / "noise.flac"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert _span_error(junk).reason == "corrupt_audio"
+    empty_wav = tmp_path / "empty.wav"
+    sf.write(str(empty_wav), np.zeros((0, 1), np.float32), SPAN_SR)
+    assert _span_error(empty_wav).reason == "zero_length"
+
+
+def test_load_span_bounds(stereo_file):
+    p, _ = stereo_file
+    e = _span_error(p, 1.0)  # the first frame past the end
+    assert e.reason == "bad_segment" and "past the end" in e.detail
+    assert _span_error(p, 60.0, 1.0).reason == "bad_segment"
+    for offset, duration in ((-0.1, None), (float("nan"), None), (float("inf"), 1.0),
+                             (0.0, 0.0), (0.0, -1.0), (0.0, float("nan")), (0.0, float("inf")),
+                             ("soon", None), (0.0, "long")):
+        assert _span_error(p, offset, duration).reason == "bad_segment", (offset, duration)
+
+
+def test_load_span_truncation_tolerance(stereo_file):
+    p, data = stereo_file
+    # up to max(2 samples, 10 ms) short of the span is accepted and returned as read
+    span, _ = load_span(p, 0.5, 0.509)  # asks 4072 frames, the file has 4000 from there (72 short)
+    np.testing.assert_array_equal(span, data[:, 4_000:])
+    span, _ = load_span(p, 0.0, 1.01)  # exactly 80 short
+    assert span.shape == (2, SPAN_SR)
+    e = _span_error(p, 0.5, 0.511)  # 88 short
+    assert e.reason == "truncated" and "4088" in e.detail and "4000" in e.detail
+    assert _span_error(p, 0.0, 2.0).reason == "truncated"
+
+
+def test_load_span_non_finite_samples_only_inside_the_span(tmp_path):
+    y = np.zeros((2, SPAN_SR), np.float32)
+    y[1, 6_000] = np.nan
+    y[0, 7_000] = np.inf
+    p = save_wav(tmp_path / "nan.wav", y, SPAN_SR, subtype="FLOAT")
+    e = _span_error(p)
+    assert e.reason == "non_finite"
+    assert _span_error(p, 0.7, 0.1).reason == "non_finite"
+    span, _ = load_span(p, 0.0, 0.5)  # the bad samples lie outside this span
+    assert span.shape == (2, 4_000) and np.isfinite(span).all()
+
+
+def test_audio_span_error_pickles():
+    e = AudioSpanError("truncated", "x.wav: short")
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is AudioSpanError
+    assert (back.reason, back.detail, str(back)) == (e.reason, e.detail, str(e))
+
+
+def test_pipeline_modules_share_the_span_reader(stereo_file, tmp_path):
+    """Tokenisation, quality filtering and captioning all read spans with unimoe.audio_io.load_span."""
+    import data.captioning as captioning
+    import data.tokenize as tokenize
+    from data.quality import UnreadableAudio
+    from data.quality import load_span as quality_span
+
+    assert captioning.AudioSpanError is AudioSpanError and captioning.load_span is load_span
+    assert tokenize.load_span is load_span
+    assert set(SPAN_REASONS) <= set(tokenize.REASONS)
+    p, data = stereo_file
+    mono, sr = quality_span(p, 0.25, 0.5)
+    np.testing.assert_array_equal(mono, to_mono(data[:, 2_000:6_000]))
+    with pytest.raises(UnreadableAudio, match=r"^truncated: "):
+        quality_span(p, 0.5, 1.0)

@@ -6,10 +6,15 @@ libraries that CPU machines of this project do not have). Resampling uses
 ``torchaudio.functional.resample`` (pure PyTorch, the same windowed-sinc filter as the
 ``torchaudio.transforms.Resample`` that the released UniMoE-Audio code applies before DAC), so codes
 computed here match that pipeline.
+
+:func:`load_span` is the one reader of "a span of a file" for the data pipeline (tokenisation,
+quality filtering, captioning): it decodes only the span's frames and reports every kind of bad
+input as an :class:`AudioSpanError` with a stable reason code.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,22 @@ from unimoe.io import atomic_path
 _FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 # More channels than this in the first axis of a 2-D array looks like [samples, channels].
 _MAX_CHANNELS = 16
+# How far a read may fall short of the requested span and still count as whole (10 ms, at least 2
+# samples): metadata durations are rounded, and a span that ends a few samples past the file's last
+# frame is not a truncated file.
+_SHORT_TOLERANCE_S = 0.010
+_SHORT_TOLERANCE_MIN = 2
+
+# Reason codes of :class:`AudioSpanError` (stable: callers record them in manifests; they match
+# ``data.audio_probe.REASONS`` and ``data.tokenize.REASONS`` where the meaning is the same).
+SPAN_REASONS: dict[str, str] = {
+    "missing_file": "no path given, or the audio file does not exist",
+    "corrupt_audio": "audio header or stream cannot be decoded",
+    "bad_segment": "offset/duration invalid, or the offset is at or past the end of the file",
+    "zero_length": "the file or the span has no samples",
+    "truncated": "the file holds less audio than the span asks for",
+    "non_finite": "NaN or infinite samples in the span",
+}
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -32,6 +53,95 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise FileNotFoundError(f"audio file not found: {path}")
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     return np.ascontiguousarray(data.T), int(sr)
+
+
+class AudioSpanError(ValueError):
+    """A span of an audio file cannot be read. ``reason``: a stable short code from
+    :data:`SPAN_REASONS`; ``detail``: a human message (names the file). ``str(e)`` is
+    ``"<reason>: <detail>"``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):  # picklable across processes despite the two-argument constructor
+        return type(self), (self.reason, self.detail)
+
+
+def _seconds(value: float | None, default: float | None) -> float | None:
+    """``value`` as a float (``default`` for None); NaN for what is not a number (caught as bad_segment)."""
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _span_frames(offset: float | None, duration: float | None, sr: int, total: int) -> tuple[int, int]:
+    """``(first frame, frames wanted)`` of a span in a file of ``total`` frames at ``sr``."""
+    off = _seconds(offset, 0.0)
+    if not math.isfinite(off) or off < 0:
+        raise AudioSpanError("bad_segment", f"offset {offset!r} is not a finite number >= 0")
+    start = int(round(off * sr))
+    if start >= total:
+        raise AudioSpanError("bad_segment",
+                             f"offset {off:.3f} s is at or past the end of the file ({total / sr:.3f} s)")
+    if duration is None:
+        return start, total - start
+    d = _seconds(duration, None)
+    if not math.isfinite(d) or d <= 0:
+        raise AudioSpanError("bad_segment", f"duration {duration!r} is not a finite number > 0")
+    return start, int(round(d * sr))
+
+
+def load_span(path: str | Path | None, offset: float | None = 0.0, duration: float | None = None,
+              ) -> tuple[np.ndarray, int]:
+    """Read ``duration`` seconds from ``offset`` seconds (the rest of the file when ``duration`` is
+    None): ``(float32 [channels, samples], sample_rate)``. Only the span is read from disk (seek +
+    read), at the file's own rate and channel count.
+
+    Rules (every failure raises :class:`AudioSpanError` with the ``reason`` in brackets):
+
+    - no path, or no such file [``missing_file``]; a file soundfile cannot open or decode, or a
+      sample rate <= 0 [``corrupt_audio``]; a file with no frames [``zero_length``];
+    - ``offset`` None means 0; it must be a finite number >= 0 with ``round(offset * sr)`` inside the
+      file (an offset at or past the end is an error, not an empty span); ``duration`` must be None or
+      a finite number > 0 [``bad_segment``];
+    - the span is ``round(duration * sr)`` frames from ``round(offset * sr)``. A read that falls short
+      of it by at most ``max(2 samples, 10 ms)`` is accepted and returned as read (shorter); a larger
+      shortfall [``truncated``]; nothing read at all [``zero_length``];
+    - any NaN or infinite sample in the span [``non_finite``].
+    """
+    if not path:
+        raise AudioSpanError("missing_file", "no audio path")
+    p = Path(path)
+    if not p.is_file():
+        raise AudioSpanError("missing_file", f"audio file not found: {p}")
+    try:
+        with sf.SoundFile(str(p)) as f:
+            sr, total = int(f.samplerate), int(f.frames)
+            if sr <= 0:
+                raise AudioSpanError("corrupt_audio", f"{p}: sample rate {sr}")
+            if total <= 0:
+                raise AudioSpanError("zero_length", f"{p}: file has no samples")
+            start, n = _span_frames(offset, duration, sr, total)
+            f.seek(start)
+            data = f.read(n, dtype="float32", always_2d=True)
+    except AudioSpanError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
+        raise AudioSpanError("corrupt_audio", f"{p}: {type(e).__name__}: {e}") from None
+    got = data.shape[0]
+    if got == 0:
+        raise AudioSpanError("zero_length", f"{p}: no samples at offset {start / sr:.3f} s")
+    if got < n - max(_SHORT_TOLERANCE_MIN, int(_SHORT_TOLERANCE_S * sr)):
+        raise AudioSpanError("truncated", f"{p}: span asks for {n} samples from {start}, "
+                                          f"the file gives {got} ({got / sr:.3f} of {n / sr:.3f} s)")
+    if not np.isfinite(data).all():
+        raise AudioSpanError("non_finite", f"{p}: NaN or infinite samples in the span")
+    return np.ascontiguousarray(data.T), sr
 
 
 def as_channels_first(wav: np.ndarray | torch.Tensor) -> np.ndarray:

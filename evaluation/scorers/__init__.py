@@ -1,0 +1,5 @@
+"""Scorers: one module per metric family behind one small interface (see ``base``)."""
+
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, available_scorers, load_scorer, register
+
+__all__ = ["AudioItem", "Scorer", "ScorerUnavailable", "available_scorers", "load_scorer", "register"]

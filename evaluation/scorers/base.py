@@ -1,0 +1,104 @@
+"""The scorer interface and registry (VERSA style: one module per metric family, registered by name).
+
+A scorer loads its model from the local weights store (``unimoe.io.resolve_weights``: path + SHA-256,
+a clear error naming the missing file and where it comes from), scores a batch of items, and reports
+its name and version (package version and/or weights checksum) so every number written anywhere can
+say exactly what produced it.
+
+Per-item scorers (MOS predictors, aesthetics, CLAP text-audio similarity, ASR error rates, speaker
+similarity) implement ``score``. Set-level metrics (FAD, KL, IS) build on per-item embeddings or
+posteriors from ``embed`` and are computed in ``evaluation.metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from unimoe.io import MissingWeightsError
+
+
+class ScorerUnavailable(RuntimeError):
+    """A scorer cannot run here (missing weights or package); the message says what is missing."""
+
+
+@dataclass
+class AudioItem:
+    """One thing to score. ``wav`` is mono float32 at ``sample_rate``; ``text`` is the caption or
+    transcript it should match; ``reference`` is e.g. the voice prompt (speaker similarity)."""
+
+    id: str
+    wav: np.ndarray
+    sample_rate: int
+    text: str | None = None
+    language: str | None = None
+    reference: np.ndarray | None = None
+    reference_sample_rate: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer:
+    """Base class. Subclasses set ``name``, ``metrics`` (metric name -> "higher" | "lower" is better)
+    and implement ``score``."""
+
+    name: ClassVar[str] = "scorer"
+    metrics: ClassVar[dict[str, str]] = {}
+
+    @property
+    def version(self) -> str:
+        """Package version and/or weights checksum: recorded next to every score."""
+        raise NotImplementedError
+
+    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
+        """One dict of metric -> value per item (NaN where an item could not be scored)."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
+
+
+_REGISTRY: dict[str, Callable[..., Scorer]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
+    def deco(factory: Callable[..., Scorer]) -> Callable[..., Scorer]:
+        if name in _REGISTRY:
+            raise ValueError(f"scorer {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _import_all() -> None:
+    # Importing the package's modules registers their scorers; a module whose optional package is
+    # missing registers nothing (its factory would raise ScorerUnavailable anyway).
+    import importlib
+    import pkgutil
+
+    import evaluation.scorers as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base":
+            importlib.import_module(f"evaluation.scorers.{mod.name}")
+
+
+def available_scorers() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def load_scorer(name: str, **options: Any) -> Scorer:
+    """Build a registered scorer. Raises ScorerUnavailable (with what is missing and where it comes
+    from) when its weights are not in the local store."""
+    _import_all()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown scorer {name!r}; known: {sorted(_REGISTRY)}") from None
+    try:
+        return factory(**options)
+    except MissingWeightsError as e:
+        raise ScorerUnavailable(str(e)) from e

@@ -1,0 +1,111 @@
+"""Prefect plumbing shared by every flow: the workspace, persisted task results, and a cache policy
+that makes a re-run with nothing changed redo nothing.
+
+Cross-run caching needs (per shared/notes/prefect.md) an explicit policy and persisted results in a
+place that outlives the process. Our policy is INPUTS + TASK_SOURCE + ``FileFingerprints``: task
+inputs that name existing files or folders contribute their size and modification time, so editing
+an input manifest (or the corpus) invalidates downstream steps while the path string stays the same.
+Tasks pass paths and small records, never large objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from prefect import Task
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+# Files under a folder input are fingerprinted by (relative path, size, mtime); beyond this many files
+# only the folder's own listing is used, so a huge corpus root doesn't make every key computation slow.
+MAX_FINGERPRINT_FILES = 20_000
+
+
+def workspace_root(path: str | os.PathLike | None = None) -> Path:
+    """Where bulky outputs go: the argument, else $UNIMOE_WORKSPACE, else ./workspace."""
+    root = Path(path or os.environ.get("UNIMOE_WORKSPACE", "workspace")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_file():
+        st = path.stat()
+        h.update(f"f:{st.st_size}:{st.st_mtime_ns}".encode())
+    elif path.is_dir():
+        for i, p in enumerate(sorted(path.rglob("*"))):
+            if i >= MAX_FINGERPRINT_FILES:
+                break
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts):
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    else:
+        h.update(b"missing")
+    return h.hexdigest()
+
+
+def _path_inputs(value: Any) -> list[Path]:
+    if isinstance(value, (str, os.PathLike)):
+        s = os.fspath(value)
+        if len(s) < 4096 and ("/" in s or os.sep in s):
+            p = Path(s)
+            if p.exists():
+                return [p]
+    elif isinstance(value, (list, tuple)):
+        return [p for v in value for p in _path_inputs(v)]
+    elif isinstance(value, dict):
+        return [p for v in value.values() for p in _path_inputs(v)]
+    return []
+
+
+@dataclass
+class FileFingerprints(CachePolicy):
+    """Cache-key component: size + mtime of every existing file/folder named by a task input.
+    Parameters named ``out*`` (outputs) or ``*_dir`` (output, cache and working folders) are left out:
+    they change as the task runs, which must not change its key. Inputs that are folders (a corpus
+    root) are named otherwise and are fingerprinted."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> Optional[str]:
+        paths = sorted({p.resolve() for k, v in inputs.items() if not (k.startswith("out") or k.endswith("_dir")) for p in _path_inputs(v)})
+        h = hashlib.sha256()
+        for p in paths:
+            h.update(f"{p}={_fingerprint(p)}\n".encode())
+        return h.hexdigest()
+
+
+STEP_CACHE = INPUTS + TASK_SOURCE + FileFingerprints()
+
+
+def persisted(task: Task, workspace: Path, **options: Any) -> Task:
+    """The task with results persisted under the workspace (so its cache survives the process)."""
+    # A Path is resolved by Prefect to a local file system without needing a saved block.
+    return task.with_options(persist_result=True, result_storage=workspace / ".prefect-results",
+                             cache_policy=STEP_CACHE, **options)
+
+
+def run_cached(task: Task, workspace: Path, *args: Any, output_exists: Callable[[Any], bool] | None = None,
+               **kwargs: Any) -> Any:
+    """Run a step with cross-run caching. A cached result whose output files were deleted since is
+    recomputed (refresh_cache), so the cache never hands back a path that no longer exists."""
+    result = persisted(task, workspace)(*args, **kwargs)
+    if output_exists is not None and not output_exists(result):
+        result = persisted(task, workspace, refresh_cache=True)(*args, **kwargs)
+    return result
+
+
+def run_cached_map(task: Task, workspace: Path, *, output_exists: Callable[[Any], bool] | None = None,
+                   **kwargs: list[Any]) -> list[Any]:
+    """``run_cached`` for one task per shard: submitted together (the flow's task runner runs them
+    in parallel, on a Dask cluster when given one), each cached on its own inputs."""
+    futures = persisted(task, workspace).map(**kwargs)
+    results = [f.result() for f in futures]
+    if output_exists is not None:
+        for i, r in enumerate(results):
+            if not output_exists(r):
+                results[i] = persisted(task, workspace, refresh_cache=True)(**{k: v[i] for k, v in kwargs.items()})
+    return results
