@@ -57,14 +57,16 @@ class CurateConfig:
 
     @classmethod
     def demo(cls, size: str = "default") -> "CurateConfig":
-        """The offline demo profile: balanced subset scaled down to the demo corpus, a DNSMOS bar that
-        the demo's synthetic voices can pass, demo rows in every split."""
+        """The offline demo profile: clips as long as the demo builder cuts them, a DNSMOS bar that the
+        demo's synthetic voices can pass, every split usable, and the subset balanced by hours (the
+        demo has far fewer music clips than sentences, but they are longer)."""
         from data.demo_corpus import DemoCorpusConfig
 
         demo = DemoCorpusConfig.small() if size == "small" else DemoCorpusConfig.default()
-        return cls(demo_size=size, clip_seconds=demo.clip_seconds,
-                   quality={"dnsmos_ovrl_min": 2.2},
-                   balance={"total": 600 if size == "default" else 12, "splits": None, "warmup_fraction": 0.25})
+        balance = ({"by": "hours", "total_hours": 0.7, "total": None} if size == "default"
+                   else {"by": "count", "total": 12})
+        return cls(demo_size=size, clip_seconds=demo.clip_seconds, quality={"dnsmos_ovrl_min": 2.2},
+                   balance={**balance, "splits": None, "warmup_fraction": 0.25})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CurateConfig":

@@ -24,6 +24,23 @@ def _cfg(cfg: dict[str, Any]) -> C.CurateConfig:
     return C.CurateConfig.from_dict(cfg)
 
 
+# Each task receives only the config fields it reads, so changing one step's settings re-runs that
+# step and what depends on its output, not the whole flow.
+STEP_FIELDS = {
+    "build": ("corpus", "corpus_root", "demo_size"),
+    "ingest": ("corpus", "corpus_root", "adapter_options"),
+    "segment": ("clip_seconds", "tail"),
+    "caption": ("captioner", "caption_options"),
+    "filter": ("quality",),
+    "balance": ("balance",),
+    "tokenize": ("model_preset", "token_rows_per_shard"),
+}
+
+
+def _part(cfg: dict[str, Any], step: str) -> dict[str, Any]:
+    return {k: cfg[k] for k in STEP_FIELDS[step]}
+
+
 def _exists(path: Any) -> bool:
     return all(Path(p).exists() for p in (path if isinstance(path, list) else [path]))
 
@@ -146,35 +163,35 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
         return out
 
     corpus_dir = str(ws / "corpus" / cfg_obj.corpus)
-    root = step("build-corpus", lambda: run_cached(build_corpus, ws, cfg, corpus_dir, output_exists=_exists))
-    raw = step("ingest", lambda: run_cached(ingest, ws, cfg, root, str(work / "raw.parquet"), output_exists=_exists),
+    root = step("build-corpus", lambda: run_cached(build_corpus, ws, _part(cfg, "build"), corpus_dir, output_exists=_exists))
+    raw = step("ingest", lambda: run_cached(ingest, ws, _part(cfg, "ingest"), root, str(work / "raw.parquet"), output_exists=_exists),
                _rows)
-    seg = step("segment", lambda: run_cached(segment, ws, cfg, raw, str(work / "segmented.parquet"),
+    seg = step("segment", lambda: run_cached(segment, ws, _part(cfg, "segment"), raw, str(work / "segmented.parquet"),
                                              output_exists=_exists), _rows)
     shards = run_cached(split_shards, ws, seg, str(work / "shards"), cfg_obj.rows_per_shard, output_exists=_exists)
     log.info(f"{len(shards)} shards of up to {cfg_obj.rows_per_shard} rows")
 
     captioned = step("caption", lambda: run_cached_map(
-        caption_shard, ws, output_exists=_exists, cfg=[cfg] * len(shards), shard=shards,
+        caption_shard, ws, output_exists=_exists, cfg=[_part(cfg, "caption")] * len(shards), shard=shards,
         out=[str(work / "captioned" / Path(s).name) for s in shards],
         cache_dir=[str(ws / "cache" / "captions")] * len(shards), secret_block=[gemini_secret_block] * len(shards)),
         lambda ps: sum(_rows(p) for p in ps))
     filtered = step("filter", lambda: run_cached_map(
-        filter_shard, ws, output_exists=_exists, cfg=[cfg] * len(captioned), shard=captioned,
+        filter_shard, ws, output_exists=_exists, cfg=[_part(cfg, "filter")] * len(captioned), shard=captioned,
         out=[str(work / "filtered" / Path(s).name) for s in captioned]), lambda ps: sum(_rows(p) for p in ps))
     pre_tokens = run_cached(merge, ws, filtered, str(work / "filtered.parquet"), output_exists=_exists)
     C.check_accounting(seg, pre_tokens)
 
-    bal = step("balance", lambda: run_cached(balance, ws, cfg, pre_tokens, str(work),
+    bal = step("balance", lambda: run_cached(balance, ws, _part(cfg, "balance"), pre_tokens, str(work),
                                              output_exists=lambda r: _exists([r["subset"], r["warmup"]])),
                lambda r: r["subset_rows"])
     tokens_dir = str(work / "tokens")
-    plans = run_cached(plan_token_shards, ws, cfg, pre_tokens, tokens_dir)
+    plans = run_cached(plan_token_shards, ws, _part(cfg, "tokenize"), pre_tokens, tokens_dir)
     results = step("tokenize", lambda: run_cached_map(
         tokenize_shard, ws, output_exists=lambda r: Path(tokens_dir, f"{r['name']}.safetensors").exists(),
-        cfg=[cfg] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
+        cfg=[_part(cfg, "tokenize")] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
         tokens_dir=[tokens_dir] * len(plans)), lambda rs: sum(r["num_rows"] for r in rs))
-    tokens = run_cached(finish_tokens, ws, cfg, pre_tokens, results, tokens_dir, str(work / "curated.parquet"),
+    tokens = run_cached(finish_tokens, ws, _part(cfg, "tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"),
                         output_exists=lambda r: _exists([r["manifest"], r["index"]]))
     C.check_accounting(seg, tokens["manifest"])
 
