@@ -115,3 +115,20 @@ def test_killed_run_resumes_to_identical_outputs(clean_run):
     resumed = _curate(ws, tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _outputs(ws) == expected
+
+
+def test_gemini_key_comes_from_a_prefect_secret_block(tmp_path, monkeypatch):
+    """The key is resolved inside the task from a Secret block (or the environment), never passed in."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    code = (
+        "from prefect.blocks.system import Secret\n"
+        "from flows.curate import _gemini_key\n"
+        "Secret(value='k-test-123').save('gemini-key', overwrite=True)\n"
+        "assert _gemini_key('gemini-key') == 'k-test-123'\n"
+        "assert _gemini_key(None) is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
