@@ -54,6 +54,7 @@ class CurateConfig:
     balance: dict[str, Any] = field(default_factory=dict)   # BalanceConfig fields
     model_preset: str = "tiny"           # whose codec + tokenizer config tokenisation uses
     token_rows_per_shard: int = 256
+    token_video_frames: bool = True      # store V2M video frames in the token shards (training reads them)
 
     @classmethod
     def demo(cls, size: str = "default") -> "CurateConfig":
@@ -182,7 +183,9 @@ def plan_token_shards(cfg: CurateConfig, manifest: str | Path, tokens_dir: str |
     from data.tokenize import plan_shards
 
     codec, tok = _codec_and_tokenizer(cfg, manifest, tokens_dir)
-    return [list(p.ids) for p in plan_shards(read_manifest(manifest), cfg.token_rows_per_shard, codec=codec, tokenizer=tok)]
+    plans = plan_shards(read_manifest(manifest), cfg.token_rows_per_shard, codec=codec, tokenizer=tok,
+                        video_frames=cfg.token_video_frames)
+    return [list(p.ids) for p in plans]
 
 
 def tokenize_one_shard(cfg: CurateConfig, manifest: str | Path, ids: list[str], index: int,
@@ -191,7 +194,8 @@ def tokenize_one_shard(cfg: CurateConfig, manifest: str | Path, ids: list[str], 
 
     by_id = {r.id: r for r in read_manifest(manifest) if r.status == "kept"}
     codec, tok = _codec_and_tokenizer(cfg, manifest, tokens_dir)
-    return tokenize_shard([by_id[i] for i in ids], tokens_dir, index, codec, tok).to_dict()
+    return tokenize_shard([by_id[i] for i in ids], tokens_dir, index, codec, tok,
+                          video_frames=cfg.token_video_frames).to_dict()
 
 
 def finish_tokens(cfg: CurateConfig, manifest: str | Path, results: list[dict[str, Any]], tokens_dir: str | Path,

@@ -172,6 +172,29 @@ def curate_cmd(
         typer.echo(f"  {s['step']:<14} {s['rows']:>6} rows  {s['seconds']:>8.2f} s  {s['rows_per_s'] or '-':>8} rows/s")
 
 
+@app.command("train")
+def train_cmd(
+    variant: str = typer.Option("unimoe-top-p0.7", help="Variant to train (see --list-variants)."),
+    list_variants: bool = typer.Option(False, "--list-variants", help="List the named variants and exit."),
+    workspace: Path = typer.Option(None, help="Workspace holding the curate flow's outputs."),
+    preset: str = typer.Option("tiny", help="Model preset the variant overlays."),
+    max_steps: int = typer.Option(None, help="Optimiser steps per stage (default: the stage configs')."),
+    batch_size: int = typer.Option(None, help="Sequences per step per process."),
+):
+    """Run the train flow: the variant's curriculum (stage 1 -> 2 -> 3) on the curated data."""
+    if list_variants:
+        from unimoe.training.variants import list_variants as names
+
+        for name, description in names():
+            typer.echo(f"{name:<18} {description}")
+        return
+    from flows.train import train
+
+    result = train(variant=variant, workspace=str(workspace) if workspace else None, preset=preset,
+                   max_steps=max_steps, batch_size=batch_size)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="unimoe")
 

@@ -2,14 +2,17 @@
 that makes a re-run with nothing changed redo nothing.
 
 Cross-run caching needs (per shared/notes/prefect.md) an explicit policy and persisted results in a
-place that outlives the process. Our policy is INPUTS + TASK_SOURCE + ``FileFingerprints``: task
-inputs that name existing files or folders contribute their size and modification time, so editing
-an input manifest (or the corpus) invalidates downstream steps while the path string stays the same.
+place that outlives the process. Our policy is INPUTS + TASK_SOURCE + ``FileFingerprints`` +
+``LibraryCode``: task inputs that name existing files or folders contribute their size and
+modification time, so editing an input manifest (or the corpus) invalidates downstream steps while
+the path string stays the same; any change to the library code (unimoe/, data/, evaluation/)
+invalidates every step (coarse but never stale; the steps themselves skip work whose outputs match).
 Tasks pass paths and small records, never large objects.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -78,7 +81,29 @@ class FileFingerprints(CachePolicy):
         return h.hexdigest()
 
 
-STEP_CACHE = INPUTS + TASK_SOURCE + FileFingerprints()
+@functools.lru_cache(maxsize=1)
+def library_code_hash() -> str:
+    """Hash of the library code tasks call (unimoe/, data/, evaluation/): TASK_SOURCE covers only the
+    task function's own source, so without this a fix in a library would be masked by the cache."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in ("unimoe", "data", "evaluation"):
+        for py in sorted((root / package).rglob("*.py")):
+            h.update(str(py.relative_to(root)).encode())
+            h.update(py.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class LibraryCode(CachePolicy):
+    """Cache-key component: the library code version (see ``library_code_hash``)."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> Optional[str]:
+        return library_code_hash()
+
+
+STEP_CACHE = INPUTS + TASK_SOURCE + FileFingerprints() + LibraryCode()
 
 
 def persisted(task: Task, workspace: Path, **options: Any) -> Task:

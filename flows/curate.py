@@ -33,7 +33,7 @@ STEP_FIELDS = {
     "caption": ("captioner", "caption_options"),
     "filter": ("quality",),
     "balance": ("balance",),
-    "tokenize": ("model_preset", "token_rows_per_shard"),
+    "tokenize": ("model_preset", "token_rows_per_shard", "token_video_frames"),
 }
 
 

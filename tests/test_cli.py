@@ -48,3 +48,11 @@ def test_init_then_generate_writes_wav_with_provenance(tmp_path):
     bad = runner.invoke(app, ["model", "generate", "--checkpoint", str(tmp_path / "ck"), "--task", "v2m",
                               "--out", str(wav)])
     assert bad.exit_code == 2 and "video" in bad.output
+
+
+def test_train_list_variants():
+    result = runner.invoke(app, ["train", "--list-variants"])
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines() if line.strip()]
+    assert names[0] == "unimoe-top-p0.7" and {"unify-dense", "unify-moe-top2", "wo-init", "p0.5", "p0.9",
+                                             "experts-8", "experts-16"} <= set(names)

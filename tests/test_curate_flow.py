@@ -96,6 +96,23 @@ def test_rerun_with_nothing_changed_is_served_from_cache(clean_run):
     assert cached and ran == [], ran
 
 
+def test_train_flow_runs_the_curriculum_on_curated_data(clean_run):
+    """The train flow on the curate flow's outputs: four specialists, the MoE warm-up, stage 3."""
+    tmp, ws, _, _ = clean_run
+    out = subprocess.run([*UNIMOE, "train", "--workspace", str(ws), "--max-steps", "2", "--batch-size", "2"],
+                         cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
+    ckpts = result["checkpoints"]
+    assert sorted(ckpts["stage1"]) == ["en_tts", "t2m", "v2m", "zh_tts"]
+    for path in [*ckpts["stage1"].values(), ckpts["stage2"], ckpts["final"]]:
+        state = json.loads((Path(path) / "state.json").read_text())
+        assert state["step"] == 2
+    assert json.loads((Path(ckpts["stage2"]) / "state.json").read_text())["stage"] == 2
+    provenance = json.loads((Path(result["workdir"]) / "stage2" / "provenance.json").read_text())
+    assert provenance and (Path(result["workdir"]) / "stage3" / "metrics").is_dir()
+
+
 def test_killed_run_resumes_to_identical_outputs(clean_run):
     """Runs last in this file: it moves the clean run's workspace aside and re-runs at the same path
     (manifests and token shards record absolute paths, so outputs compare byte for byte)."""

@@ -58,7 +58,8 @@ class MoEConfig:
     # Provenance of the routed experts (stage 2 slices specialists' FFNs along the intermediate dim).
     specialists: list[str] = field(default_factory=lambda: ["zh_tts", "en_tts", "t2m", "v2m"])
     slices_per_specialist: int = 2
-    # Indices of the kept slices per specialist; None keeps all of them.
+    # Indices of the kept slices per specialist (each specialist's FFN is cut into
+    # intermediate_size // routed_intermediate slices); None keeps the first slices_per_specialist.
     kept_slices: list[list[int]] | None = None
 
     def validate(self) -> None:

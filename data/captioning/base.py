@@ -229,7 +229,7 @@ def caption_records(
 
     A captioned row gets the caption as ``text``; the text it had before is kept in
     ``meta["description"]`` (once: re-captioning a row does not overwrite the original description
-    with an earlier machine caption) and ``meta["caption"] = {backend, model, cached, features}``.
+    with an earlier machine caption) and ``meta["caption"] = {backend, model, features}``.
     A row whose captioning fails becomes ``filtered`` with reason ``caption_failed`` and the error
     in ``detail``. Speech rows, rows that are not kept and — with ``only_missing`` — rows that
     already have text pass through untouched.
@@ -254,7 +254,8 @@ def caption_records(
         meta = dict(r.meta or {})
         if "caption" not in meta and "description" not in meta and r.text is not None:
             meta["description"] = r.text  # the text the row came with, before any machine caption
-        meta["caption"] = {"backend": res.backend, "model": res.model, "cached": res.cached,
-                           "features": res.features}
+        # No "cached" flag here: whether a caption came from the cache depends on run history, and
+        # the manifest must be the same however often a run was interrupted.
+        meta["caption"] = {"backend": res.backend, "model": res.model, "features": res.features}
         out[i] = r.replace(text=res.caption, meta=meta)
     return out
