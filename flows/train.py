@@ -35,11 +35,11 @@ def stage1(model_cfg: dict, task_name: str, tokens: str, out_dir: str, run_id: s
 def stage2(model_cfg: dict, specialists: dict, tokens: str, warmup: str, out_dir: str, run_id: str, variant: str,
            overrides: dict, variant_overlay: dict) -> str:
     from data.balance import read_subset
-    from unimoe.training.curriculum import train_moe_warmup
+    from unimoe.training.curriculum import tokenised_ids, train_moe_warmup
 
     reader, tok = _data(tokens)
     return str(train_moe_warmup(UniMoEConfig.from_dict(model_cfg), specialists, reader, tok, out_dir,
-                                warmup_ids=_known(read_subset(warmup), reader), run_id=run_id, variant=variant,
+                                warmup_ids=tokenised_ids(read_subset(warmup), reader), run_id=run_id, variant=variant,
                                 train_overrides=overrides, variant_overlay=variant_overlay))
 
 
@@ -47,19 +47,12 @@ def stage2(model_cfg: dict, specialists: dict, tokens: str, warmup: str, out_dir
 def stage3(model_cfg: dict, init: str | None, tokens: str, subset: str, out_dir: str, run_id: str, variant: str,
            stage: Any, overrides: dict, variant_overlay: dict) -> str:
     from data.balance import read_subset
-    from unimoe.training.curriculum import train_joint
+    from unimoe.training.curriculum import tokenised_ids, train_joint
 
     reader, tok = _data(tokens)
     return str(train_joint(UniMoEConfig.from_dict(model_cfg), init, reader, tok, out_dir,
-                           subset_ids=_known(read_subset(subset), reader), run_id=run_id, variant=variant,
+                           subset_ids=tokenised_ids(read_subset(subset), reader), run_id=run_id, variant=variant,
                            stage=stage, train_overrides=overrides, variant_overlay=variant_overlay))
-
-
-def _known(ids: list[str], reader) -> list[str]:
-    """Subset ids that were tokenised (a row can fail tokenisation after balancing; it is accounted
-    as quarantined in curated.parquet)."""
-    have = set(reader.ids())
-    return [i for i in ids if i in have]
 
 
 @flow(name="train", log_prints=True)

@@ -33,6 +33,13 @@ from unimoe.training.variants import apply_variant
 STAGE_FOR_LR = {1: 1, 2: 2, 3: 3, "joint": 1}
 
 
+def tokenised_ids(ids: Sequence[str], dataset) -> list[str]:
+    """The subset ids present in ``dataset`` (a row can fail tokenisation after balancing; it is
+    accounted as quarantined in the curated manifest), in the subset's order."""
+    have = set(dataset.ids())
+    return [i for i in ids if i in have]
+
+
 def plan(variant: str, base_cfg: UniMoEConfig) -> dict[str, Any]:
     """What a variant runs: its model config, curriculum and training overlay."""
     model_cfg, curriculum, train_overlay = apply_variant(variant, base_cfg)
