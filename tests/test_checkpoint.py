@@ -6,7 +6,6 @@ import torch
 
 from unimoe.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
 from unimoe.config import overlay
-from unimoe.model import UniMoEAudio
 
 ROOT = Path(__file__).resolve().parents[1]
 

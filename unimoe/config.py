@@ -28,6 +28,40 @@ class ConfigError(ValueError):
     """A config could not be parsed or failed validation."""
 
 
+class ConfigFile:
+    """File I/O and hashing for a validated config dataclass (subclasses give ``from_dict``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        from unimoe.io import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path):
+        path = Path(path)
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class MoEConfig:
     """Dynamic-Capacity MoE settings (DESIGN §2.2)."""
@@ -186,7 +220,7 @@ class TokenizerConfig:
 
 
 @dataclass
-class UniMoEConfig:
+class UniMoEConfig(ConfigFile):
     """The whole model: decoder backbone, FFN kinds, audio tokens, codec, vision, tokenizer."""
 
     name: str = "custom"
@@ -236,40 +270,10 @@ class UniMoEConfig:
     def is_moe(self) -> bool:
         return any(k != "dense" for k in self.ffn_kinds)
 
-    # ---- (de)serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+    # ---- (de)serialisation: to_dict/to_json/to_yaml/save/load/config_hash from ConfigFile ------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "UniMoEConfig":
         return _build(cls, data, "").validate()
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def save(self, path: str | Path) -> None:
-        from unimoe.io import atomic_write_text
-
-        path = Path(path)
-        atomic_write_text(path, self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "UniMoEConfig":
-        path = Path(path)
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---- presets ---------------------------------------------------------------------------------------

@@ -475,13 +475,7 @@ class DCMoE(nn.Module):
         w_dyn, w_shared = combine_weights(routing.dyn_logits, routing.shared_logits, routing.selected,
                                           self.weighting, self.shared_mixing)
         # Null experts (columns N..N+M-1) output zero: drop them here, weights untouched.
-        sel_routed, w_routed = routing.selected[:, : self.num_routed], w_dyn[:, : self.num_routed]
-        if self.dispatch == "grouped":
-            y = self.experts(xv, self.reorderer(sel_routed, w_routed))
-        elif self.dispatch == "loop":
-            y = self.experts.forward_loop(xv, sel_routed, w_routed)
-        else:
-            raise ValueError(f"unknown dispatch {self.dispatch!r}")
+        y = self._routed(xv, routing.selected[:, : self.num_routed], w_dyn[:, : self.num_routed])
         if self.num_shared:
             y = y + self.shared_experts.forward_all(xv, w_shared)
 
@@ -491,6 +485,14 @@ class DCMoE(nn.Module):
         aux = balance_loss(routing.dyn_logits, routing.selected, self.balance_form)
         stats = routing_stats(routing.selected, self.num_routed, task_ids)
         return FFNOutput(out.reshape(shape), aux, stats)
+
+    def _routed(self, xv: Tensor, selected: Tensor, weights: Tensor) -> Tensor:
+        """The routed experts' weighted sum for tokens ``xv [T, D]`` (expert parallelism overrides this)."""
+        if self.dispatch == "grouped":
+            return self.experts(xv, self.reorderer(selected, weights))
+        if self.dispatch == "loop":
+            return self.experts.forward_loop(xv, selected, weights)
+        raise ValueError(f"unknown dispatch {self.dispatch!r}")
 
 
 def build_ffn(cfg: UniMoEConfig, kind: str) -> nn.Module:

@@ -7,16 +7,10 @@ defaults (AdamW + cosine in every stage; lr 1e-4 / 3e-5 / 1e-5 for stages 1 / 2 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from unimoe.config import ConfigError, _build, _check, deep_merge
+from unimoe.config import ConfigError, ConfigFile, _build, _check, deep_merge
 
 # Paper learning rates per curriculum stage (DESIGN §3).
 STAGE_LR = {1: 1e-4, 2: 3e-5, 3: 1e-5}
@@ -30,7 +24,7 @@ RESUME_MUTABLE = ("max_steps", "log_every", "checkpoint_every", "keep_last", "de
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigFile):
     """Hyper-parameters of one training stage. Steps are OPTIMISER steps throughout."""
 
     lr: float = 1e-4
@@ -89,38 +83,10 @@ class TrainConfig:
         progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    # ---- (de)serialisation ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+    # ---- (de)serialisation: to_dict/to_json/to_yaml/save/load/config_hash from ConfigFile ------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         return _build(cls, data, "train").validate()
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save(self, path: str | Path) -> None:
-        from unimoe.io import atomic_write_text
-
-        path = Path(path)
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False) if path.suffix in (".yaml", ".yml") else self.to_json()
-        atomic_write_text(path, text)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        text = path.read_text()
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def overlay(self, changes: dict[str, Any]) -> "TrainConfig":
         """A new config with ``changes`` merged over this one (validated; unknown keys rejected)."""

@@ -63,7 +63,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from unimoe.moe import DCMoE, FFNOutput, GroupedExperts, balance_loss, combine_weights, routing_stats
+from unimoe.moe import DCMoE, GroupedExperts
 
 __all__ = [
     "init_distributed", "is_main", "get_rank", "get_world_size", "barrier", "cleanup", "all_to_all",
@@ -198,37 +198,9 @@ class ExpertParallelDCMoE(DCMoE):
         return (f"rank={self.rank}, world_size={self.world_size}, "
                 f"experts=[{self.expert_start}, {self.expert_start + self.num_local})")
 
-    def forward(self, x: Tensor, token_mask: Tensor | None = None,
-                task_ids: Tensor | None = None) -> FFNOutput:
-        # Same preamble and epilogue as DCMoE.forward; only the routed part differs.
-        shape = x.shape
-        x = x.reshape(-1, shape[-1])
-        keep = None
-        if token_mask is not None:
-            token_mask = token_mask.reshape(-1).bool()
-            if not bool(token_mask.all()):
-                keep = token_mask.nonzero().squeeze(-1)
-        xv = x if keep is None else x.index_select(0, keep)
-        if task_ids is not None:
-            task_ids = task_ids.reshape(-1)
-            task_ids = task_ids if keep is None else task_ids[keep]
-
-        routing = self.router(xv)
-        w_dyn, w_shared = combine_weights(routing.dyn_logits, routing.shared_logits, routing.selected,
-                                          self.weighting, self.shared_mixing)
-        y = self._routed(xv, routing.selected[:, : self.num_routed], w_dyn[:, : self.num_routed])
-        if self.num_shared:
-            y = y + self.shared_experts.forward_all(xv, w_shared)
-
-        out = y if keep is None else torch.zeros_like(x).index_copy(0, keep, y)
-        if not self.collect_stats:
-            return FFNOutput(out.reshape(shape), x.new_zeros((), dtype=torch.float32), None)
-        aux = balance_loss(routing.dyn_logits, routing.selected, self.balance_form)
-        stats = routing_stats(routing.selected, self.num_routed, task_ids)
-        return FFNOutput(out.reshape(shape), aux, stats)
-
     def _routed(self, xv: Tensor, selected: Tensor, weights: Tensor) -> Tensor:
-        """Expert-parallel grouped dispatch of the routed experts for the local tokens ``xv [T, D]``."""
+        """Expert-parallel grouped dispatch of the routed experts for the local tokens ``xv [T, D]``
+        (overrides DCMoE._routed; routing, shared experts, statistics are DCMoE.forward's)."""
         w, nl = self.world_size, self.num_local
         d = self.reorderer(selected, weights)  # pairs sorted by global expert id => by destination rank
         send_counts = d.counts.view(w, nl)      # [destination rank, its local expert]
