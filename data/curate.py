@@ -153,11 +153,10 @@ def caption_shard(cfg: CurateConfig, shard: str | Path, out: str | Path, cache_d
 
 
 def filter_shard(cfg: CurateConfig, shard: str | Path, out: str | Path, scorers: Mapping[str, Any],
-                 unavailable: Mapping[str, str], make_item: Callable[..., Any] | None = None) -> Path:
+                 unavailable: Mapping[str, str]) -> Path:
     """Quality-filter one shard. ``scorers`` are the loaded scorer objects the caller (the flow, which
     may import evaluation/) could build; ``unavailable`` says why the others could not be."""
-    kwargs = {"make_item": make_item} if make_item is not None else {}
-    records = filter_records(read_manifest(shard), cfg.quality_config(), dict(scorers), dict(unavailable), **kwargs)
+    records = filter_records(read_manifest(shard), cfg.quality_config(), dict(scorers), dict(unavailable))
     return write_manifest(out, records)
 
 

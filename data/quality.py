@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime
 import numpy as np
 
 from data.manifest import MUSIC_TASKS, TTS_TASKS, ManifestRecord, mark
-from unimoe.audio_io import AudioSpanError, to_mono
+from unimoe.audio_io import AudioItem, AudioSpanError, to_mono
 from unimoe.audio_io import load_span as read_span
 
 SPEECH, MUSIC = "speech", "music"
@@ -100,20 +100,8 @@ class QualityScorer(Protocol):
     def score(self, items: list[Any]) -> list[dict[str, float]]: ...
 
 
-@dataclass
-class QualityItem:
-    """One span to score; attribute-compatible with ``evaluation.scorers.base.AudioItem``.
-
-    ``wav`` is mono float32 at ``sample_rate`` (the file's own rate: scorers resample)."""
-
-    id: str
-    wav: np.ndarray
-    sample_rate: int
-    text: str | None = None
-    language: str | None = None
-    reference: np.ndarray | None = None
-    reference_sample_rate: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+# The item scorers take (shared with evaluation/ through unimoe, which both may import).
+QualityItem = AudioItem
 
 
 # --------------------------------------------------------------------------------------------

@@ -100,11 +100,9 @@ def load_quality_scorers(cfg: C.CurateConfig) -> tuple[dict[str, Any], dict[str,
 
 @task(name="filter-shard", retries=1)
 def filter_shard(cfg: dict, shard: str, out: str) -> str:
-    from evaluation.scorers import AudioItem
-
     c = _cfg(cfg)
     scorers, unavailable = load_quality_scorers(c)
-    return str(C.filter_shard(c, shard, out, scorers, unavailable, make_item=AudioItem))
+    return str(C.filter_shard(c, shard, out, scorers, unavailable))
 
 
 @task(name="merge")

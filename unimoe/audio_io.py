@@ -14,6 +14,9 @@ input as an :class:`AudioSpanError` with a stable reason code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import math
 from pathlib import Path
 
@@ -202,3 +205,18 @@ def save_wav(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: int,
     with atomic_path(path) as tmp:
         sf.write(str(tmp), data.T, int(sample_rate), subtype=subtype, format=fmt)
     return path
+
+
+@dataclass
+class AudioItem:
+    """One thing to score. ``wav`` is mono float32 at ``sample_rate``; ``text`` is the caption or
+    transcript it should match; ``reference`` is e.g. the voice prompt (speaker similarity)."""
+
+    id: str
+    wav: np.ndarray
+    sample_rate: int
+    text: str | None = None
+    language: str | None = None
+    reference: np.ndarray | None = None
+    reference_sample_rate: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)

@@ -12,31 +12,14 @@ posteriors from ``embed`` and are computed in ``evaluation.metrics``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-import numpy as np
-
+from unimoe.audio_io import AudioItem  # noqa: F401  (the scorer item type; shared with data/)
 from unimoe.io import MissingWeightsError
 
 
 class ScorerUnavailable(RuntimeError):
     """A scorer cannot run here (missing weights or package); the message says what is missing."""
-
-
-@dataclass
-class AudioItem:
-    """One thing to score. ``wav`` is mono float32 at ``sample_rate``; ``text`` is the caption or
-    transcript it should match; ``reference`` is e.g. the voice prompt (speaker similarity)."""
-
-    id: str
-    wav: np.ndarray
-    sample_rate: int
-    text: str | None = None
-    language: str | None = None
-    reference: np.ndarray | None = None
-    reference_sample_rate: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Scorer:
