@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from unimoe.config import ConfigError, UniMoEConfig, overlay
+from unimoe.config import ConfigError, UniMoEConfig, deep_merge, overlay
 
 STAGES_FULL = [1, 2, 3]
 DENSE_ALIGN = 8
@@ -192,14 +192,14 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "experts-8",
             "8 routed experts (2 slices per specialist; the released layout), Top-P p=0.7",
-            lambda b: _merge(finer_experts(b, 8), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
+            lambda b: deep_merge(finer_experts(b, 8), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
             {},
             dict(_FULL),
         ),
         Variant(
             "experts-16",
             "16 routed experts: the same kept specialist channels cut twice as fine, Top-P p=0.7",
-            lambda b: _merge(finer_experts(b, 16), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
+            lambda b: deep_merge(finer_experts(b, 16), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
             {},
             dict(_FULL),
         ),
@@ -207,16 +207,6 @@ VARIANTS: dict[str, Variant] = {
 }
 
 DEFAULT_VARIANT = "unimoe-top-p0.7"
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for key, value in b.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def list_variants() -> list[tuple[str, str]]:
