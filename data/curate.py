@@ -59,15 +59,16 @@ class CurateConfig:
     @classmethod
     def demo(cls, size: str = "default") -> "CurateConfig":
         """The offline demo profile: clips as long as the demo builder cuts them, a DNSMOS bar that the
-        demo's synthetic voices can pass, every split usable, and the subset balanced by hours (the
-        demo has far fewer music clips than sentences, but they are longer)."""
+        demo's synthetic voices can pass, only the "train" split balanced (the demo corpus holds out a
+        seeded "test" share per task for the demo benchmark and held-out NLL), and the subset balanced by
+        hours (the demo has far fewer music clips than sentences, but they are longer)."""
         from data.demo_corpus import DemoCorpusConfig
 
         demo = DemoCorpusConfig.small() if size == "small" else DemoCorpusConfig.default()
         balance = ({"by": "hours", "total_hours": 0.7, "total": None} if size == "default"
                    else {"by": "count", "total": 12})
         return cls(demo_size=size, clip_seconds=demo.clip_seconds, quality={"dnsmos_ovrl_min": 2.2},
-                   balance={**balance, "splits": None, "warmup_fraction": 0.25})
+                   balance={**balance, "splits": ["train"], "warmup_fraction": 0.25})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CurateConfig":

@@ -69,7 +69,7 @@ def _code_fingerprint() -> str:
 _CODE = _code_fingerprint()
 
 ROW_FIELDS = ("id", "task", "language", "audio", "text", "speaker", "video", "licence", "source", "midi",
-              "instruments", "tempo_bpm", "key", "sample_rate", "duration")
+              "instruments", "tempo_bpm", "key", "sample_rate", "duration", "split")
 FAILURE_FIELDS = ("id", "task", "source", "stage", "reason")
 SKIPPED_FIELDS = ("id", "source", "kind", "reason", "seconds")
 
@@ -115,6 +115,7 @@ class DemoCorpusConfig:
     en_voices: tuple[str, ...] = ss.DEFAULT_EN_VOICES  # built-in names or "engine:voice[@k=v]" specs
     zh_voices: tuple[str, ...] = ss.DEFAULT_ZH_VOICES
     seed: int = 0
+    test_fraction: float = 0.1  # per task, a seeded share of items held out as split "test" (benchmark, NLL)
     music_sample_rate: int = 44100
     music_channels: int = 1  # 1: downmix fluidsynth's stereo; 2: keep it
     speech_sample_rate: int | None = None  # None: each voice's native rate (festival 16 kHz, espeak-ng 22.05 kHz)
@@ -146,6 +147,8 @@ class DemoCorpusConfig:
             raise ValueError(f"clip_seconds must be positive, got {self.clip_seconds}")
         if self.tail_policy not in ("pad", "keep", "drop"):
             raise ValueError(f"tail_policy must be pad, keep or drop, got {self.tail_policy!r}")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if not 0 <= self.min_tail_fraction <= 1:
             raise ValueError("min_tail_fraction must be in [0, 1]")
         if self.music_channels not in (1, 2):
@@ -673,6 +676,7 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
             failures += rec.get("failures", [])
 
         # ---- outputs ----------------------------------------------------------------------
+        assign_splits(rows, cfg.test_fraction, cfg.seed)
         rows = [{k: r.get(k) for k in ROW_FIELDS} for r in sorted(rows, key=lambda r: r["id"])]
         failures = [{k: f.get(k) for k in FAILURE_FIELDS} for f in failures]
         failures.sort(key=lambda f: (str(f["task"]), str(f["id"]), str(f["source"]), str(f["reason"])))
@@ -690,6 +694,22 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
                f"{len(failures)} failure(s), {len(skipped)} skipped; "
                + ", ".join(f"{t}: {c['count']} rows/{c['hours']:.3f} h" for t, c in summary["tasks"].items()))
     return out / "metadata.jsonl"
+
+
+def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
+    """Mark a seeded ``test_fraction`` of each task's rows (at least one where a task has two or more)
+    as split "test", the rest "train". The pick depends only on (seed, id), so growing the corpus never
+    moves an item from test to train silently unless the ranking does; the held-out rows feed the demo
+    benchmark and held-out NLL, and the demo profile balances only "train" rows."""
+    by_task: dict[str, list[dict]] = {}
+    for r in rows:
+        by_task.setdefault(r["task"], []).append(r)
+    for rs in by_task.values():
+        n_test = math.ceil(test_fraction * len(rs)) if test_fraction > 0 and len(rs) >= 2 else 0
+        ranked = sorted(rs, key=lambda r: hashlib.sha256(f"demo-split:{seed}:{r['id']}".encode()).hexdigest())
+        test = {id(r) for r in ranked[:n_test]}
+        for r in rs:
+            r["split"] = "test" if id(r) in test else "train"
 
 
 def _cached_texts(state: _State, lang: str, n: int, seed: int) -> list[str]:

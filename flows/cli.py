@@ -195,6 +195,9 @@ def train_cmd(
     typer.echo(json.dumps(result, indent=2))
 
 
+# sub-command modules (each adds its commands to ``app``)
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="unimoe")
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar
 
+import numpy as np
+
 from unimoe.audio_io import AudioItem  # noqa: F401  (the scorer item type; shared with data/)
 from unimoe.io import MissingWeightsError
 
@@ -42,11 +44,35 @@ class Scorer:
         return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
 
-_REGISTRY: dict[str, Callable[..., Scorer]] = {}
+class SetScorer:
+    """A set-level metric family (FAD, KL, IS): per-item embeddings or posteriors from ``embed`` (one row
+    per item, so they can be cached per item), and a metric over whole sets from ``compare``. Rows of
+    ``generated`` and ``reference`` are aligned by item for paired metrics (KL)."""
+
+    name: ClassVar[str] = "set-scorer"
+    metrics: ClassVar[dict[str, str]] = {}
+    needs_reference: ClassVar[bool] = True
+
+    @property
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def embed(self, items: list[AudioItem]) -> np.ndarray:
+        """``[N, D]``: one row per item."""
+        raise NotImplementedError
+
+    def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
 
-def register(name: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
-    def deco(factory: Callable[..., Scorer]) -> Callable[..., Scorer]:
+_REGISTRY: dict[str, Callable[..., Scorer | SetScorer]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"scorer {name!r} registered twice")
         _REGISTRY[name] = factory
@@ -73,7 +99,7 @@ def available_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_scorer(name: str, **options: Any) -> Scorer:
+def load_scorer(name: str, **options: Any) -> Scorer | SetScorer:
     """Build a registered scorer. Raises ScorerUnavailable (with what is missing and where it comes
     from) when its weights are not in the local store."""
     _import_all()
