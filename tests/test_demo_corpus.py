@@ -31,6 +31,7 @@ from data.demo_corpus import (  # noqa: E402
     ROW_FIELDS,
     DemoCorpusConfig,
     build_demo_corpus,
+    assign_splits,
     select_scores,
     select_video_clips,
 )
@@ -120,6 +121,31 @@ def test_small_build_is_fast_and_complete(corpus, small_cfg):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == len(rows)
     assert all(summary["tasks"][t]["count"] > 0 for t in tasks)
+
+
+def test_held_out_split_per_task(corpus):
+    out, _ = corpus
+    rows = _rows(out)
+    for task in ("en_tts", "zh_tts", "t2m", "v2m"):
+        rs = [r for r in rows if r["task"] == task]
+        test = [r for r in rs if r["split"] == "test"]
+        assert {r["split"] for r in rs} <= {"train", "test"}
+        if len(rs) >= 2:  # at least one held out, never everything
+            assert 1 <= len(test) < len(rs), task
+
+
+def test_assign_splits_is_seeded_and_sized():
+    rows = [{"id": f"x{i:03d}", "task": "t2m"} for i in range(50)] + [{"id": "solo", "task": "v2m"}]
+    assign_splits(rows, 0.1, seed=0)
+    first = {r["id"]: r["split"] for r in rows}
+    assert sum(v == "test" for v in first.values()) == 5 and first["solo"] == "train"
+    shuffled = [dict(r) for r in reversed(rows)]
+    assign_splits(shuffled, 0.1, seed=0)  # depends on (seed, id), not on order
+    assert {r["id"]: r["split"] for r in shuffled} == first
+    assign_splits(rows, 0.1, seed=1)
+    assert {r["id"]: r["split"] for r in rows} != first
+    assign_splits(rows, 0.0, seed=0)
+    assert all(r["split"] == "train" for r in rows)
 
 
 def test_music_clips_are_real_audio(corpus, small_cfg):
