@@ -1,6 +1,7 @@
 """The ``train`` flow: the curriculum of one variant (stage 1 -> 2 -> 3, or its own stages) over the
 curated token shards. Wiring only: each stage (and each stage-1 specialist) is a task calling
-unimoe.training.curriculum; stages resume from their own checkpoints and are cached across runs."""
+unimoe.training.launch.run_stage (in process, or as a torchrun job when nproc > 1); stages resume from
+their own checkpoints and are cached across runs; each publishes its loss curve (unimoe.training.curves)."""
 
 from __future__ import annotations
 
@@ -11,57 +12,70 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import run_cached, workspace_root
-from unimoe.config import TASKS, UniMoEConfig, get_preset
+from unimoe.config import TASKS, get_preset
 
 
-def _data(tokens: str):
-    from data.tokenize import TokenShardReader
+def _dataset(tokens: str) -> dict:
+    # Every rank (and the in-process path) builds the reader from this factory spec.
+    return {"factory": "data.tokenize:TokenShardReader", "args": [tokens], "kwargs": {}}
 
-    reader = TokenShardReader(tokens)
-    return reader, reader.load_tokenizer()
+
+def _spec(kind: str, model_cfg: dict, tokens: str, out_dir: str, run_id: str, variant: str, overrides: dict,
+          variant_overlay: dict, **extra: Any) -> dict:
+    return {"kind": kind, "model_config": model_cfg, "workdir": out_dir, "run_id": run_id, "variant": variant,
+            "train_overrides": overrides, "variant_overlay": variant_overlay, "dataset": _dataset(tokens),
+            "tokenizer": None, **extra}
 
 
 @task(name="stage1-specialist")
 def stage1(model_cfg: dict, task_name: str, tokens: str, out_dir: str, run_id: str, variant: str,
-           overrides: dict, variant_overlay: dict) -> str:
-    from unimoe.training.curriculum import train_specialist
+           overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
+    from unimoe.training.launch import run_stage
 
-    reader, tok = _data(tokens)
-    return str(train_specialist(UniMoEConfig.from_dict(model_cfg), task_name, reader, tok, out_dir, run_id=run_id,
-                                variant=variant, train_overrides=overrides, variant_overlay=variant_overlay))
+    return str(run_stage(_spec("specialist", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+                               task=task_name), nproc))
 
 
 @task(name="stage2-moe-warmup")
 def stage2(model_cfg: dict, specialists: dict, tokens: str, warmup: str, out_dir: str, run_id: str, variant: str,
-           overrides: dict, variant_overlay: dict) -> str:
+           overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
     from data.balance import read_subset
-    from unimoe.training.curriculum import tokenised_ids, train_moe_warmup
+    from unimoe.training.launch import run_stage
 
-    reader, tok = _data(tokens)
-    return str(train_moe_warmup(UniMoEConfig.from_dict(model_cfg), specialists, reader, tok, out_dir,
-                                warmup_ids=tokenised_ids(read_subset(warmup), reader), run_id=run_id, variant=variant,
-                                train_overrides=overrides, variant_overlay=variant_overlay))
+    return str(run_stage(_spec("warmup", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+                               specialists=specialists, warmup_ids=read_subset(warmup)), nproc))
 
 
 @task(name="stage3-joint")
 def stage3(model_cfg: dict, init: str | None, tokens: str, subset: str, out_dir: str, run_id: str, variant: str,
-           stage: Any, overrides: dict, variant_overlay: dict) -> str:
+           stage: Any, overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
     from data.balance import read_subset
-    from unimoe.training.curriculum import tokenised_ids, train_joint
+    from unimoe.training.launch import run_stage
 
-    reader, tok = _data(tokens)
-    return str(train_joint(UniMoEConfig.from_dict(model_cfg), init, reader, tok, out_dir,
-                           subset_ids=tokenised_ids(read_subset(subset), reader), run_id=run_id, variant=variant,
-                           stage=stage, train_overrides=overrides, variant_overlay=variant_overlay))
+    return str(run_stage(_spec("joint", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+                               init=init, subset_ids=read_subset(subset), stage=stage), nproc))
+
+
+def _curve_artifact(run_id: str, name: str, workdir: Path, title: str) -> None:
+    """The stage's loss curve (chart + table from its metrics table) as a markdown artifact."""
+    from unimoe.training.curves import stage_curve_markdown
+
+    create_markdown_artifact(key=f"loss-{_slug(run_id)}-{_slug(name)}", description=f"Loss curve: {title}",
+                             markdown=stage_curve_markdown(workdir, title, run_id=run_id))
 
 
 @flow(name="train", log_prints=True)
 def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset: str = "tiny",
           max_steps: int | None = None, batch_size: int | None = None, run_id: str | None = None,
-          tokens: str | None = None, subset: str | None = None, warmup: str | None = None) -> dict:
+          tokens: str | None = None, subset: str | None = None, warmup: str | None = None, nproc: int = 1,
+          fsdp: bool = False, expert_parallel: bool = False) -> dict:
     """Train ``variant`` on the curated data of ``workspace`` (outputs of the curate flow by default).
 
-    ``max_steps``/``batch_size`` override every stage's (the demo uses a few steps per stage)."""
+    ``max_steps``/``batch_size`` override every stage's (the demo uses a few steps per stage;
+    ``batch_size`` is per process). ``nproc > 1`` runs every stage as a ``torchrun`` job of that many
+    data-parallel processes (gloo on CPU, nccl on GPU), with FSDP2 and/or expert parallelism when
+    ``fsdp`` / ``expert_parallel`` (TrainConfig fields; no effect in one process); 1 trains in process.
+    After each stage a markdown artifact shows its loss curve."""
     from unimoe.training.curriculum import plan
 
     log = get_run_logger()
@@ -76,26 +90,34 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     p = plan(variant, get_preset(preset))
     model_cfg, curriculum, overlay = p["model_config"], p["curriculum"], p["train_overlay"]
     overrides = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v is not None}
+    overrides.update({k: True for k, on in (("fsdp", fsdp), ("expert_parallel", expert_parallel)) if on})
     if max_steps is not None:
         overrides.update(warmup_steps=max(1, max_steps // 10), checkpoint_every=max(1, max_steps // 2), log_every=1)
     run_id = run_id or f"{variant}-{preset}"
     out = ws / "train" / run_id
     stages = curriculum["stages"]
     log.info(f"variant {variant}: stages {stages}, init {curriculum.get('init')}")
-    common = dict(run_id=run_id, variant=variant, overrides=overrides, variant_overlay=overlay)
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    common = dict(run_id=run_id, variant=variant, overrides=overrides, variant_overlay=overlay, nproc=nproc)
     done = lambda path: Path(path).exists()  # noqa: E731
 
     ckpts: dict[str, Any] = {}
     if 1 in stages:
-        ckpts["stage1"] = {t: run_cached(stage1, ws, model_cfg, t, tokens, str(out / "stage1" / t),
-                                         output_exists=done, **common) for t in TASKS}
+        ckpts["stage1"] = {}
+        for t in TASKS:
+            ckpts["stage1"][t] = run_cached(stage1, ws, model_cfg, t, tokens, str(out / "stage1" / t),
+                                            output_exists=done, **common)
+            _curve_artifact(run_id, f"stage1-{t}", out / "stage1" / t, f"{run_id}: stage 1 specialist {t}")
     if 2 in stages:
         ckpts["stage2"] = run_cached(stage2, ws, model_cfg, ckpts["stage1"], tokens, warmup, str(out / "stage2"),
                                      output_exists=done, **common)
+        _curve_artifact(run_id, "stage2", out / "stage2", f"{run_id}: stage 2 MoE warm-up")
     final_stage = 3 if 3 in stages else "joint"
     init = ckpts.get("stage2") if curriculum.get("init") != "random" else None
     ckpts["final"] = run_cached(stage3, ws, model_cfg, init, tokens, subset, str(out / "stage3"), stage=final_stage,
                                 output_exists=done, **common)
+    _curve_artifact(run_id, f"stage{final_stage}", out / "stage3", f"{run_id}: stage {final_stage}")
     create_markdown_artifact(key=f"train-{_slug(run_id)}", description=f"Training run {run_id}", markdown="\n".join(
         [f"# Training run `{run_id}`", "", f"Variant **{variant}** on preset `{preset}`; stages {stages}.", "",
          "| stage | checkpoint |", "|---|---|"]

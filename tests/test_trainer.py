@@ -332,6 +332,75 @@ def test_train_stage_filters_data_and_is_a_no_op_when_complete(tiny_cfg, builder
     assert sub["dataset_size"] == 2
 
 
+# ---- held-out rows --------------------------------------------------------------------------------------------
+
+
+class _RowReader:
+    """A dataset answering ``row(i)`` without tensors, like data.tokenize.TokenShardReader."""
+
+    def __init__(self, items):
+        self.items = items
+        self.getitem_calls = 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        self.getitem_calls += 1
+        return self.items[i]
+
+    def row(self, i):
+        return {"id": self.items[i].id, "task": self.items[i].task, "split": self.items[i].split}
+
+    def by_task(self, task):
+        return [i for i, x in enumerate(self.items) if x.task == task]
+
+
+def _split_data(n=12):
+    data = synthetic_dataset(n, 4, seed=0)
+    for i, item in enumerate(data):
+        item.split = "test" if i % 4 == 1 else "train"
+    return data
+
+
+def test_no_stage_trains_on_held_out_rows(tiny_cfg, builder, tmp_path, caplog):
+    from unimoe.training import curriculum
+    from unimoe.training.data import HELD_OUT_SPLITS, held_out_positions
+
+    data = _split_data()
+    test_ids = {x.id for x in data if x.split == "test"}
+    assert HELD_OUT_SPLITS == ("test",) and len(test_ids) == 3
+    seen: list[str] = []
+    spy = lambda tr: seen.extend(tr.dataset[i].id for i in range(len(tr.dataset)))  # noqa: E731
+    dense = overlay(tiny_cfg, {"ffn": "dense"})
+    tcfg = TrainConfig.from_dict({**BASE, "max_steps": 1})
+    # stage-1 style (a task's whole pool): the task's test rows are left out
+    pool = [x for x in data if x.task == "en_tts"]
+    _, s = train_stage(make_model(dense), dense, tcfg, data, builder, tmp_path / "s1", run_id="a", stage=1,
+                       tasks=["en_tts"], callbacks=[spy])
+    assert s["dataset_size"] == sum(x.split == "train" for x in pool) < len(pool)
+    # stage-2/3 style (an id subset that wrongly names test rows): left out, with a warning
+    ids = [x.id for x in data]
+    with caplog.at_level("WARNING", logger="unimoe.training"):
+        _, s = train_stage(make_model(tiny_cfg), tiny_cfg, tcfg, data, builder, tmp_path / "s3", run_id="b",
+                           stage=3, ids=ids, callbacks=[spy])
+    assert s["dataset_size"] == 9 and "held-out" in caplog.text
+    # the same through a reader that answers splits from its index (no tensor reads to filter)
+    reader = _RowReader(data)
+    _, s = train_stage(make_model(tiny_cfg), tiny_cfg, tcfg, reader, builder, tmp_path / "s3r", run_id="c",
+                       stage=3, callbacks=[spy])
+    assert s["dataset_size"] == 9 and held_out_positions(reader) == [1, 5, 9]
+    assert seen and not set(seen) & test_ids
+    # the curriculum's stage 1 (specialist on a task's pool) goes through the same filter
+    seen.clear()
+    ckpt = curriculum.train_specialist(tiny_cfg, "t2m", data, builder.tok, tmp_path / "spec", run_id="d",
+                                       variant="v", train_overrides={**BASE, "max_steps": 1})
+    assert read_state(ckpt)["dataset_size"] == sum(x.task == "t2m" and x.split == "train" for x in data)
+    # the trainer itself refuses a dataset that still holds a held-out row
+    with pytest.raises(ValueError, match="held-out"):
+        Trainer(make_model(tiny_cfg), tiny_cfg, tcfg, data, builder, tmp_path / "x", run_id="e")
+
+
 # ---- data parallel -----------------------------------------------------------------------------------------------
 
 
@@ -376,3 +445,32 @@ def test_training_library_imports_neither_prefect_nor_data():
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in ("prefect", "data", "flows", "evaluation"), f"{py}: imports {n}"
+
+
+# ---- loss-curve rendering (the train flow's artifacts) -------------------------------------------------------
+
+
+def test_loss_curve_markdown_and_svg_come_from_the_metrics_table(tiny_cfg, builder, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from unimoe.training.curves import curve_frame, curve_svg, curve_table_markdown, stage_curve_markdown
+
+    data = synthetic_dataset(8, 4, seed=4, tasks=("zh_tts", "t2m"))
+    make_trainer(tiny_cfg, builder, tmp_path, data=data, max_steps=4, log_every=1).train()
+    df = read_metrics(tmp_path, "train")
+    c = curve_frame(df)
+    assert list(c.columns) == ["step", "loss", "ce", "aux", "lr", "loss_zh_tts", "loss_t2m"]  # unseen tasks dropped
+    table = curve_table_markdown(df).splitlines()
+    assert table[0].startswith("| step | loss | ce | aux | lr |") and len(table) == 2 + 4
+    assert table[-1].split(" | ")[1] == f"{df['loss'].iloc[-1]:.4f}"
+    assert len(curve_table_markdown(df, max_rows=3).splitlines()) == 2 + 3
+    svg = curve_svg(df, title="stage 3")
+    root = ET.fromstring(svg)  # well-formed XML
+    lines = [e for e in root.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == 3 and all(len(e.get("points").split()) == 4 for e in lines)  # ce + two tasks, 4 steps
+    # the highest ce point is drawn highest (smallest y)
+    ce_pts = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
+    assert min(ce_pts, key=lambda p: p[1]) == ce_pts[int(np.argmax(c["ce"].to_numpy()))]
+    md = stage_curve_markdown(tmp_path, "stage 3", run_id="r")
+    assert "data:image/svg+xml;base64," in md and "| step | loss |" in md and "last step 4" in md
+    assert "no metrics" in stage_curve_markdown(tmp_path / "empty", "x")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,13 +74,18 @@ def _construct_dac(**kwargs) -> nn.Module:
         return dac.DAC(**kwargs)
 
 
+_RANDOM_BUILD_LOCK = threading.Lock()
+
+
 def build_random_dac(cfg: CodecConfig, num_codebooks: int, codebook_size: int = 1024) -> nn.Module:
     """A small randomly initialised DAC, deterministic for ``cfg.random_seed``.
 
     Biases (zero in DAC's own init) are drawn at random too, so padding effects are not hidden by an
     all-zero network and the codes are spread over the codebooks.
     """
-    with torch.random.fork_rng(devices=[]):
+    # The seed lives in torch's process-wide RNG: two threads building at once (parallel tokenisation
+    # tasks in one process) would interleave their draws and get different "deterministic" weights.
+    with _RANDOM_BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.random_seed)
         model = _construct_dac(
             encoder_dim=cfg.encoder_dim,

@@ -1,5 +1,7 @@
 """Training core: config, deterministic data order, the trainer (checkpoint/resume, data parallel)
-and Parquet metrics. Stages, variants and model-parallel helpers live in sibling modules."""
+and Parquet metrics. Sibling modules: stages, variants, curriculum, parallel (FSDP / expert
+parallelism), launch (a stage in process or under torchrun), curves (loss-curve rendering) and
+replicate (the ablation-claims experiment)."""
 
 from unimoe.training.config import STAGE_LR, TrainConfig
 from unimoe.training.data import DataOrder, DatasetView, SyntheticItem, dataset_view, subset_indices, synthetic_dataset

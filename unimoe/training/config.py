@@ -20,7 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may change between a checkpoint and the run resuming it (they do not change what has
 # been computed so far; max_steps extends or shortens the remaining schedule).
-RESUME_MUTABLE = ("max_steps", "log_every", "checkpoint_every", "keep_last", "device", "bf16_on_gpu")
+RESUME_MUTABLE = ("max_steps", "log_every", "checkpoint_every", "keep_last", "device", "bf16_on_gpu", "fsdp",
+                  "expert_parallel")
 
 
 @dataclass
@@ -48,6 +49,11 @@ class TrainConfig(ConfigFile):
     shuffle: bool = True               # False: dataset order every epoch (still deterministic)
     missing_video: str = "error"       # v2m item without frames: "error" or "caption_only" (no video)
     device: str = "auto"               # "auto": cuda:<local_rank> when available, else cpu
+    # Scale-out under torchrun (no effect in one process; checkpoints hold full tensors either way, so a
+    # run may resume with other settings): FSDP2-shard the model instead of DDP, and/or split the routed
+    # experts of every MoE layer over the ranks (unimoe.training.parallel).
+    fsdp: bool = False
+    expert_parallel: bool = False
 
     # ---- validation ------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

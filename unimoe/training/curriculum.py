@@ -36,7 +36,7 @@ STAGE_FOR_LR = {1: 1, 2: 2, 3: 3, "joint": 1}
 def tokenised_ids(ids: Sequence[str], dataset) -> list[str]:
     """The subset ids present in ``dataset`` (a row can fail tokenisation after balancing; it is
     accounted as quarantined in the curated manifest), in the subset's order."""
-    have = set(dataset.ids())
+    have = set(dataset.ids() if callable(getattr(dataset, "ids", None)) else (x.id for x in dataset))
     return [i for i in ids if i in have]
 
 

@@ -34,6 +34,11 @@ from unimoe.training.config import TrainConfig
 
 _SALT_CROP, _SALT_DROPOUT = 1, 2
 
+# Splits that no training stage may see: the curated corpus holds out a seeded share per task as "test"
+# (held-out NLL, the demo benchmark). ``train_stage`` drops these rows; the Trainer refuses a dataset
+# that still holds one.
+HELD_OUT_SPLITS = ("test",)
+
 
 # ---- order -------------------------------------------------------------------------------------------
 
@@ -103,11 +108,37 @@ class DatasetView:
     def __getitem__(self, i: int) -> Any:
         return self.base[self.indices[i]]
 
+    def row(self, i: int) -> dict:
+        """The base's tensor-free record of item ``i`` (only when the base has ``row``)."""
+        return self.base.row(self.indices[i])
 
-def subset_indices(dataset: Any, *, tasks: Iterable[str] | None = None, ids: Iterable[str] | None = None) -> list[int]:
-    """Indices of ``dataset`` whose task is in ``tasks`` and id in ``ids`` (each filter optional), in
-    dataset order for tasks and in the given order for ids. Uses the dataset's ``by_task`` / ``by_ids``
-    when it has them (a token-shard reader answers from its index without reading tensors)."""
+
+def item_split(dataset: Any, i: int) -> str | None:
+    """The ``split`` of item ``i`` ("train", "test", ...; None when unknown), read from the dataset's
+    tensor-free ``row(i)`` when it has one (token shards), else from the item."""
+    if _has_row(dataset):
+        return dataset.row(i).get("split")
+    return getattr(dataset[i], "split", None)
+
+
+def _has_row(dataset: Any) -> bool:
+    if isinstance(dataset, DatasetView):
+        return _has_row(dataset.base)
+    return callable(getattr(dataset, "row", None))
+
+
+def held_out_positions(dataset: Any, splits: Sequence[str] = HELD_OUT_SPLITS) -> list[int]:
+    """Positions of ``dataset`` whose split is one of ``splits``."""
+    splits = set(splits)
+    return [i for i in range(len(dataset)) if item_split(dataset, i) in splits] if splits else []
+
+
+def subset_indices(dataset: Any, *, tasks: Iterable[str] | None = None, ids: Iterable[str] | None = None,
+                   exclude_splits: Iterable[str] = ()) -> list[int]:
+    """Indices of ``dataset`` whose task is in ``tasks`` and id in ``ids`` (each filter optional) and
+    whose split is not in ``exclude_splits``, in dataset order for tasks and in the given order for ids.
+    Uses the dataset's ``by_task`` / ``by_ids`` / ``row`` when it has them (a token-shard reader answers
+    from its index without reading tensors)."""
     if tasks is not None:
         tasks = list(tasks)
         unknown = [t for t in tasks if t not in TASKS]
@@ -131,16 +162,23 @@ def subset_indices(dataset: Any, *, tasks: Iterable[str] | None = None, ids: Ite
         else:
             keep = {i for i in idx if dataset[i].task in tasks}
         idx = [i for i in idx if i in keep]
+    exclude = set(exclude_splits)
+    if exclude:
+        idx = [i for i in idx if item_split(dataset, i) not in exclude]
     return idx
 
 
-def dataset_view(dataset: Any, *, tasks: Iterable[str] | None = None, ids: Iterable[str] | None = None) -> Any:
-    """``dataset`` itself when no filter is given, else a :class:`DatasetView` of the matching items."""
-    if tasks is None and ids is None:
+def dataset_view(dataset: Any, *, tasks: Iterable[str] | None = None, ids: Iterable[str] | None = None,
+                 exclude_splits: Iterable[str] = ()) -> Any:
+    """``dataset`` itself when no filter is given (and no item is excluded), else a :class:`DatasetView`
+    of the matching items."""
+    exclude_splits = tuple(exclude_splits)
+    idx = subset_indices(dataset, tasks=tasks, ids=ids, exclude_splits=exclude_splits)
+    if tasks is None and ids is None and len(idx) == len(dataset):
         return dataset
-    idx = subset_indices(dataset, tasks=tasks, ids=ids)
     if not idx:
-        raise ValueError(f"no items left after filtering (tasks={tasks}, ids given={ids is not None})")
+        raise ValueError(f"no items left after filtering (tasks={tasks}, ids given={ids is not None}, "
+                         f"excluded splits {list(exclude_splits)})")
     return DatasetView(dataset, idx)
 
 
@@ -154,6 +192,7 @@ class SyntheticItem:
     codes: torch.Tensor
     text: str | None = None
     video: np.ndarray | None = None
+    split: str | None = None
 
 
 _WORDS = ("the quick brown fox jumps over a lazy dog calm piano melody string quartet energetic "

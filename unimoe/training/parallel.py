@@ -351,10 +351,15 @@ _MP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.
 
 
 def wrap_fsdp(model: nn.Module, *, mixed_precision=None, mesh=None, reshard_after_forward: bool = True,
-              units: Iterable[type[nn.Module]] | None = None) -> nn.Module:
+              units: Iterable[type[nn.Module]] | None = None, shard_vision: bool = True,
+              ignored: Iterable[nn.Parameter] = ()) -> nn.Module:
     """Shard ``model`` with FSDP2 (``fully_shard``): each DecoderLayer (and the vision tower, if any)
     is one unit, then the root. Returns the same module object (its class is swapped to an FSDP one).
 
+    ``shard_vision=False`` keeps the vision tower out of its own unit. ``ignored``: parameters FSDP leaves
+    alone (replicated; sync their gradients with :func:`sync_grads`). FSDP2 reduce-scatters only the
+    parameters that have a gradient, so a tower used by some ranks only (video in some batches) must be
+    ignored and synchronised by hand (zero gradients where unused).
     ``mixed_precision``: None (fp32), a dtype name (``"bf16"``/``"fp16"``: parameters cast for compute,
     gradients reduced in fp32) or a ``MixedPrecisionPolicy``. ``mesh``: a 1-D DeviceMesh (default: all
     ranks, on the device type of the backend). Expert-parallel shards are ignored by FSDP (kept local);
@@ -386,10 +391,10 @@ def wrap_fsdp(model: nn.Module, *, mixed_precision=None, mesh=None, reshard_afte
 
         units = (DecoderLayer,)
     units = tuple(units)
-    ignored = set(expert_parallel_parameters(model)) or None
+    ignored = (set(expert_parallel_parameters(model)) | set(ignored)) or None
     kwargs = dict(mesh=mesh, mp_policy=mp, ignored_params=ignored)
     for name, m in list(model.named_modules()):
-        if name and (isinstance(m, units) or name == "vision"):
+        if name and (isinstance(m, units) or (shard_vision and name == "vision")):
             fully_shard(m, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, **kwargs)
     # The decoder layers return (x + ffn.out, ffn) and the root a ModelOutput; FSDP2 warns when such an

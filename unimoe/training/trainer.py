@@ -73,7 +73,7 @@ from unimoe.io import atomic_write_text, sha256_file
 from unimoe.model import Batch, UniMoEAudio
 from unimoe.moe import DCMoE, Router
 from unimoe.training.config import TrainConfig
-from unimoe.training.data import BatchMaker, DataOrder, dataset_view
+from unimoe.training.data import HELD_OUT_SPLITS, BatchMaker, DataOrder, dataset_view, held_out_positions, subset_indices
 from unimoe.training.metrics import MetricsWriter
 
 log = logging.getLogger("unimoe.training")
@@ -297,6 +297,11 @@ class Trainer:
         train_cfg.validate()
         if len(dataset) < 1:
             raise ValueError("the training dataset is empty")
+        held_out = held_out_positions(dataset)
+        if held_out:  # the last line of defence: held-out rows must never be trained on
+            raise ValueError(f"the training dataset holds {len(held_out)} row(s) of held-out split(s) "
+                             f"{list(HELD_OUT_SPLITS)} (e.g. position {held_out[0]}); build it with "
+                             "dataset_view(..., exclude_splits=HELD_OUT_SPLITS)")
         self.model_cfg, self.cfg = model_cfg, train_cfg
         self.dataset, self.builder = dataset, builder
         self.workdir = Path(workdir)
@@ -329,6 +334,23 @@ class Trainer:
         if trainable is not None:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(bool(trainable(name)))
+        # Sharding under torchrun, chosen by the config (before the optimizer: both swap parameters).
+        self.sharded = self.world_size > 1 and (train_cfg.fsdp or train_cfg.expert_parallel)
+        self._ep_slices: dict[str, tuple[int, int]] = {}   # expert-shard parameter -> (first expert, count)
+        if self.world_size > 1 and train_cfg.expert_parallel:
+            from unimoe.training.parallel import ExpertParallelDCMoE, apply_expert_parallel
+
+            apply_expert_parallel(self.model)
+            for mname, m in self.model.named_modules():
+                if isinstance(m, ExpertParallelDCMoE):
+                    for pname, _ in m.experts.named_parameters():
+                        self._ep_slices[f"{mname}.experts.{pname}"] = (m.expert_start, m.num_local)
+        if self.world_size > 1 and train_cfg.fsdp:
+            from unimoe.training.parallel import wrap_fsdp
+
+            # Only some ranks' batches may hold video: the vision tower stays replicated (see wrap_fsdp).
+            vision = list(self.model.vision.parameters()) if self.model.vision is not None else []
+            wrap_fsdp(self.model, shard_vision=False, ignored=vision)
         self.named_trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self.named_trainable:
             raise ValueError("no trainable parameters (check the `trainable` predicate)")
@@ -347,7 +369,7 @@ class Trainer:
         self.ddp = None
         if wrap is not None:
             self.ddp = wrap(self.loss_module, self.device)
-        elif self.world_size > 1:
+        elif self.world_size > 1 and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = DDP(self.loss_module, device_ids=[self.local_rank] if use_cuda else None,
@@ -449,9 +471,20 @@ class Trainer:
             parts += torch.stack([out["ce_part"], out["aux_part"]]).double().cpu()
             self._accumulate(self.loss_module.last)
             tokens += self.loss_module.last["tokens"]
-        params = [p for _, p in self.named_trainable if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        if self.sharded:
+            from unimoe.training.parallel import _is_dtensor, sync_grads
+
+            # Every rank must all-reduce the same replicated tensors: a parameter this rank did not use
+            # (the vision tower without video) contributes zeros.
+            for _, p in self.named_trainable:
+                if p.grad is None and not _is_dtensor(p):
+                    p.grad = torch.zeros_like(p)
+            sync_grads(self.model)  # replicated grads all-reduced, expert shards scaled; FSDP reduced already
+            grad_norm = self._sharded_clip(max_norm)
+        else:
+            params = [p for _, p in self.named_trainable if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
@@ -471,6 +504,69 @@ class Trainer:
         self._tokens_this_run += int(red[2])
         self._step_seconds_this_run += seconds
         return rec
+
+    # ---- sharded runs (FSDP / expert parallelism) ---------------------------------------------------------
+    def _sharded_clip(self, max_norm: float) -> float:
+        """Global gradient norm over sharded (DTensor, expert-shard) and replicated gradients, and the same
+        clipping as ``clip_grad_norm_`` (coefficient ``max_norm / (norm + 1e-6)``, at most 1)."""
+        from unimoe.training.parallel import _is_dtensor
+
+        rep = torch.zeros((), dtype=torch.float64)
+        shard = torch.zeros((), dtype=torch.float64)
+        grads = []
+        for n, p in self.named_trainable:
+            if p.grad is None:
+                continue
+            grads.append(p.grad)
+            if _is_dtensor(p.grad):
+                shard += p.grad.to_local().detach().double().pow(2).sum().cpu()
+            elif n in self._ep_slices:
+                shard += p.grad.detach().double().pow(2).sum().cpu()
+            else:
+                rep += p.grad.detach().double().pow(2).sum().cpu()
+        _all_reduce_(shard, self.world_size)
+        norm = float((rep + shard).sqrt())
+        coef = max_norm / (norm + 1e-6)
+        if coef < 1.0:
+            for g in grads:
+                g.mul_(coef)
+        return norm
+
+    def _full(self, name: str, t: Tensor) -> Tensor:
+        """The full tensor of parameter ``name``'s (or its optimiser state's) shard. A collective."""
+        from unimoe.training.parallel import _is_dtensor
+
+        if _is_dtensor(t):
+            return t.full_tensor()
+        if name in self._ep_slices and t.dim() > 0:
+            parts = [torch.empty_like(t) for _ in range(self.world_size)]
+            dist.all_gather(parts, t.detach().contiguous())
+            return torch.cat(parts)
+        return t
+
+    def _local(self, name: str, full: Tensor, like: Tensor) -> Tensor:
+        """This rank's shard of ``full`` for parameter ``name`` (shaped like ``like``)."""
+        from torch.distributed.tensor import distribute_tensor
+
+        from unimoe.training.parallel import _is_dtensor
+
+        if _is_dtensor(like):
+            return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements)
+        if name in self._ep_slices and full.dim() > 0:
+            start, count = self._ep_slices[name]
+            return full[start:start + count]
+        return full
+
+    def _gather_for_checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Full model and optimiser tensors of a sharded run (every rank calls it, in the same order)."""
+        model = {k: self._full(k, v) for k, v in self.model.state_dict().items()}
+        names = self._param_names()
+        optim = {}
+        for idx, st in sorted(self.optimizer.state_dict()["state"].items()):
+            for key, val in st.items():
+                if isinstance(val, Tensor):
+                    optim[f"optim.{names[idx]}.{key}"] = self._full(names[idx], val)
+        return model, optim
 
     def train(self) -> dict[str, Any]:
         """Run until ``max_steps``; log every ``log_every`` steps, checkpoint every ``checkpoint_every``
@@ -561,15 +657,17 @@ class Trainer:
     def _param_names(self) -> list[str]:
         return [n for names in self._group_names for n in names]
 
-    def optimizer_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """AdamW state flattened to ``optim.<param name>.<key>`` tensors + JSON-safe group settings."""
+    def optimizer_tensors(self, full: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """AdamW state flattened to ``optim.<param name>.<key>`` tensors + JSON-safe group settings
+        (``full``: the gathered tensors of a sharded run, used instead of the local shards)."""
         sd = self.optimizer.state_dict()
         names = self._param_names()
         tensors, scalars = {}, {}
         for idx, st in sd["state"].items():
             for key, val in st.items():
                 if isinstance(val, Tensor):
-                    tensors[f"optim.{names[idx]}.{key}"] = val
+                    k = f"optim.{names[idx]}.{key}"
+                    tensors[k] = full[k] if full is not None else val
                 else:
                     scalars.setdefault(names[idx], {})[key] = val
         groups = []
@@ -588,10 +686,13 @@ class Trainer:
                                   f"unexpected {extra[:5]}): was the checkpoint made with another `trainable`?")
         index = {n: i for i, n in enumerate(names)}
         state: dict[int, dict[str, Any]] = {}
+        params = dict(self.named_trainable)
         for key, val in tensors.items():
             if not key.startswith("optim."):
                 continue
             pname, field = key[len("optim."):].rsplit(".", 1)
+            if self.sharded:
+                val = self._local(pname, val, params[pname]) if val.dim() > 0 else val
             state.setdefault(index[pname], {})[field] = val
         for pname, sc in meta.get("scalars", {}).items():
             state.setdefault(index[pname], {}).update(sc)
@@ -605,9 +706,9 @@ class Trainer:
             groups.append(d)
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
 
-    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    def checkpoint_state(self, full_optim: dict[str, Tensor] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """(JSON state, extra tensors) of a checkpoint at the current step."""
-        opt_tensors, opt_meta = self.optimizer_tensors()
+        opt_tensors, opt_meta = self.optimizer_tensors(full_optim)
         extra = dict(opt_tensors)
         extra["rng.torch_cpu"] = torch.get_rng_state()
         n_cuda = 0
@@ -639,10 +740,13 @@ class Trainer:
         """Write ``checkpoints/step-XXXXXX`` and repoint ``checkpoints/latest`` (rank 0; others wait)."""
         root = checkpoint_dir(self.workdir)
         path = root / step_name(self.step)
+        # A sharded run gathers full tensors first (collectives on every rank), so its checkpoints are the
+        # same as a single process's (loadable anywhere, resumable with any sharding).
+        full_model, full_optim = self._gather_for_checkpoint() if self.sharded else (None, None)
         if self.is_main:
-            state, extra = self.checkpoint_state()
-            save_checkpoint(path, self.model, self.model_cfg, state, tokenizer=getattr(self.builder, "tok", None),
-                            extra_tensors=extra)
+            state, extra = self.checkpoint_state(full_optim)
+            save_checkpoint(path, _StateDict(full_model) if full_model is not None else self.model, self.model_cfg,
+                            state, tokenizer=getattr(self.builder, "tok", None), extra_tensors=extra)
             atomic_write_text(root / LATEST, path.name + "\n")
             self._prune(root, keep=path)
         if self.world_size > 1:
@@ -691,7 +795,17 @@ class Trainer:
         if sha256_file(path / WEIGHTS) != state["weights_sha256"]:
             raise CheckpointError(f"{path / WEIGHTS}: SHA-256 differs from the one recorded in {STATE}")
         weights = load_file(str(path / WEIGHTS), device=str(self.device))
-        self.model.load_state_dict(weights, strict=True)
+        if self.sharded:
+            own = self.model.state_dict()
+            if set(own) != set(weights):
+                raise CheckpointError(f"{path}: weights do not match the model's parameters")
+            with torch.no_grad():
+                for k, t in own.items():
+                    local = self._local(k, weights[k], t)
+                    (t.to_local() if hasattr(t, "to_local") else t).copy_(
+                        local.to_local() if hasattr(local, "to_local") else local)
+        else:
+            self.model.load_state_dict(weights, strict=True)
         extra = load_extra_tensors(path)
         self.load_optimizer(extra, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -716,6 +830,7 @@ class Trainer:
     def close(self) -> None:
         self.loss_module.remove_hooks()
         if self._owns_pg and dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another still has collectives in flight
             dist.destroy_process_group()
             self._owns_pg = False
 
@@ -724,6 +839,16 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _StateDict:
+    """Stands in for a module whose (gathered) state dict is already at hand (``save_checkpoint``)."""
+
+    def __init__(self, sd: dict[str, Tensor]):
+        self.sd = sd
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.sd
 
 
 # ---- convenience for the flows ---------------------------------------------------------------------------------
@@ -738,6 +863,9 @@ def train_stage(model: UniMoEAudio, model_cfg: UniMoEConfig, train_cfg: TrainCon
     """Train one stage: view ``dataset`` (``tasks`` filter and/or ``ids`` subset), build the trainer
     (resuming from ``workdir`` when it holds a checkpoint of this run), train to ``max_steps``.
 
+    Rows of the held-out splits (``HELD_OUT_SPLITS``: "test") are always left out, also when ``ids``
+    names them (logged as a warning: a subset should never contain them).
+
     ``builder`` is a ``SequenceBuilder`` (or a ``TextTokenizer``, wrapped in one). Returns the final
     checkpoint's path and :meth:`Trainer.summary` (steps, final loss, tokens/s, ...).
     """
@@ -746,7 +874,13 @@ def train_stage(model: UniMoEAudio, model_cfg: UniMoEConfig, train_cfg: TrainCon
 
     if isinstance(builder, TextTokenizer):
         builder = SequenceBuilder(model_cfg, builder)
-    view = dataset_view(dataset, tasks=tasks, ids=ids)
+    if ids is not None:
+        ids = list(ids)
+        kept = subset_indices(dataset, tasks=tasks, ids=ids, exclude_splits=HELD_OUT_SPLITS)
+        if len(kept) < len(subset_indices(dataset, tasks=tasks, ids=ids)):
+            log.warning("run %s stage %s: the id subset names held-out (%s) rows; they are left out",
+                        run_id, stage, "/".join(HELD_OUT_SPLITS))
+    view = dataset_view(dataset, tasks=tasks, ids=ids, exclude_splits=HELD_OUT_SPLITS)
     trainer = Trainer(model, model_cfg, train_cfg, view, builder, workdir, run_id=run_id, variant=variant,
                       stage=stage, trainable=trainable, balance_step_offset=balance_step_offset, resume=resume,
                       callbacks=callbacks, wrap=wrap)

@@ -1,0 +1,87 @@
+"""Launching a curriculum stage under torchrun (unimoe.training.launch): two CPU (gloo) processes give
+the losses of one process with the same global batch; the in-process path is the same code."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unimoe.checkpoint import read_state
+from unimoe.config import tiny_preset
+from unimoe.training import read_metrics
+from unimoe.training.launch import run_stage, torchrun_command
+
+TRAIN = dict(lr=1e-3, warmup_steps=1, max_steps=3, grad_accum=2, log_every=1, checkpoint_every=3, cond_dropout=0.25,
+             max_frames=9, crop="random", seed=3)
+
+
+def _spec(workdir, tok_file, batch_size):
+    return {"kind": "joint", "model_config": tiny_preset().to_dict(), "workdir": str(workdir), "run_id": "launch",
+            "variant": "unimoe-top-p0.7", "train_overrides": {**TRAIN, "batch_size": batch_size},
+            "variant_overlay": {}, "tokenizer": str(tok_file), "init": None, "stage": 3,
+            "subset_ids": [f"syn-0-{i:05d}" for i in range(8)],
+            "dataset": {"factory": "unimoe.training.data:synthetic_dataset", "args": [8, 4],
+                        "kwargs": {"seed": 0, "tasks": ["zh_tts", "en_tts", "t2m", "v2m"]}}}
+
+
+def test_two_process_torchrun_stage_matches_one_process(tokenizer, tmp_path, monkeypatch):
+    tok_file = tokenizer.save(tmp_path / "tokenizer.json")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    two = run_stage(_spec(tmp_path / "two", tok_file, 2), nproc=2, timeout=300)
+    one = run_stage(_spec(tmp_path / "one", tok_file, 4), nproc=1)
+    assert two.name == one.name == "step-000003"
+    assert read_state(two)["world_size"] == 2 and read_state(one)["world_size"] == 1
+    a, b = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    assert a["step"].tolist() == b["step"].tolist() == [1, 2, 3]
+    assert a["world_size"].tolist() == [2, 2, 2] and a["tokens"].tolist() == b["tokens"].tolist()
+    for col in ("ce", "aux", "loss", "grad_norm"):
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-5, abs=1e-6), col
+    # weights after 3 AdamW steps (tolerance as in tests/test_trainer.py's DP test)
+    wa, wb = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    for k, v in wb.items():
+        torch.testing.assert_close(wa[k], v, rtol=1e-5, atol=6e-5, msg=k)
+
+
+def test_launch_command_and_errors(tmp_path, tokenizer):
+    cmd = torchrun_command(tmp_path / "s.json", 4)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "4" in cmd
+    assert cmd[-3:] == ["-m", "unimoe.training.launch", str(tmp_path / "s.json")]
+    with pytest.raises(ValueError, match="nproc"):
+        run_stage({}, nproc=0)
+    bad = _spec(tmp_path / "bad", tokenizer.save(tmp_path / "t.json"), 2)
+    bad["dataset"]["factory"] = "unimoe.training.data:no_such_factory"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with pytest.raises(RuntimeError, match="torchrun"):
+        run_stage(bad, nproc=2, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("sharding", [{"fsdp": True}, {"expert_parallel": True}, {"fsdp": True, "expert_parallel": True}],
+                         ids=["fsdp", "ep", "fsdp+ep"])
+def test_sharded_torchrun_stage_matches_one_process_and_resumes(tokenizer, tmp_path, monkeypatch, sharding):
+    """FSDP2 and/or expert parallelism selected by the train config: the same losses and weights as one
+    process; checkpoints hold full tensors; killing after step 2 and resuming (re-sharding the saved
+    full optimiser state) gives the uninterrupted run's step-3 weights."""
+    import shutil
+
+    tok_file = tokenizer.save(tmp_path / "tokenizer.json")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = _spec(tmp_path / "two", tok_file, 2)
+    spec["train_overrides"].update(sharding, checkpoint_every=2)
+    two = run_stage(spec, nproc=2, timeout=300)
+    one = run_stage(_spec(tmp_path / "one", tok_file, 4), nproc=1)
+    a, b = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    for col in ("ce", "aux", "loss", "grad_norm"):
+        assert a[col].tolist() == pytest.approx(b[col].tolist(), rel=1e-5, abs=1e-6), col
+    wa, wb = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    assert {k: v.shape for k, v in wa.items()} == {k: v.shape for k, v in wb.items()}  # full, not shards
+    for k, v in wb.items():
+        torch.testing.assert_close(wa[k], v, rtol=1e-5, atol=6e-5, msg=k)
+    # resume from step 2 (as after a kill between the two checkpoints)
+    ref = {k: v.clone() for k, v in wa.items()}
+    shutil.rmtree(two)
+    (tmp_path / "two" / "checkpoints" / "latest").unlink()
+    again = run_stage(spec, nproc=2, timeout=300)
+    assert again.name == "step-000003" and read_metrics(tmp_path / "two")["step"].tolist() == [1, 2, 3]
+    for k, v in load_file(again / "model.safetensors").items():
+        torch.testing.assert_close(v, ref[k], rtol=1e-6, atol=1e-7, msg=k)

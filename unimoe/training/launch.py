@@ -1,0 +1,130 @@
+"""Run one curriculum stage in this process or as a ``torchrun`` job (data parallel over ``nproc``
+processes: gloo on CPU, nccl on CUDA; the Trainer initialises the process group).
+
+A stage is described by a JSON-serialisable *spec*:
+
+    {"kind": "specialist" | "warmup" | "joint",
+     "model_config": {...}, "workdir": str, "run_id": str, "variant": str,
+     "train_overrides": {...}, "variant_overlay": {...},
+     "dataset": {"factory": "module:callable", "args": [...], "kwargs": {...}},
+     "tokenizer": "path/to/tokenizer.json" | null,       # null: the dataset's load_tokenizer()
+     # kind-specific:
+     "task": str,                                          # specialist
+     "specialists": {task: ckpt}, "warmup_ids": [...],     # warmup
+     "init": ckpt | null, "subset_ids": [...], "stage": 3 | "joint"}   # joint
+
+The dataset is built from a factory named by the caller (e.g. ``data.tokenize:TokenShardReader`` with
+the token directory) so that this library does not depend on the data package; every rank builds
+its own. ``run_stage(spec, nproc)`` runs it in process (``nproc == 1``) or launches
+
+    python -m torch.distributed.run --standalone --nproc-per-node N -m unimoe.training.launch SPEC.json
+
+and returns the final checkpoint written by rank 0. Each rank's global batch is ``batch_size * N *
+grad_accum`` (``batch_size`` is per process), so N processes with ``batch_size = B / N`` follow the
+single-process run with batch ``B`` (see :mod:`unimoe.training.trainer`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+KINDS = ("specialist", "warmup", "joint")
+RESULT = "launch-result.json"
+
+
+def build_dataset(spec: dict[str, Any]):
+    ds = spec["dataset"]
+    module, _, name = ds["factory"].partition(":")
+    if not module or not name:
+        raise ValueError(f"dataset factory must be 'module:callable', got {ds['factory']!r}")
+    return getattr(importlib.import_module(module), name)(*ds.get("args", []), **ds.get("kwargs", {}))
+
+
+def execute(spec: dict[str, Any]) -> Path:
+    """Run the stage described by ``spec`` in this process (one rank of a torchrun job, or alone)."""
+    from unimoe.config import UniMoEConfig
+    from unimoe.tokenizer import TextTokenizer
+    from unimoe.training import curriculum
+
+    kind = spec["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; choose from {KINDS}")
+    dataset = build_dataset(spec)
+    tok = TextTokenizer.load(spec["tokenizer"]) if spec.get("tokenizer") else dataset.load_tokenizer()
+    cfg = UniMoEConfig.from_dict(spec["model_config"])
+    common = dict(run_id=spec["run_id"], variant=spec["variant"], train_overrides=spec.get("train_overrides") or {},
+                  variant_overlay=spec.get("variant_overlay") or {})
+    if kind == "specialist":
+        return curriculum.train_specialist(cfg, spec["task"], dataset, tok, spec["workdir"], **common)
+    if kind == "warmup":
+        return curriculum.train_moe_warmup(cfg, spec["specialists"], dataset, tok, spec["workdir"],
+                                           warmup_ids=curriculum.tokenised_ids(spec["warmup_ids"], dataset), **common)
+    return curriculum.train_joint(cfg, spec.get("init"), dataset, tok, spec["workdir"],
+                                  subset_ids=curriculum.tokenised_ids(spec["subset_ids"], dataset),
+                                  stage=spec.get("stage", 3), **common)
+
+
+def torchrun_command(spec_path: str | Path, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc)),
+            "-m", "unimoe.training.launch", str(spec_path)]
+
+
+def run_stage(spec: dict[str, Any], nproc: int = 1, *, env: dict[str, str] | None = None,
+              timeout: float | None = None) -> Path:
+    """The stage's final checkpoint: trained in this process when ``nproc == 1``, else by ``nproc``
+    torchrun processes (their output is streamed to this process's stdout/stderr)."""
+    if int(nproc) < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if int(nproc) == 1:
+        return Path(execute(spec))
+    from unimoe.io import atomic_write_json
+
+    workdir = Path(spec["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = workdir / "launch-spec.json", workdir / RESULT
+    atomic_write_json(spec_path, spec)
+    result_path.unlink(missing_ok=True)
+    run_env = dict(os.environ if env is None else env)
+    # The launched module must import this checkout's packages (flows run from the repository root).
+    root = str(Path(__file__).resolve().parents[2])
+    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, run_env.get("PYTHONPATH")) if p)
+    run_env.setdefault("OMP_NUM_THREADS", "1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        run_env.pop(k, None)  # a fresh job, never a nested one
+    done = subprocess.run(torchrun_command(spec_path, nproc), env=run_env, capture_output=True, text=True,
+                          timeout=timeout)
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(f"torchrun ({nproc} processes) for {spec['kind']} stage in {workdir} failed with exit "
+                           f"code {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}")
+    return Path(json.loads(result_path.read_text())["checkpoint"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m unimoe.training.launch SPEC.json (under torchrun)", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}] %(asctime)s %(name)s %(message)s")
+    spec = json.loads(Path(args[0]).read_text())
+    ckpt = execute(spec)
+    if rank == 0:
+        from unimoe.io import atomic_write_json
+
+        atomic_write_json(Path(spec["workdir"]) / RESULT, {"checkpoint": str(ckpt)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
