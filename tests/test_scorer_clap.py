@@ -7,6 +7,7 @@ an independent cosine."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -304,3 +305,23 @@ def test_arbitrary_pickles_are_not_loaded(tmp_path, tokenizer_dir):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "extra": NotAWeight()}, path)
     with pytest.raises(ScorerUnavailable, match="weights_only"):
         load_scorer("clap", weights_path=str(path), tokenizer_path=str(tokenizer_dir), text_config=TEXT_CFG)
+
+
+def test_importing_laion_clap_keeps_the_numba_cache_setting(tmp_path):
+    """laion_clap sets NUMBA_CACHE_DIR=/tmp/ when imported; the loader must not let that leak, nor let
+    librosa's kernels be compiled into /tmp meanwhile (processes sharing one numba cache have crashed)."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "numba-cache"
+    code = ("import os\n"
+            "from evaluation.scorers import clap as C\n"
+            "C._import_laion_clap()\n"
+            "import sys; assert 'laion_clap' in sys.modules\n"
+            "print(os.environ.get('NUMBA_CACHE_DIR'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(cache)
+    # librosa's beat-tracking kernels were compiled into (and cached in) the caller's folder
+    assert any(p.name.startswith("beat.__beat_track_dp") for p in cache.rglob("*.nbi"))

@@ -47,8 +47,10 @@ Audio goes through LAION's int16 quantisation (``int16_to_float32(float32_to_int
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
+import os
 import pickle
 import threading
 from collections.abc import Iterator
@@ -124,6 +126,9 @@ DEFAULT_CHECKPOINT = "music_audioset_epoch_15_esc_90.14"
 
 _NONPERSISTENT_TEXT_BUFFERS = ("text_branch.embeddings.position_ids", "text_branch.embeddings.token_type_ids")
 _LOCK = threading.RLock()
+# librosa modules whose numba kernels are compiled (and cached) at import.
+LIBROSA_NUMBA_MODULES = ("librosa.core.audio", "librosa.core.pitch", "librosa.util.utils", "librosa.beat",
+                         "librosa.onset", "librosa.feature")
 
 
 def _stub_from_pretrained(*args: Any, **kwargs: Any) -> None:
@@ -144,12 +149,25 @@ def _import_laion_clap() -> tuple[Any, Any, Any]:
                 for cls_name in ("BertTokenizer", "RobertaTokenizer", "BartTokenizer"):
                     cls = getattr(transformers, cls_name)
                     stack.enter_context(mock.patch.object(cls, "from_pretrained", _stub_from_pretrained))
+                # laion_clap's pann_model sets NUMBA_CACHE_DIR=/tmp/ process-wide at import. Kernels compiled
+                # while it is set (librosa's, when librosa is first imported then) are cached in /tmp, shared
+                # by every process: concurrent writers there mix files of a gufunc (numba issue 10128) and
+                # crash the next process that loads them (SIGSEGV in beat_track). So librosa's numba
+                # modules are imported first, under the caller's setting, and that setting is restored.
+                for m in LIBROSA_NUMBA_MODULES:
+                    importlib.import_module(m)
+                numba_cache = os.environ.get("NUMBA_CACHE_DIR")
                 try:
                     import laion_clap  # noqa: F401  (puts its folder on sys.path: clap_module, training)
                 except ImportError as e:
                     raise ScorerUnavailable(
                         f"{WHAT}: the laion_clap package (or one of its imports) is missing ({e})"
                     ) from e
+                finally:
+                    if numba_cache is None:
+                        os.environ.pop("NUMBA_CACHE_DIR", None)
+                    else:
+                        os.environ["NUMBA_CACHE_DIR"] = numba_cache
         # The package imports its modules as top-level ``clap_module`` (hook.py); use the same objects.
         from clap_module import factory
         from clap_module import model as model_mod

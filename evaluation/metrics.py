@@ -1,0 +1,220 @@
+"""Public metric functions of the benchmark suite: error rates, Fréchet distance, KL, IS, bootstrap CIs.
+
+Conventions (also recorded with results; see /work/shared/notes/eval-protocols.md):
+
+- **Error rates** (:func:`error_rates`, :func:`edit_counts`): both sides normalised with
+  :func:`evaluation.text.normalize` (Seed-TTS-eval rules), then word-level Levenshtein alignment with
+  ``jiwer``. For ``lang="en"`` tokens are words (WER); for ``lang="zh"`` the normaliser has already
+  split the text into characters, so the same word-level alignment gives the CER. ``mean_utterance``
+  is the mean of per-utterance rates (what Seed-TTS-eval publishes); ``corpus`` is
+  ``sum(S+D+I) / sum(N)``.
+  *Empty references* (empty after normalisation): an utterance rate is undefined (NaN) and the
+  utterance is left out of ``mean_utterance``; its edits (all insertions) still count in the corpus
+  numerator, and it adds 0 to the denominator. If every reference is empty both results are NaN.
+- **Fréchet distance** (FAD): ``|mu1-mu2|^2 + tr(S1 + S2 - 2 sqrtm(S1 S2))`` of Gaussian fits
+  (sample covariance, ``ddof=1``), computed as in pytorch-fid / ``frechet_audio_distance``: when
+  ``sqrtm`` is not finite (singular product), ``eps * I`` is added to both covariances and it is
+  recomputed; a complex result whose diagonal has an imaginary part above 1e-3 is an error, otherwise
+  the real part is used.
+- **KL** (:func:`kl_divergence`): mean over paired rows of ``KL(p_ref || p_gen)`` in nats (audiocraft's
+  direction). Each row is clipped to ``[eps, 1]`` and renormalised to sum to 1 before the log, so a
+  zero in ``p_gen`` gives a large finite value instead of infinity. (audiocraft adds 1e-6 to the
+  prediction without renormalising; stable-audio-metrics uses the other direction.)
+- **Inception score**: ``exp(E_x[KL(p(y|x) || p(y))])`` over each of ``splits`` parts of a seeded
+  shuffle of the rows; mean and std (``ddof=0``) over the parts. ``0 log 0 = 0``.
+- **Bootstrap CI**: percentile bootstrap over items (rows resampled with replacement).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+from scipy.special import rel_entr
+
+from evaluation.text import normalize
+
+__all__ = [
+    "bootstrap_ci",
+    "edit_counts",
+    "error_rates",
+    "frechet_distance",
+    "frechet_from_stats",
+    "gaussian_stats",
+    "inception_score",
+    "kl_divergence",
+]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Error rates
+# ------------------------------------------------------------------------------------------------------
+
+
+def _edits(ref_tokens: list[str], hyp_tokens: list[str]) -> int:
+    """Levenshtein distance (S + D + I) between token lists, via jiwer."""
+    if not ref_tokens:
+        return len(hyp_tokens)
+    if not hyp_tokens:
+        return len(ref_tokens)
+    import jiwer
+
+    out = jiwer.process_words(" ".join(ref_tokens), " ".join(hyp_tokens))
+    return int(out.substitutions + out.deletions + out.insertions)
+
+
+def edit_counts(ref: str, hyp: str | None, lang: str) -> tuple[int, int]:
+    """``(errors, ref_len)`` of one utterance after normalisation: S + D + I and the number of
+    reference tokens (words for en, characters for zh). ``hyp=None`` counts as an empty hypothesis."""
+    r = normalize(ref or "", lang).split()
+    h = normalize(hyp or "", lang).split()
+    return _edits(r, h), len(r)
+
+
+def utterance_rate(errors: int, ref_len: int) -> float:
+    """``errors / ref_len``; NaN when the reference is empty (undefined)."""
+    return errors / ref_len if ref_len > 0 else math.nan
+
+
+def error_rates(refs: Sequence[str], hyps: Sequence[str | None], lang: str) -> dict[str, float]:
+    """WER (en) or CER (zh): ``{"mean_utterance": ..., "corpus": ...}`` (see the module doc for the
+    empty-reference rule). Empty input gives NaN for both."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    counts = [edit_counts(r, h, lang) for r, h in zip(refs, hyps)]
+    rates = [utterance_rate(e, n) for e, n in counts if n > 0]
+    total_n = sum(n for _, n in counts)
+    return {
+        "mean_utterance": float(np.mean(rates)) if rates else math.nan,
+        "corpus": sum(e for e, _ in counts) / total_n if total_n > 0 else math.nan,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fréchet distance
+# ------------------------------------------------------------------------------------------------------
+
+
+def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[D]`` and sample covariance ``[D, D]`` (``ddof=1``) of embeddings ``x [N, D]`` (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be [N, D], got shape {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 embeddings for a covariance, got {x.shape[0]}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+
+
+def frechet_from_stats(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's computation)."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        # scipy warns on singular products (e.g. fewer items than dimensions); as in the reference
+        # implementations only a non-finite result triggers the eps*I retry.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(s1.shape[0]) * eps
+            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm has an imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between the Gaussian fits of embedding sets ``a [N, D]`` and ``b [M, D]``."""
+    return frechet_from_stats(*gaussian_stats(a), *gaussian_stats(b), eps=eps)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Class-posterior metrics
+# ------------------------------------------------------------------------------------------------------
+
+
+def _probs(p: Any, name: str) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"{name} must be [N, C], got shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"{name} must hold finite, non-negative probabilities")
+    return p
+
+
+def _clip_renorm(p: np.ndarray, eps: float) -> np.ndarray:
+    p = np.clip(p, eps, 1.0)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-8) -> float:
+    """Mean over paired rows of ``KL(p_ref || p_gen)`` (natural log), rows clipped to ``[eps, 1]``
+    and renormalised first."""
+    r, g = _probs(p_ref, "p_ref"), _probs(p_gen, "p_gen")
+    if r.shape != g.shape:
+        raise ValueError(f"p_ref {r.shape} and p_gen {g.shape} must have the same shape (paired rows)")
+    if r.shape[0] == 0:
+        return math.nan
+    r, g = _clip_renorm(r, eps), _clip_renorm(g, eps)
+    return float(np.mean(np.sum(r * (np.log(r) - np.log(g)), axis=1)))
+
+
+def inception_score(probs: np.ndarray, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """``(mean, std)`` of ``exp(mean_x KL(p(y|x) || p(y)))`` over ``splits`` parts of the rows
+    shuffled with ``numpy.random.default_rng(seed)``; ``p(y)`` is the mean posterior of each part."""
+    p = _probs(probs, "probs")
+    if splits < 1 or p.shape[0] < splits:
+        raise ValueError(f"need 1 <= splits <= N, got splits={splits}, N={p.shape[0]}")
+    p = p / p.sum(axis=1, keepdims=True)
+    p = p[np.random.default_rng(seed).permutation(p.shape[0])]
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(axis=0, keepdims=True)
+        scores.append(math.exp(float(np.mean(rel_entr(part, py).sum(axis=1)))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Uncertainty
+# ------------------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    values: Any,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(lo, hi)`` of ``statistic`` at level ``1 - alpha``.
+
+    ``values`` is a 1-D array of per-item values or ``[N, ...]`` per-item rows (e.g. ``(errors,
+    ref_len)`` pairs for a corpus rate); items (rows) are resampled with replacement ``n_boot`` times
+    and each resample is passed whole to ``statistic``. No items -> ``(nan, nan)``.
+    """
+    v = np.asarray(values)
+    if v.ndim == 0:
+        raise ValueError("values must be a 1-D array or a sequence of per-item rows")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n = v.shape[0]
+    if n == 0:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    stats = np.array([float(statistic(v[i])) for i in idx])
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)

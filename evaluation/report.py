@@ -1,0 +1,147 @@
+"""The paper's result tables rendered from the Parquet results (``unimoe report tables``).
+
+Which benchmark/metric fills which cell (the newest run of each variant on each benchmark; one row
+per variant; a cell is ``value (95% CI)``, or ``–`` when that variant has no such result):
+
+Table 3 (speech)   Seed-TTS test-en: WER (benchmark ``seedtts-en``, task en_tts, metric ``wer``, x100 = %),
+                   SIM (``sim``), UTMOS (``utmos``); Seed-TTS test-zh: CER (``seedtts-zh``/zh_tts ``cer``, %),
+                   SIM, UTMOS.
+Table 4 (music)    T2M on MusicCaps (``musiccaps``/t2m): PC, PQ, CE (``pc``, ``pq``, ``ce``), CLAP (``clap``),
+                   FAD (``fad``), KL (``kl``); V2M on V2M-bench (``v2m-bench``/v2m): the same columns.
+Table 5 (ablation) variants side by side (columns), one row per cell of Tables 3 and 4 that any variant has.
+Demo               the offline ``demo`` benchmark, one row per variant, columns ``task/metric`` under the
+                   demo metrics' OWN names (wer_pocketsphinx, sim_resemblyzer, dnsmos_*, tempo/key
+                   adherence): they never fill a paper column.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation import results as R
+
+
+@dataclass(frozen=True)
+class Cell:
+    group: str
+    label: str
+    benchmark: str
+    task: str
+    metric: str
+    scale: float = 1.0
+
+
+TABLE3 = [
+    Cell("Seed-TTS test-en", "WER (%) ↓", "seedtts-en", "en_tts", "wer", 100.0),
+    Cell("Seed-TTS test-en", "SIM ↑", "seedtts-en", "en_tts", "sim"),
+    Cell("Seed-TTS test-en", "UTMOS ↑", "seedtts-en", "en_tts", "utmos"),
+    Cell("Seed-TTS test-zh", "CER (%) ↓", "seedtts-zh", "zh_tts", "cer", 100.0),
+    Cell("Seed-TTS test-zh", "SIM ↑", "seedtts-zh", "zh_tts", "sim"),
+    Cell("Seed-TTS test-zh", "UTMOS ↑", "seedtts-zh", "zh_tts", "utmos"),
+]
+_MUSIC = [("PC ↑", "pc"), ("PQ ↑", "pq"), ("CE ↑", "ce"), ("CLAP ↑", "clap"), ("FAD ↓", "fad"), ("KL ↓", "kl")]
+TABLE4 = ([Cell("T2M (MusicCaps)", lab, "musiccaps", "t2m", m) for lab, m in _MUSIC]
+          + [Cell("V2M (V2M-bench)", lab, "v2m-bench", "v2m", m) for lab, m in _MUSIC])
+DEMO = "demo"
+
+
+def latest_per_variant(agg: pd.DataFrame) -> pd.DataFrame:
+    """For each (variant, benchmark), the rows of its newest run (newest row per metric within it)."""
+    if agg.empty:
+        return agg
+    first = agg.groupby("run_id")["timestamp"].min().rename("run_start")
+    agg = agg.join(first, on="run_id")
+    newest = agg.sort_values(["run_start", "run_id"]).groupby(["variant", "benchmark"])["run_id"].last().to_dict()
+    keep = agg[[newest[(v, b)] == r for v, b, r in zip(agg["variant"], agg["benchmark"], agg["run_id"])]]
+    return keep.sort_values("timestamp").drop_duplicates(["variant", "benchmark", "task", "metric"], keep="last")
+
+
+def _fmt(x: float, scale: float = 1.0) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return "–"
+    v = float(x) * scale
+    return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.3f}"
+
+
+def _cell_text(row, scale: float) -> str:
+    if row is None:
+        return "–"
+    ci = "" if not (math.isfinite(row.ci_low) and math.isfinite(row.ci_high)) else \
+        f" ({_fmt(row.ci_low, scale)}–{_fmt(row.ci_high, scale)})"
+    return _fmt(row.value, scale) + ci
+
+
+def _lookup(latest: pd.DataFrame) -> dict:
+    return {(r.variant, r.benchmark, r.task, r.metric): r for r in latest.itertuples(index=False)}
+
+
+def build_tables(root: str | Path) -> dict[str, dict]:
+    """Every table as {"title", "header": [..], "rows": [[..]], "note"}."""
+    agg = R.read_table(root, "aggregate")
+    latest = latest_per_variant(agg)
+    look = _lookup(latest) if not latest.empty else {}
+    variants = sorted(latest["variant"].unique()) if not latest.empty else []
+    tables = {}
+    for key, title, cells in (("table3", "Table 3: speech generation (Seed-TTS eval)", TABLE3),
+                              ("table4", "Table 4: music generation (T2M on MusicCaps, V2M on V2M-bench)", TABLE4)):
+        have = [v for v in variants if any((v, c.benchmark, c.task, c.metric) in look for c in cells)]
+        tables[key] = {"title": title, "header": ["model / variant"] + [f"{c.group}: {c.label}" for c in cells],
+                       "rows": [[v] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale) for c in cells]
+                                for v in have],
+                       "note": "Cells: value (95% bootstrap CI over items), mean over seeds; newest run per variant."}
+    cells = [c for c in TABLE3 + TABLE4 if any((v, c.benchmark, c.task, c.metric) in look for v in variants)]
+    tables["table5"] = {"title": "Table 5: ablations (variants side by side)",
+                        "header": ["metric"] + variants,
+                        "rows": [[f"{c.group}: {c.label}"] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale)
+                                                              for v in variants] for c in cells],
+                        "note": "Paper benchmarks only; see the demo table for the offline demo benchmark."}
+    demo = latest[latest["benchmark"] == DEMO] if not latest.empty else latest
+    demo_cols = sorted({(r.task, r.metric, bool(r.higher_is_better)) for r in demo.itertuples(index=False)})
+    tables["demo"] = {"title": "Demo benchmark (offline demo scorers; NOT paper metrics)",
+                      "header": ["model / variant"] + [f"{t}: {m} {'↑' if h else '↓'}" for t, m, h in demo_cols],
+                      "rows": [[v] + [_cell_text(look.get((v, DEMO, t, m)), 1.0) for t, m, _ in demo_cols]
+                               for v in sorted(demo["variant"].unique())] if not demo.empty else [],
+                      "note": "Demo metrics under their own names; they are not comparable with the paper's."}
+    return tables
+
+
+def render_markdown(tables: dict[str, dict]) -> str:
+    out = []
+    for t in tables.values():
+        out += [f"## {t['title']}", ""]
+        if not t["rows"]:
+            out += ["_no results yet_", ""]
+            continue
+        out += ["| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
+        out += ["| " + " | ".join(r) + " |" for r in t["rows"]]
+        out += ["", f"_{t['note']}_", ""]
+    return "\n".join(out)
+
+
+def render_html(tables: dict[str, dict]) -> str:
+    e = html.escape
+    out = ["<!doctype html><html><head><meta charset='utf-8'><title>UniMoE-Audio results</title>",
+           "<style>table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #999;padding:3px 6px}"
+           "td{text-align:right}td:first-child{text-align:left}</style></head><body>"]
+    for t in tables.values():
+        out.append(f"<h2>{e(t['title'])}</h2>")
+        if not t["rows"]:
+            out.append("<p><em>no results yet</em></p>")
+            continue
+        out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in t["header"]) + "</tr></thead><tbody>")
+        out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in t["rows"]]
+        out.append(f"</tbody></table><p><em>{e(t['note'])}</em></p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render(root: str | Path, fmt: str = "md") -> str:
+    if fmt not in ("md", "html"):
+        raise ValueError(f"format must be md or html, got {fmt!r}")
+    tables = build_tables(root)
+    return render_markdown(tables) if fmt == "md" else render_html(tables)

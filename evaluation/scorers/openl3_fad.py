@@ -1,0 +1,322 @@
+"""FAD with OpenL3 embeddings (the paper's FAD): a set-level scorer.
+
+Protocol (stable-audio-metrics ``src/openl3_fd.py`` as used for MusicCaps: ``channels=2``,
+``samplingrate=44100``, ``content_type="music"``, ``openl3_hop_size=0.5``):
+
+1. peak-normalise the clip to -1 dBFS (over all channels, as ``pyloudnorm.normalize.peak``);
+2. resample to the evaluation bandwidth, 44.1 kHz, with soxr (HQ, as ``soxr.resample``'s default);
+3. OpenL3 ``mel256`` / ``music`` / 512-d on each channel: OpenL3 resamples to its 48 kHz with
+   resampy ``kaiser_best``, pads 0.5 s in front (``center=True``), cuts 1 s windows every 0.5 s
+   (zero-padding the end to a whole hop) and embeds each window;
+4. stereo: the L and R frame embeddings are concatenated (1024-d); mono: the mono embedding is
+   used for both halves (stable-audio-metrics' "fake stereo"); more than two channels is an error;
+5. FAD = Fréchet distance between Gaussian fits (``evaluation.metrics``).
+
+The OpenL3 network is ``torchopenl3``'s PyTorch port of the Keras model (its ``PytorchOpenl3``
+module and its released weights ``torchopenl3_mel256_music_512.pth.tar``; the port reproduces
+openl3's Kapre spectrogram and layers; its authors report agreement with openl3 to a small
+tolerance, not bit-exactness). Preprocessing uses torchopenl3's own framing with the resampy
+sampler (the one openl3 uses); resampy 0.2 needs ``pkg_resources`` (``setuptools<81``).
+
+**Set statistics: frames vs items.** stable-audio-metrics fits its Gaussians to *all frame
+embeddings* of a set (every 0.5 s frame of every clip is one sample). The ``SetScorer`` interface has
+one row per item, so :meth:`OpenL3FAD.embed` returns the *mean frame embedding of each item* and
+:meth:`compare` fits the Gaussians to those rows; that number is NOT comparable with published
+frame-level FADs (fewer, smoother samples). The protocol-faithful frame-level FAD is available as
+:meth:`frame_embeddings` + :meth:`fad_frames` (and :meth:`reference_stats` for caching a reference
+set's ``(mu, sigma)``); ``info()["pooling"]`` records which one a number is.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import pickle
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, register
+from unimoe.audio_io import as_channels_first
+from unimoe.io import resolve_weights, sha256_file
+
+log = logging.getLogger(__name__)
+
+WHAT = "OpenL3 (torchopenl3 mel256/music/512)"
+WEIGHTS_FILE = "torchopenl3_mel256_music_512.pth.tar"
+DEFAULT_WEIGHTS = f"openl3/{WEIGHTS_FILE}"
+ORIGIN = f"https://github.com/torchopenl3/torchopenl3-models/raw/master/{WEIGHTS_FILE}"
+INPUT_REPR = "mel256"
+CONTENT_TYPE = "music"
+EMBEDDING_SIZE = 512
+EVAL_SAMPLE_RATE = 44_100  # stable-audio-metrics' MusicCaps setting
+HOP_SIZE = 0.5  # seconds (OpenL3's window is 1 s)
+PEAK_DB = -1.0
+OPENL3_SR = 48_000
+# Deterministic spectrogram constants of the port (computed from librosa at construction); a weights
+# file without them is still complete.
+_SPEC_BUFFERS = ("speclayer.dft_real_kernels", "speclayer.dft_imag_kernels", "speclayer.mel_basis")
+_LOCK = threading.Lock()
+
+
+def _import_torchopenl3() -> tuple[Any, Any]:
+    """``(torchopenl3.models, torchopenl3.utils)``; resampy 0.2 imports pkg_resources (deprecated)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchopenl3.models as models
+            import torchopenl3.utils as utils
+    except ImportError as e:
+        raise ScorerUnavailable(
+            f"{WHAT}: torchopenl3 (or its resampy/pkg_resources dependency) cannot be imported ({e}); "
+            "install torchopenl3 and setuptools<81 (scripts/requirements.txt)"
+        ) from e
+    return models, utils
+
+
+def build_openl3() -> torch.nn.Module:
+    """The port's mel256 / 512-d architecture with random weights (content type does not change it)."""
+    models, _ = _import_torchopenl3()
+    with warnings.catch_warnings():
+        # librosa notes empty mel filters at 256 bands / 2048-point FFT: inherent to OpenL3's mel256 input
+        warnings.simplefilter("ignore", UserWarning)
+        return models.PytorchOpenl3(content_type=CONTENT_TYPE, input_repr=INPUT_REPR, embedding_size=EMBEDDING_SIZE)
+
+
+def load_openl3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ScorerUnavailable(
+            f"{WHAT}: {path} holds objects other than tensors and is not loaded (weights_only=True): {e}"
+        ) from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ScorerUnavailable(f"{WHAT}: {path} is not a state dict of tensors")
+    return dict(sd)
+
+
+def peak_normalise(x: np.ndarray, peak_db: float = PEAK_DB) -> np.ndarray:
+    """Scale so the largest absolute sample (any channel) is ``peak_db`` dBFS (pyloudnorm's ``peak``)."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if m <= 0.0:
+        raise ValueError("silent clip: peak normalisation is undefined")
+    return (x * (10.0 ** (peak_db / 20.0) / m)).astype(np.float32)
+
+
+def soxr_resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """``[C, n]`` -> ``[C, m]`` with soxr (HQ), as ``soxr.resample`` does by default."""
+    if sr_in == sr_out:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    import soxr
+
+    y = soxr.resample(np.ascontiguousarray(x.T, dtype=np.float32), sr_in, sr_out)
+    return np.ascontiguousarray(np.atleast_2d(y.T), dtype=np.float32).reshape(x.shape[0], -1)
+
+
+class OpenL3FAD(SetScorer):
+    """OpenL3 (mel256, music, 512-d; L‖R 1024-d) embeddings and the Fréchet distance between sets."""
+
+    name = "openl3_fad"
+    metrics: ClassVar[dict[str, str]] = {"fad": "lower"}
+    needs_reference = True
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        weights_path: Path,
+        weights_sha256: str,
+        eval_sample_rate: int = EVAL_SAMPLE_RATE,
+        hop_size: float = HOP_SIZE,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 < eval_sample_rate <= OPENL3_SR:
+            raise ValueError(f"eval_sample_rate must be in (0, {OPENL3_SR}], got {eval_sample_rate}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.weights_path = Path(weights_path)
+        self.weights_sha256 = weights_sha256
+        self.eval_sample_rate = int(eval_sample_rate)
+        self.hop_size = float(hop_size)
+        self.batch_size = int(batch_size)
+        self.last_failures: dict[str, str] = {}
+        _, self._utils = _import_torchopenl3()
+
+    # ---- identity ----------------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str:
+        return (
+            f"torchopenl3-{importlib.metadata.version('torchopenl3')}+{INPUT_REPR}-{CONTENT_TYPE}-"
+            f"{EMBEDDING_SIZE}+sha256:{self.weights_sha256[:12]}"
+        )
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out.update(
+            weights=str(self.weights_path),
+            weights_sha256=self.weights_sha256,
+            input_repr=INPUT_REPR,
+            content_type=CONTENT_TYPE,
+            embedding_size=EMBEDDING_SIZE,
+            channels=2,
+            eval_sample_rate=self.eval_sample_rate,
+            hop_size=self.hop_size,
+            peak_db=PEAK_DB,
+            pooling="item-mean (embed/compare); frame-level via frame_embeddings/fad_frames",
+            protocol="stable-audio-metrics openl3_fd: peak -1 dB, soxr to eval rate, OpenL3 per channel "
+            "(resampy kaiser_best to 48 kHz, centred 1 s windows, 0.5 s hop), mono duplicated to L||R, "
+            "Frechet distance of Gaussian fits",
+        )
+        return out
+
+    # ---- embeddings --------------------------------------------------------------------------------
+
+    def _frames(self, wav_eval: np.ndarray) -> np.ndarray:
+        """OpenL3 frame embeddings ``[T, 512]`` of one mono channel at ``eval_sample_rate``."""
+        x = np.asarray(wav_eval, np.float64)
+        if self.eval_sample_rate != OPENL3_SR:
+            # openl3's resampler (torchopenl3's "resampy" sampler calls the same, plus a log line)
+            import resampy
+
+            x = resampy.resample(x, sr_orig=self.eval_sample_rate, sr_new=OPENL3_SR, filter="kaiser_best")
+        # torchopenl3's framing at 48 kHz (openl3's: centre pad, end pad to a whole hop, 1 s windows)
+        x = self._utils.preprocess_audio_batch(
+            torch.from_numpy(np.ascontiguousarray(x)).view(1, -1), OPENL3_SR, center=True, hop_size=self.hop_size
+        ).to(torch.float32)
+        out = []
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], self.batch_size):
+                out.append(self.model(x[s : s + self.batch_size].to(self.device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    def item_frames(self, item: AudioItem) -> np.ndarray:
+        """``[T, 1024]`` L‖R frame embeddings of one item (raises on unusable audio)."""
+        wav = as_channels_first(item.wav)
+        if wav.shape[-1] == 0:
+            raise ValueError("empty audio")
+        if not np.isfinite(wav).all():
+            raise ValueError("NaN or infinite samples")
+        if wav.shape[0] > 2:
+            raise ValueError(f"{wav.shape[0]} channels; the protocol takes mono or stereo")
+        x = soxr_resample(peak_normalise(wav), int(item.sample_rate), self.eval_sample_rate)
+        left = self._frames(x[0])
+        right = left if x.shape[0] == 1 else self._frames(x[1])  # mono: "fake stereo"
+        return np.concatenate([left, right], axis=1)
+
+    def frame_embeddings(self, items: list[AudioItem]) -> list[np.ndarray | None]:
+        """Per item ``[T_i, 1024]`` frame embeddings (None where the item failed; see ``last_failures``)."""
+        self.last_failures = {}
+        out: list[np.ndarray | None] = []
+        for it in items:
+            try:
+                out.append(self.item_frames(it))
+            except Exception as e:  # one bad clip never stops the batch
+                reason = f"{type(e).__name__}: {e}"
+                self.last_failures[str(it.id)] = reason
+                log.warning("%s: item %r not embedded (NaN): %s", self.name, it.id, reason)
+                out.append(None)
+        return out
+
+    def embed(self, items: list[AudioItem]) -> np.ndarray:
+        """``[N, 1024]``: each item's mean frame embedding (NaN rows for failed items)."""
+        rows = np.full((len(items), 2 * EMBEDDING_SIZE), np.nan, dtype=np.float32)
+        for i, f in enumerate(self.frame_embeddings(items)):
+            if f is not None:
+                rows[i] = f.mean(axis=0)
+        return rows
+
+    # ---- set metrics -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _finite_rows(x: np.ndarray | list[np.ndarray | None], what: str) -> np.ndarray:
+        if isinstance(x, list):
+            parts = [np.asarray(f, np.float64) for f in x if f is not None]
+            x = np.concatenate(parts) if parts else np.zeros((0, 2 * EMBEDDING_SIZE))
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"{what} embeddings must be [N, D], got shape {x.shape}")
+        return x[np.isfinite(x).all(axis=1)]
+
+    @classmethod
+    def reference_stats(cls, reference: np.ndarray | list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu, sigma)`` of a reference set (item rows, or a list of per-item frame arrays) to cache."""
+        from evaluation.metrics import gaussian_stats
+
+        return gaussian_stats(cls._finite_rows(reference, "reference"))
+
+    def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
+        """``{"fad": Fréchet distance}`` between the rows of ``generated`` and ``reference`` (rows
+        with NaN, i.e. failed items, are left out; fewer than 2 usable rows on a side -> NaN)."""
+        if reference is None:
+            return {"fad": math.nan}
+        return {"fad": self._fad(self._finite_rows(generated, "generated"), reference_rows=reference)}
+
+    def compare_to_stats(self, generated: np.ndarray | list[np.ndarray | None], mu: np.ndarray,
+                         sigma: np.ndarray) -> dict[str, float]:
+        """FAD of ``generated`` (item rows or per-item frames) against cached reference statistics."""
+        from evaluation.metrics import frechet_from_stats, gaussian_stats
+
+        g = self._finite_rows(generated, "generated")
+        if g.shape[0] < 2:
+            return {"fad": math.nan}
+        return {"fad": frechet_from_stats(*gaussian_stats(g), mu, sigma)}
+
+    def fad_frames(self, generated: list[np.ndarray | None], reference: list[np.ndarray | None]) -> dict[str, float]:
+        """The protocol-faithful FAD: Gaussians fitted to all frame embeddings of each set."""
+        return {"fad": self._fad(self._finite_rows(generated, "generated"), reference_rows=reference)}
+
+    def _fad(self, g: np.ndarray, *, reference_rows: Any) -> float:
+        from evaluation.metrics import frechet_distance
+
+        r = self._finite_rows(reference_rows, "reference")
+        if g.shape[0] < 2 or r.shape[0] < 2:
+            log.warning("%s: FAD needs >= 2 usable rows per set (got %d generated, %d reference)",
+                        self.name, g.shape[0], r.shape[0])
+            return math.nan
+        return frechet_distance(g, r)
+
+
+@register("openl3_fad")
+def create(
+    weights_path: str | Path = DEFAULT_WEIGHTS,
+    sha256: str | None = None,
+    *,
+    eval_sample_rate: int = EVAL_SAMPLE_RATE,
+    hop_size: float = HOP_SIZE,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> OpenL3FAD:
+    """The OpenL3-FAD scorer from torchopenl3's released ``mel256``/``music``/512 weights in the local
+    store (``openl3/torchopenl3_mel256_music_512.pth.tar``); ``sha256`` is verified when given and
+    recorded either way."""
+    path = resolve_weights(weights_path, sha256=sha256, what=f"{WHAT} weights", origin=ORIGIN)
+    digest = sha256.lower() if sha256 is not None else sha256_file(path)
+    sd = load_openl3_state_dict(path)
+    with _LOCK:
+        model = build_openl3()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or [k for k in missing if k not in _SPEC_BUFFERS]:
+        raise ScorerUnavailable(
+            f"{WHAT}: {path} does not fit the mel256/512 architecture (missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]})"
+        )
+    return OpenL3FAD(
+        model,
+        weights_path=path,
+        weights_sha256=digest,
+        eval_sample_rate=eval_sample_rate,
+        hop_size=hop_size,
+        batch_size=batch_size,
+        device=device,
+    )

@@ -1,0 +1,153 @@
+"""English WER with CMU PocketSphinx (demo scorer; real weights shipped inside the ``pocketsphinx`` package).
+
+A *demo* scorer (DESIGN.md §5): its acoustic model (``en-us`` continuous HMM), language model
+(``en-us.lm.bin``) and dictionary (``cmudict-en-us.dict``) ship inside the ``pocketsphinx`` registry
+package, so it runs offline. It reports under its own metric name ``wer_pocketsphinx`` and never stands
+in for the paper's Whisper-large-v3 WER (``evaluation.scorers.whisper_wer``): PocketSphinx is a far
+weaker recogniser, so its absolute numbers are much higher.
+
+Protocol: mono (channel mean), resampled to 16 kHz, clipped to [-1, 1] and quantised to int16; one
+utterance per clip (``process_raw(full_utt=True)``); the package's default decoder configuration
+(bundled model, default beams). Hypothesis and reference (``AudioItem.text``) are normalised with the
+Seed-TTS-eval rules (``evaluation.text.normalize(.., "en")``) and aligned with jiwer.
+
+Per item: ``wer_pocketsphinx`` (utterance WER), ``wer_pocketsphinx_errors`` (S + D + I) and
+``wer_pocketsphinx_ref_len`` (reference words), so the corpus WER can be aggregated. An item that
+cannot be scored (no transcript, empty normalised transcript, not English, empty/non-finite audio)
+gets NaN in all three with a logged reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evaluation.metrics import edit_counts, utterance_rate
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
+from unimoe.audio_io import resample, to_mono
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+METRIC = "wer_pocketsphinx"
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    """The bundled en-us model: acoustic model folder, LM and dictionary."""
+    hmm = model_dir / "en-us" / "en-us"
+    files = sorted(p for p in hmm.iterdir() if p.is_file()) if hmm.is_dir() else []
+    files += [model_dir / "en-us" / "en-us.lm.bin", model_dir / "en-us" / "cmudict-en-us.dict"]
+    return files
+
+
+def _tree_sha256(root: Path, files: list[Path]) -> str:
+    """One digest over (relative name, content) of each file: identifies the bundled model."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+class PocketSphinxWER(Scorer):
+    """Utterance WER of a PocketSphinx transcript against ``AudioItem.text`` (lower is better)."""
+
+    name = "pocketsphinx_wer"
+    metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
+
+    def __init__(self) -> None:
+        try:
+            import pocketsphinx
+            from pocketsphinx import Decoder, get_model_path
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ScorerUnavailable(f"pocketsphinx_wer needs the 'pocketsphinx' package: {e}") from e
+        from importlib.metadata import version as pkg_version
+
+        model_dir = Path(get_model_path())
+        files = _model_files(model_dir)
+        missing = [str(p) for p in files if not p.is_file()]
+        if len(files) < 3 or missing:
+            raise ScorerUnavailable(
+                f"pocketsphinx_wer: the bundled en-us model is incomplete in {model_dir} (missing {missing})"
+            )
+        self.model_dir = model_dir
+        self.model_sha256 = _tree_sha256(model_dir, files)
+        self._version = f"pocketsphinx {pkg_version('pocketsphinx')} (en-us model sha256:{self.model_sha256[:12]})"
+        self._pkg = pocketsphinx
+        # Defaults = the bundled en-us model; explicit paths so the digest above is what is loaded.
+        self._decoder = Decoder(
+            hmm=str(model_dir / "en-us" / "en-us"),
+            lm=str(model_dir / "en-us" / "en-us.lm.bin"),
+            dict=str(model_dir / "en-us" / "cmudict-en-us.dict"),
+            samprate=SAMPLE_RATE,
+            loglevel="FATAL",
+        )
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update(
+            {
+                "model_dir": str(self.model_dir),
+                "model_sha256": self.model_sha256,
+                "sample_rate": SAMPLE_RATE,
+                "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
+                "aggregation": "per item utterance WER + errors/ref_len for the corpus WER",
+            }
+        )
+        return d
+
+    def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
+        """Raw PocketSphinx transcript of one clip (any rate, mono or [channels, samples])."""
+        x = to_mono(wav)
+        if x.size == 0:
+            raise ValueError("empty audio")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("non-finite samples")
+        x = resample(x, int(sample_rate), SAMPLE_RATE)
+        pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        d = self._decoder
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        hyp = d.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+    @staticmethod
+    def score_transcript(ref: str, hyp: str) -> dict[str, float]:
+        """The per-item metric dict for a given hypothesis (separate from recognition, for testing)."""
+        errors, n = edit_counts(ref, hyp, "en")
+        if n == 0:
+            raise ValueError("reference transcript is empty after normalisation")
+        return {METRIC: utterance_rate(errors, n), f"{METRIC}_errors": float(errors), f"{METRIC}_ref_len": float(n)}
+
+    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
+        nan = {METRIC: math.nan, f"{METRIC}_errors": math.nan, f"{METRIC}_ref_len": math.nan}
+        out: list[dict[str, float]] = []
+        for item in items:
+            try:
+                if not item.text:
+                    raise ValueError("no reference transcript (AudioItem.text)")
+                if item.language not in (None, "en"):
+                    raise ValueError(f"language {item.language!r}: this scorer is English only")
+                out.append(self.score_transcript(item.text, self.transcribe(item.wav, item.sample_rate)))
+            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
+                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                out.append(dict(nan))
+        return out
+
+
+@register("pocketsphinx_wer")
+def make_pocketsphinx_wer() -> PocketSphinxWER:
+    """The PocketSphinx demo WER scorer. No weights store: the model ships inside ``pocketsphinx``."""
+    return PocketSphinxWER()

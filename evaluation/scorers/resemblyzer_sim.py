@@ -1,0 +1,160 @@
+"""Speaker similarity with Resemblyzer's GE2E voice encoder (demo scorer; bundled ``pretrained.pt``).
+
+A *demo* scorer (DESIGN.md §5): the weights (``resemblyzer/pretrained.pt``, a 3-layer LSTM
+d-vector model trained with the GE2E loss) ship inside the ``Resemblyzer`` registry package, so it runs
+offline. It reports ``sim_resemblyzer`` and never stands in for the paper's WavLM-large SIM
+(``evaluation.scorers.wavlm_sim``); the two scales are not comparable.
+
+Protocol (the package's own ``preprocess_wav`` + ``VoiceEncoder.embed_utterance``): mono (channel
+mean), resampled to 16 kHz (``unimoe.audio_io.resample``), volume normalised to -30 dBFS (increase
+only), long silences removed with webrtcvad, 40-band mel frames, 1.6 s partial windows at 1.3 per
+second, partial embeddings averaged and L2-normalised. Score = cosine between the generated clip's
+embedding and the prompt's (``AudioItem.reference``); both embeddings are unit-norm, so the cosine is
+their dot product.
+
+Loading: the package's ``VoiceEncoder.__init__`` calls ``torch.load`` itself; here the same network
+is built by a subclass whose constructor reads ``pretrained.pt`` with ``torch.load(weights_only=True)``
+and loads ``model_state`` (the checkpoint also holds GE2E's ``similarity_weight/bias``, which the
+encoder does not use; every encoder parameter must be present). The package's embedding code is
+reused unchanged. (Resemblyzer is installed with ``--no-deps``; it needs librosa, webrtcvad and scipy.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
+from unimoe.audio_io import resample, to_mono
+from unimoe.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+METRIC = "sim_resemblyzer"
+
+
+def _import_resemblyzer() -> tuple[Any, Any, Any]:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # resemblyzer imports binary_dilation from scipy.ndimage.morphology (deprecated alias)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import resemblyzer
+            from resemblyzer import audio, voice_encoder
+    except ImportError as e:
+        raise ScorerUnavailable(
+            f"resemblyzer_sim needs the 'Resemblyzer' package and its imports (librosa, webrtcvad): {e}"
+        ) from e
+    return resemblyzer, audio, voice_encoder
+
+
+class _Encoder:
+    """Factory for a ``VoiceEncoder`` subclass that loads weights with ``weights_only=True``."""
+
+    cls: type | None = None
+
+    @classmethod
+    def get(cls) -> type:
+        if cls.cls is None:
+            _, _, ve = _import_resemblyzer()
+
+            class SafeVoiceEncoder(ve.VoiceEncoder):
+                def __init__(self, weights_fpath: Path) -> None:  # noqa: D401 - mirrors the package
+                    nn.Module.__init__(self)
+                    self.lstm = nn.LSTM(ve.mel_n_channels, ve.model_hidden_size, ve.model_num_layers, batch_first=True)
+                    self.linear = nn.Linear(ve.model_hidden_size, ve.model_embedding_size)
+                    self.relu = nn.ReLU()
+                    self.device = torch.device("cpu")
+                    ckpt = torch.load(str(weights_fpath), map_location="cpu", weights_only=True)
+                    state = ckpt["model_state"] if isinstance(ckpt, dict) and "model_state" in ckpt else ckpt
+                    missing, _unexpected = self.load_state_dict(state, strict=False)
+                    if missing:
+                        raise RuntimeError(f"{weights_fpath}: missing encoder parameters {missing}")
+                    self.eval()
+
+            cls.cls = SafeVoiceEncoder
+        return cls.cls
+
+
+class ResemblyzerSim(Scorer):
+    """Cosine between Resemblyzer embeddings of the generated clip and the prompt (higher is better)."""
+
+    name = "resemblyzer_sim"
+    metrics: ClassVar[dict[str, str]] = {METRIC: "higher"}
+
+    def __init__(self) -> None:
+        from importlib.metadata import version as pkg_version
+
+        resemblyzer, audio, _ = _import_resemblyzer()
+        self._audio = audio
+        self.weights_path = Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
+        if not self.weights_path.is_file():
+            raise ScorerUnavailable(f"resemblyzer_sim: {self.weights_path} missing from the installed package")
+        self.sha256 = sha256_file(self.weights_path)
+        self.encoder = _Encoder.get()(self.weights_path)
+        self._version = f"resemblyzer {pkg_version('Resemblyzer')} (pretrained.pt sha256:{self.sha256[:12]})"
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update(
+            {
+                "weights": str(self.weights_path),
+                "sha256": self.sha256,
+                "sample_rate": SAMPLE_RATE,
+                "protocol": "cosine(generated, prompt) of GE2E d-vectors; resemblyzer preprocess_wav + "
+                "embed_utterance (rate 1.3, min_coverage 0.75)",
+            }
+        )
+        return d
+
+    def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Unit-norm 256-d embedding of one clip (raises if it has no voiced audio)."""
+        x = to_mono(wav)
+        if x.size == 0:
+            raise ValueError("empty audio")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("non-finite samples")
+        x = resample(x, int(sample_rate), SAMPLE_RATE).astype(np.float64)
+        if not np.any(x):
+            raise ValueError("silent audio")
+        x = self._audio.preprocess_wav(x)
+        if x.size == 0:
+            raise ValueError("no voiced audio left after the VAD")
+        e = self.encoder.embed_utterance(x.astype(np.float32))
+        if not np.all(np.isfinite(e)):
+            raise ValueError("embedding is not finite")
+        return e
+
+    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
+        out: list[dict[str, float]] = []
+        for item in items:
+            try:
+                if item.reference is None:
+                    raise ValueError("no prompt audio (AudioItem.reference)")
+                ref_sr = item.reference_sample_rate or item.sample_rate
+                a = self.embed(item.wav, item.sample_rate)
+                b = self.embed(item.reference, ref_sr)
+                sim = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+                out.append({METRIC: sim})
+            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
+                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                out.append({METRIC: math.nan})
+        return out
+
+
+@register("resemblyzer_sim")
+def make_resemblyzer_sim() -> ResemblyzerSim:
+    """The Resemblyzer demo speaker-similarity scorer (weights bundled in the package)."""
+    return ResemblyzerSim()

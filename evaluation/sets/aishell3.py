@@ -1,0 +1,136 @@
+"""AISHELL-3 test split, Mandarin voice cloning.
+
+Layout (``root`` = the ``AISHELL-3`` folder holding ``test/``, or ``test/`` itself)::
+
+    AISHELL-3/test/content.txt                 "SSB00050001.wav<TAB>广 guang3 州 zhou1 ..." per line
+    AISHELL-3/test/wav/<speaker>/<file>.wav    e.g. wav/SSB0005/SSB00050001.wav
+
+``content.txt`` interleaves each character with its tone-numbered pinyin; the target text is the
+characters alone (pinyin kept in ``meta["pinyin"]``). The speaker is the wav's folder name.
+
+Protocol (deterministic): every usable utterance is a target (optionally limited to
+``min_duration``..``max_duration``; out-of-range ones go to ``info["excluded"]``); its voice prompt
+is another utterance of the same speaker from the same pool (whole utterance), the candidate with
+the smallest SHA-256 of ``(seed, target id, candidate id)``; a speaker with no other utterance
+rejects the target ``no_prompt``. Rejected: unparsable/duplicate lines, lines whose wav is missing
+or unreadable, wavs without a line (``missing_text``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from evaluation.sets.base import (
+    BenchmarkSet,
+    Ledger,
+    Utterance,
+    check_audio,
+    finish,
+    fmt_range,
+    in_range,
+    read_lines,
+    require_dir,
+    require_file,
+    voice_cloning_items,
+)
+
+LAYOUT = (
+    "  <root>/test/content.txt   '<file>.wav<TAB>广 guang3 州 zhou1 ...' per line\n"
+    "  <root>/test/wav/<speaker>/<file>.wav"
+)
+# tone-numbered pinyin syllable (tone 5 = neutral); "ü" may be written v, u: or ü
+_PINYIN = re.compile(r"^[a-zA-ZüÜv:]+[1-5]$")
+
+
+def strip_pinyin(tokens: list[str]) -> tuple[str, str]:
+    """(characters, pinyin) from interleaved tokens ``['广', 'guang3', '州', 'zhou1']``."""
+    chars = [t for t in tokens if not _PINYIN.match(t)]
+    pinyin = [t for t in tokens if _PINYIN.match(t)]
+    return "".join(chars), " ".join(pinyin)
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    root = require_dir(root, f"aishell3-{split}", LAYOUT)
+    if (root / split / "content.txt").is_file() or not (root / "content.txt").is_file():
+        root = root / split
+    require_file(root / "content.txt", f"aishell3-{split}", LAYOUT)
+    return root
+
+
+def load_aishell3_test(
+    root: str | Path,
+    *,
+    split: str = "test",
+    min_duration: float | None = None,
+    max_duration: float | None = None,
+    seed: int = 0,
+) -> BenchmarkSet:
+    sdir = _split_dir(Path(root), split)
+    content = sdir / "content.txt"
+    ledger = Ledger()
+    wavs: dict[str, list[Path]] = {}
+    for p in sorted((sdir / "wav").glob("*/*.wav")):
+        wavs.setdefault(p.name, []).append(p)
+    used: set[Path] = set()
+    pool: dict[str, Utterance] = {}
+    for i, line in read_lines(content):
+        ref = f"content.txt:{i}"
+        if line is None:
+            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
+            continue
+        if not line.strip():
+            continue
+        fname, *tokens = line.split()
+        if not fname.lower().endswith(".wav"):
+            fname += ".wav"
+        utt = fname[:-4]
+        found = wavs.get(fname, [])
+        used.update(found)
+        if utt in pool:
+            ledger.reject(ref, utt, "duplicate_id", f"utterance {utt!r} already listed")
+            continue
+        chars, pinyin = strip_pinyin(tokens)
+        if not chars:
+            ledger.reject(ref, utt, "empty_text", "no characters after stripping pinyin")
+            continue
+        if not found:
+            ledger.reject(ref, utt, "missing_file", f"expected wav/{utt[:7]}/{fname} under {sdir}")
+            continue
+        if len(found) > 1:
+            ledger.reject(ref, utt, "duplicate_id",
+                          f"{fname} exists in several speaker folders: {[p.parent.name for p in found]}")
+            continue
+        chk = check_audio(found[0])
+        if not chk.ok:
+            ledger.reject(ref, utt, chk.reason, chk.detail)
+            continue
+        pool[utt] = Utterance(utt, found[0].parent.name, found[0].resolve(), chars, chk.duration, ref,
+                              {"pinyin": pinyin})
+    for name, paths in sorted(wavs.items()):
+        for p in paths:
+            if p not in used:
+                ledger.reject(p.relative_to(sdir).as_posix(), p.stem, "missing_text",
+                              "wav has no line in content.txt")
+    targets = []
+    for u in sorted(pool.values(), key=lambda u: u.id):
+        if in_range(u.duration, min_duration, max_duration):
+            targets.append(u)
+        else:
+            ledger.exclude(u.ref, u.id, "duration_out_of_range",
+                           f"{u.duration:.2f} s outside {fmt_range(min_duration, max_duration)}")
+    items = voice_cloning_items(targets, targets, task="zh_tts", seed=seed, ledger=ledger)
+    return finish(
+        f"aishell3-{split}",
+        items,
+        ledger,
+        root=str(sdir),
+        protocol={
+            "benchmark": f"AISHELL-3 {split}, voice cloning",
+            "text": "content.txt characters with the pinyin removed",
+            "target_duration": [min_duration, max_duration],
+            "prompt": ("another same-speaker utterance of the target pool (whole utterance), the smallest "
+                       "sha256('unimoe-bench-prompt:<seed>:<target>:<candidate>')"),
+            "seed": seed,
+        },
+    )

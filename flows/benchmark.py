@@ -1,0 +1,115 @@
+"""The ``benchmark`` flow: generate -> score -> tables -> regression.
+
+Wiring only: every step is a function of evaluation.runner / evaluation.regression. Generation and
+scoring are cached across runs (flows.common.STEP_CACHE): generation returns a content-addressed
+outputs index, so scoring steps of a new run whose clips did not change are cache hits and no scorer
+is even loaded. A skipped scorer (missing weights) is never cached, so it is retried once its
+weights are in place. Recording and the regression check are cheap and run every time (recording
+is idempotent per run id). The flow run FAILS when a metric regresses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.common import run_cached, workspace_root
+
+
+class RegressionFound(RuntimeError):
+    """A benchmark metric regressed against the baseline (the message holds the report)."""
+
+
+@task(name="bench-prepare")
+def prepare(workspace: str, checkpoint: str | None, config: dict, run_id: str | None, variant: str | None,
+            kind: str) -> dict:
+    from evaluation.runner import BenchConfig, prepare as _prepare
+
+    return _prepare(workspace, checkpoint, BenchConfig.from_dict(config), run_id=run_id, variant=variant, kind=kind)
+
+
+@task(name="bench-generate")
+def generate(run: dict, checkpoint: str, manifest: str) -> str:
+    # checkpoint and manifest are passed separately so their file fingerprints key the cache
+    from evaluation.runner import generate as _generate
+
+    return _generate(run)
+
+
+@task(name="bench-score", retries=1, retry_delay_seconds=5)
+def score(outputs_index: str, scorer: str, tasks: list[str], cache_dir: str, out_dir: str, n_boot: int) -> dict:
+    from evaluation.runner import score as _score
+
+    return _score(outputs_index, scorer, tasks, cache_dir, out_dir, n_boot)
+
+
+@task(name="bench-record")
+def record(run: dict, outputs_index: str, scored: list[dict]) -> dict:
+    from evaluation.runner import record as _record
+
+    return _record(run, outputs_index, scored)
+
+
+@task(name="bench-regression")
+def regression(results: str, run_id: str, baseline_run: str | None) -> dict:
+    from evaluation.regression import compare_runs
+
+    s = compare_runs(results, run_id, baseline_run)
+    return {**s.to_dict(), "report": s.report}
+
+
+@flow(name="benchmark", log_prints=True)
+def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace: str | None = None,
+              seeds: list[int] = [0], variant: str | None = None, baseline_run: str | None = None,  # noqa: B006
+              kind: str = "adhoc", run_id: str | None = None, scorers: list[str] | None = None,
+              max_items: int | None = None, max_seconds: float | None = None) -> dict:
+    """Benchmark ``checkpoint`` (default: the newest under <workspace>/train) on ``benchmark``; append the
+    result tables under <workspace>/results; compare with ``baseline_run`` (default: the previous run
+    of the same benchmark, kind and variant) and fail when anything regresses."""
+    from evaluation import runner as RN
+
+    log = get_run_logger()
+    ws = workspace_root(workspace)
+    cfg = RN.BenchConfig(benchmark=benchmark, seeds=[int(s) for s in seeds], scorers=scorers, max_items=max_items,
+                         **({"max_seconds": float(max_seconds)} if max_seconds is not None else {}))
+    ckpt = str(checkpoint) if checkpoint else str(RN.find_checkpoint(ws))
+    run = prepare(str(ws), ckpt, cfg.to_dict(), run_id, variant, kind)
+    log.info(f"run {run['run_id']}: {run['n_items']} items of {run['tasks']} x seeds {cfg.seeds} from {ckpt}")
+
+    index = run_cached(generate, ws, run, run["checkpoint"], run["manifest"], output_exists=lambda p: Path(p).is_file())
+    cache = RN.bench_dir(ws) / "cache"
+    scored = []
+    for name, tasks in RN.score_plan(run).items():
+        r = run_cached(score, ws, index, name, tasks, str(cache), str(cache / "scored"), cfg.set_n_boot,
+                       output_exists=lambda r: r["status"] == "ok" and all(Path(r[k]).is_file()
+                                                                          for k in ("items", "aggregates") if r[k]))
+        if r["status"] != "ok":
+            log.warning(f"scorer {name} skipped for {tasks}: {r['reason']}")
+        scored.append(r)
+    summary = record(run, index, scored)
+    reg = regression(summary["results"], run["run_id"], baseline_run)
+    _publish(run, summary, reg)
+    result = {"run_id": run["run_id"], "results": summary["results"], "run_dir": run["run_dir"],
+              "report": summary["report"], "skipped": summary["skipped"],
+              "regression": {k: v for k, v in reg.items() if k != "report"}}
+    if reg["regressed"]:
+        raise RegressionFound(f"benchmark run {run['run_id']} regressed against {reg['baseline_run_id']}: "
+                              f"{', '.join(reg['regressions'])}\n\n{reg['report']}")
+    return result
+
+
+def _publish(run: dict, summary: dict, reg: dict) -> None:
+    slug = _slug(run["run_id"])[:60]
+    table = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["aggregate"]]
+    create_table_artifact(key=f"bench-{slug}", table=table or [{"note": "no metrics"}],
+                          description=f"Aggregates of benchmark run {run['run_id']} ({run['benchmark']})")
+    create_markdown_artifact(key=f"bench-report-{slug}", markdown=Path(summary["report"]).read_text(),
+                             description=f"Benchmark run {run['run_id']}")
+    create_markdown_artifact(key=f"bench-regression-{slug}", markdown=reg["report"],
+                             description=f"Regression check of {run['run_id']}")
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")

@@ -1,0 +1,77 @@
+"""``unimoe bench`` (the benchmark flow) and ``unimoe report tables`` (the paper's tables from the results)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise typer.BadParameter("--seeds needs at least one seed")
+    return seeds
+
+
+def register(app: typer.Typer) -> None:
+    report_app = typer.Typer(help="Reports rendered from the benchmark result tables.", no_args_is_help=True)
+    app.add_typer(report_app, name="report")
+
+    @app.command("bench")
+    def bench_cmd(
+        checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the newest under <workspace>/train)."),
+        benchmark: str = typer.Option("demo", help="Benchmark set (demo, seedtts-en, seedtts-zh, musiccaps, ...)."),
+        workspace: Path = typer.Option(None, help="Workspace (default $UNIMOE_WORKSPACE or ./workspace)."),
+        seeds: str = typer.Option("0", help="Generation seeds, comma-separated (the paper averages 0,1,2)."),
+        variant: str = typer.Option(None, help="Variant name recorded with the results (default: from the checkpoint)."),
+        baseline: str = typer.Option(None, help="Baseline run id, or a variant/checkpoint name (default: the previous "
+                                                "run of this benchmark, kind and variant)."),
+        kind: str = typer.Option("adhoc", help="adhoc, nightly or pipeline."),
+        run_id: str = typer.Option(None, help="Run id (default: generated; an existing one resumes)."),
+        scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's defaults)."),
+        max_items: int = typer.Option(None, help="At most this many items per task."),
+        max_seconds: float = typer.Option(None, help="Generation cap per clip in seconds (default 10)."),
+    ):
+        """Run the benchmark flow (generate -> score -> tables -> regression). Exit code 1 on a regression."""
+        from flows.benchmark import RegressionFound, benchmark as flow
+
+        try:
+            result = flow(checkpoint=str(checkpoint) if checkpoint else None, benchmark=benchmark,
+                          workspace=str(workspace) if workspace else None, seeds=_seeds(seeds), variant=variant,
+                          baseline_run=baseline, kind=kind, run_id=run_id,
+                          scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
+                          max_items=max_items, max_seconds=max_seconds)
+        except RegressionFound as e:
+            typer.secho(str(e), fg="red", err=True)
+            raise typer.Exit(1) from None
+        except FileNotFoundError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(Path(result["report"]).read_text())
+        typer.echo(json.dumps({k: result[k] for k in ("run_id", "results", "skipped", "regression")}, indent=2))
+
+    @report_app.command("tables")
+    def report_tables(
+        workspace: Path = typer.Option(None, help="Workspace whose results/ to read."),
+        results: Path = typer.Option(None, help="Results root (default <workspace>/results)."),
+        fmt: str = typer.Option("md", "--format", help="md or html"),
+        out: Path = typer.Option(None, help="Write here instead of printing."),
+    ):
+        """Tables 3 (speech), 4 (music), 5 (ablations) and the demo table, from the Parquet results."""
+        from evaluation.report import render
+        from flows.common import workspace_root
+        from unimoe.io import atomic_write_text
+
+        if fmt not in ("md", "html"):
+            raise typer.BadParameter("--format must be md or html")
+        text = render(results or workspace_root(workspace) / "results", fmt)
+        if out is not None:
+            atomic_write_text(out, text)
+            typer.echo(f"wrote {out}")
+        else:
+            typer.echo(text)

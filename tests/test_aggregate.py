@@ -1,0 +1,73 @@
+"""Aggregation: mean over seeds of per-seed item means, corpus rates, and bootstrap CIs over items."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation import aggregate as A
+from evaluation.metrics import bootstrap_ci
+
+
+def long_frame(matrix, metric="m", task="en_tts"):
+    rows = []
+    for i, per_seed in enumerate(matrix):
+        for s, v in enumerate(per_seed):
+            rows.append(dict(task=task, item_id=f"i{i:03d}", seed=s, metric=metric, value=v, scorer="sc", scorer_version="1"))
+    return pd.DataFrame(rows)
+
+
+def test_seed_average_and_ci_match_independent_computation():
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(40, 3))
+    [row] = A.aggregate_items(long_frame(m), {"m": True}, n_boot=500)
+    assert row["value"] == pytest.approx(np.mean([m[:, s].mean() for s in range(3)]))
+    assert row["n"] == 40 and row["seeds"] == "0,1,2" and row["higher_is_better"] is True
+    # with no missing scores the seed-averaged mean equals the mean of per-item seed means, so the
+    # CI is the item bootstrap of those (same resamples for the same RNG seed)
+    lo, hi = bootstrap_ci(m.mean(axis=1), n_boot=500, seed=0)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((lo, hi))
+    # and an independent percentile bootstrap with another RNG agrees to sampling noise
+    idx = np.random.default_rng(123).integers(0, 40, (4000, 40))
+    boots = m.mean(axis=1)[idx].mean(axis=1)
+    ref = np.percentile(boots, [2.5, 97.5])
+    assert row["ci_low"] == pytest.approx(ref[0], abs=0.05) and row["ci_high"] == pytest.approx(ref[1], abs=0.05)
+    assert row["ci_low"] < row["value"] < row["ci_high"]
+
+
+def test_nan_items_left_out_of_their_seed_only():
+    m = np.array([[1.0, 3.0], [np.nan, 5.0], [np.nan, np.nan]])
+    [row] = A.aggregate_items(long_frame(m), {"m": False}, n_boot=50)
+    assert row["value"] == pytest.approx((1.0 + (3.0 + 5.0) / 2) / 2)
+    assert row["n"] == 2
+
+
+def test_corpus_rate_is_separate_metric():
+    errs = np.array([[1, 0], [4, 2], [0, 0]], dtype=float)
+    lens = np.array([[10, 10], [5, 5], [20, 20]], dtype=float)
+    df = pd.concat([long_frame(errs / lens, "wer"), long_frame(errs, "wer_errors"), long_frame(lens, "wer_ref_len")])
+    rows = {r["metric"]: r for r in A.aggregate_items(df, {"wer": False}, n_boot=200)}
+    assert set(rows) == {"wer", "wer_corpus"}  # the counts are not metrics of their own
+    assert rows["wer_corpus"]["value"] == pytest.approx(np.mean([5 / 35, 2 / 35]))
+    assert rows["wer"]["value"] == pytest.approx(np.mean([(0.1 + 0.8 + 0) / 3, (0 + 0.4 + 0) / 3]))
+    pairs = np.stack([errs, lens], axis=-1)
+    lo, hi = bootstrap_ci(pairs, statistic=A.corpus_rate, n_boot=200, seed=0)
+    assert (rows["wer_corpus"]["ci_low"], rows["wer_corpus"]["ci_high"]) == pytest.approx((lo, hi))
+
+
+def test_one_task_at_a_time():
+    df = pd.concat([long_frame(np.ones((2, 1)), task="en_tts"), long_frame(np.ones((2, 1)), task="t2m")])
+    with pytest.raises(ValueError):
+        A.aggregate_items(df, {"m": True})
+
+
+def test_set_level_mean_over_seeds_and_paired_resampling():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(30, 2))
+    gen = {0: ref + 0.1, 1: ref + 0.3}
+    compare = lambda g, r: {"dist": float(np.mean(np.abs(g - r))), "other": 1.0}  # noqa: E731
+    [row] = A.aggregate_set("t2m", compare, {"dist": False}, gen, ref, scorer="x", scorer_version="1", n_boot=50)
+    assert row["value"] == pytest.approx(0.2) and row["n"] == 30 and row["seeds"] == "0,1"
+    # rows stay paired under resampling, so this paired distance has no spread at all
+    assert row["ci_low"] == pytest.approx(0.2) and row["ci_high"] == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        A.aggregate_set("t2m", compare, {"dist": False}, {0: ref[:5]}, ref, scorer="x", scorer_version="1")
