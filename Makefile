@@ -8,7 +8,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # Tests use up to two worker processes (the CI machine has two cores).
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-slow bench lint
+.PHONY: setup test test-slow bench lint pipeline
 setup:
 	bash scripts/setup.sh
 
@@ -21,3 +21,9 @@ test-slow: setup
 bench: setup
 	$(PY) benchmarks/moe_layer.py
 	$(PY) benchmarks/decode.py
+
+# The main job: the whole DAG (curate -> train -> benchmark -> regression) on the offline demo profile,
+# outputs under ./workspace (or $UNIMOE_WORKSPACE). Extra options: make pipeline PIPELINE_ARGS="--small".
+PIPELINE_ARGS ?=
+pipeline: setup
+	$(PY) -m flows.cli pipeline $(PIPELINE_ARGS)

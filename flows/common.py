@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from prefect import Task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 # Files under a folder input are fingerprinted by (relative path, size, mtime); beyond this many files
 # only the folder's own listing is used, so a huge corpus root doesn't make every key computation slow.
@@ -101,6 +102,38 @@ class LibraryCode(CachePolicy):
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> Optional[str]:
         return library_code_hash()
+
+
+DASK_ADDRESS_ENV = "UNIMOE_DASK_ADDRESS"
+
+
+def default_workers() -> int:
+    """Parallel shard tasks in the thread runner: $UNIMOE_WORKERS, default one per core."""
+    return int(os.environ.get("UNIMOE_WORKERS", os.cpu_count() or 2))
+
+
+def task_runner(dask: str | None = None, max_workers: int | None = None) -> TaskRunner:
+    """The task runner for data and evaluation work (shard tasks submitted with ``.map``).
+
+    ``dask`` (else $UNIMOE_DASK_ADDRESS): a scheduler address such as ``tcp://10.0.0.5:8786`` runs the
+    tasks on that Dask cluster; ``"local"`` starts a local Dask cluster for the flow run; empty or unset
+    keeps Prefect's thread pool (``max_workers``, default ``default_workers()``). Use it per run with
+    ``some_flow.with_options(task_runner=task_runner(address))``."""
+    address = (dask if dask is not None else os.environ.get(DASK_ADDRESS_ENV, "")).strip()
+    workers = max_workers or default_workers()
+    if not address:
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if address == "local":
+        from prefect.settings import PREFECT_API_URL
+
+        # Without a Prefect server (embedded mode) worker processes would each start their own temporary
+        # server, so the local cluster then uses threads (shared/notes/prefect.md).
+        processes = bool(PREFECT_API_URL.value())
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": processes,
+                                              "dashboard_address": None})
+    return DaskTaskRunner(address=address)
 
 
 STEP_CACHE = INPUTS + TASK_SOURCE + FileFingerprints() + LibraryCode()

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data import curate as C
-from flows.common import run_cached, run_cached_map, workspace_root
+from flows.common import default_workers, run_cached, run_cached_map, task_runner, workspace_root
 
 
 def _cfg(cfg: dict[str, Any]) -> C.CurateConfig:
@@ -130,12 +129,12 @@ def finish_tokens(cfg: dict, manifest: str, results: list[dict], tokens_dir: str
     return C.finish_tokens(_cfg(cfg), manifest, results, tokens_dir, out_manifest)
 
 
-# Shard tasks run in parallel threads, one per core by default ($UNIMOE_WORKERS); for a Dask cluster use
-# curate.with_options(task_runner=DaskTaskRunner(address=...)).
-WORKERS = int(os.environ.get("UNIMOE_WORKERS", os.cpu_count() or 2))
+# Shard tasks run in parallel threads, one per core by default ($UNIMOE_WORKERS), or on the Dask cluster
+# that $UNIMOE_DASK_ADDRESS names (read at import); per run: curate.with_options(task_runner=task_runner(addr)).
+WORKERS = default_workers()
 
 
-@flow(name="curate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
+@flow(name="curate", log_prints=True, task_runner=task_runner())
 def curate(config: dict | None = None, workspace: str | None = None, demo_size: str = "default",
            gemini_secret_block: str | None = None) -> dict:
     """Curate a corpus into a filtered, balanced, tokenised training set under <workspace>/curate.

@@ -1,0 +1,40 @@
+"""``unimoe dashboard``: serve the ablation dashboard (evaluation/dashboard) over a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("dashboard")
+    def dashboard_cmd(
+        workspace: Path = typer.Option(None, help="Workspace holding results/ and train/ (default $UNIMOE_WORKSPACE "
+                                                  "or ./workspace)."),
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+        port: int = typer.Option(8765, help="Port (0 picks a free one)."),
+        open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in a web browser."),
+    ):
+        """Serve the ablation dashboard: metric deltas against a baseline, radar, routing and loss figures,
+        nightly history. Reads the Parquet tables on every page load, so new results show on refresh."""
+        import webbrowser
+
+        from evaluation.dashboard import make_server
+        from flows.common import workspace_root
+
+        ws = workspace_root(workspace)
+        try:
+            server = make_server(ws, host, port)
+        except OSError as e:
+            typer.secho(f"error: cannot listen on {host}:{port}: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"Serving the UniMoE-Audio dashboard for {ws} at {server.url} (Ctrl-C to stop)")
+        if open_browser:
+            webbrowser.open(server.url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()

@@ -1,0 +1,130 @@
+"""The ``pipeline`` flow: the whole DAG, curate -> train (each variant) -> benchmark + regression (each
+trained variant), every stage a SUBFLOW (flows.curate, flows.train, flows.benchmark).
+
+Wiring only: no step does work of its own. Each subflow caches its tasks across runs
+(flows.common.STEP_CACHE), so a re-run with nothing changed redoes nothing: curation and training are
+cache hits, and the benchmark's generation and scoring are too (a re-run still records a new benchmark
+run, with the same values, and checks it for regressions).
+
+Regression: each variant's benchmark run is compared with the previous ``pipeline`` run of the same
+variant on the same benchmark (the benchmark flow's default), or with ``baseline_run`` when given. A regressed variant does not stop
+the others: every variant is benchmarked first, then the flow fails with ``RegressionFound``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.benchmark import RegressionFound, benchmark as benchmark_flow
+from flows.common import task_runner, workspace_root
+from flows.curate import curate as curate_flow
+from flows.train import train as train_flow
+
+# The demo's optimiser steps per training stage: enough to see the loss move, minutes on a CPU.
+DEMO_MAX_STEPS = 20
+DEFAULT_VARIANTS = ["unimoe-top-p0.7"]
+
+
+def dashboard_command(ws: str | Path) -> str:
+    return f"unimoe dashboard --workspace {ws}"
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(workspace: str | None = None, demo_size: str = "default",
+             variants: list[str] = DEFAULT_VARIANTS,  # noqa: B006 (Prefect copies parameters)
+             preset: str = "tiny", max_steps: int | None = DEMO_MAX_STEPS, batch_size: int | None = None,
+             seeds: list[int] = [0],  # noqa: B006
+             benchmark: str = "demo", baseline_run: str | None = None, max_items: int | None = None,
+             max_seconds: float | None = None, scorers: list[str] | None = None, curate_config: dict | None = None,
+             dask: str | None = None, nproc: int = 1) -> dict:
+    """Curate the corpus (the offline demo profile of ``demo_size`` unless ``curate_config``), train each of
+    ``variants`` on it (``max_steps`` optimiser steps per stage, ``None``: the stage configs'), benchmark each
+    trained variant (kind ``pipeline``) and fail when any of them regressed.
+
+    ``dask``: a Dask scheduler address (or ``"local"``) for curation's shard tasks (flows.common.task_runner;
+    default the thread pool or $UNIMOE_DASK_ADDRESS). ``nproc > 1`` trains each stage under torchrun.
+    Results: the Parquet tables under <workspace>/results; look at them with ``unimoe dashboard``."""
+    from evaluation.runner import new_run_id, results_root
+
+    log = get_run_logger()
+    if not variants:
+        raise ValueError("variants: name at least one variant to train")
+    ws = workspace_root(workspace)
+    root = results_root(ws)
+    seconds: dict[str, float] = {}
+    n = 1 + 2 * len(variants)
+    step = 0
+
+    def stage(label: str) -> float:
+        nonlocal step
+        step += 1
+        print(f"[pipeline {step}/{n}] {label}")
+        return time.perf_counter()
+
+    def done(key: str, t0: float) -> None:
+        seconds[key] = round(time.perf_counter() - t0, 2)
+        print(f"[pipeline] {key} done in {seconds[key]:.1f} s")
+
+    t_all = time.perf_counter()
+    t0 = stage(f"curate ({'config given' if curate_config else f'demo profile {demo_size!r}'}) in {ws}")
+    cur = curate_flow if dask is None else curate_flow.with_options(task_runner=task_runner(dask))
+    curated = cur(config=curate_config, workspace=str(ws), demo_size=demo_size)
+    done("curate", t0)
+
+    trained: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        t0 = stage(f"train {v} (preset {preset}, max_steps {max_steps}, nproc {nproc})")
+        r = train_flow(variant=v, workspace=str(ws), preset=preset, max_steps=max_steps, batch_size=batch_size,
+                       nproc=nproc)
+        trained[v] = {"run_id": r["run_id"], "checkpoint": r["checkpoints"]["final"], "workdir": r["workdir"]}
+        done(f"train {v}", t0)
+
+    benched: dict[str, dict[str, Any]] = {}
+    regressed: dict[str, str] = {}
+    for v, t in trained.items():
+        run_id = new_run_id(benchmark, v)
+        # Default baseline: the previous pipeline run of the same variant (evaluation.regression).
+        t0 = stage(f"benchmark {v} on {benchmark!r}, seeds {list(seeds)}; regression baseline "
+                   f"{baseline_run or 'the previous pipeline run of ' + v}")
+        try:
+            b = benchmark_flow(checkpoint=t["checkpoint"], benchmark=benchmark, workspace=str(ws), seeds=list(seeds),
+                               variant=v, baseline_run=baseline_run, kind="pipeline", run_id=run_id, scorers=scorers,
+                               max_items=max_items, max_seconds=max_seconds)
+            benched[v] = {"run_id": b["run_id"], "regression": b["regression"], "skipped": b["skipped"],
+                          "report": b["report"]}
+        except RegressionFound as e:
+            log.error(f"{v}: REGRESSED\n{e}")
+            regressed[v] = str(e)
+            benched[v] = {"run_id": run_id, "regression": {"regressed": True}, "skipped": [], "report": None}
+        done(f"benchmark {v}", t0)
+
+    seconds["total"] = round(time.perf_counter() - t_all, 2)
+    result = {"workspace": str(ws), "curate": {k: curated[k] for k in ("curated", "subset", "warmup", "tokens", "summary")},
+              "train": trained, "benchmark": benched, "results": str(root),
+              "dashboard": dashboard_command(ws), "regressed": sorted(regressed), "seconds": seconds}
+    _publish(result)
+    print(f"[pipeline] finished in {seconds['total']:.1f} s; result tables: {root} "
+          f"(aggregate/, items/, regression/); dashboard: {dashboard_command(ws)}")
+    if regressed:
+        raise RegressionFound(f"pipeline: {len(regressed)} of {len(trained)} variants regressed "
+                              f"({', '.join(sorted(regressed))})\n\n" + "\n\n".join(regressed.values()))
+    return result
+
+
+def _publish(result: dict) -> None:
+    lines = ["# Pipeline run", "", f"Workspace: `{result['workspace']}`", "",
+             "| variant | checkpoint | benchmark run | baseline | verdict |", "|---|---|---|---|---|"]
+    for v, t in result["train"].items():
+        b = result["benchmark"].get(v, {})
+        reg = b.get("regression") or {}
+        verdict = ("REGRESSED" if v in result["regressed"] else
+                   "ok" if reg.get("baseline_run_id") else "ok (no baseline)")
+        lines.append(f"| {v} | `{t['checkpoint']}` | `{b.get('run_id')}` | `{reg.get('baseline_run_id')}` | {verdict} |")
+    lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {s} |" for k, s in result["seconds"].items()]
+    lines += ["", f"Result tables: `{result['results']}`", "", f"Dashboard: `{result['dashboard']}`"]
+    create_markdown_artifact(key="pipeline-summary", markdown="\n".join(lines), description="Pipeline run summary")

@@ -1,0 +1,112 @@
+"""Scale-out: the curate flow's shard tasks on a real Dask cluster (a ``distributed.LocalCluster``
+started here, reached through its scheduler address exactly like a remote one) give the same curated
+outputs as Prefect's thread pool. Dask pickles every submitted task even for in-process workers, so
+this also proves the tasks and their inputs are picklable."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+needs_demo_tools = pytest.mark.skipif(
+    not all(shutil.which(b) for b in ("fluidsynth", "text2wave", "espeak-ng", "ffmpeg")),
+    reason="the demo corpus needs fluidsynth, festival, espeak-ng and ffmpeg (installed by scripts/setup.sh)",
+)
+
+# Runs in one subprocess (one embedded Prefect server start-up for both runs). Small shards, so each
+# mapped step is several tasks spread over the cluster's two workers.
+SCRIPT = r"""
+import json, shutil, sys
+from pathlib import Path
+from distributed import LocalCluster
+from data.curate import CurateConfig
+from flows.common import task_runner
+from flows.curate import curate
+
+ws = Path(sys.argv[1])
+cfg = {**CurateConfig.demo("small").to_dict(), "rows_per_shard": 5, "token_rows_per_shard": 5}
+
+def outputs():
+    work = ws / "curate"
+    files = [work / "curated.parquet", work / "subset.json", work / "warmup.json", *sorted((work / "tokens").glob("*"))]
+    return {str(p.relative_to(work)): p.read_bytes().hex() for p in files if p.is_file()}
+
+threads = curate.with_options(task_runner=task_runner(""))(config=cfg, workspace=str(ws))
+expected = outputs()
+shutil.move(ws, ws.with_name("ws-threads"))  # same path again: manifests record absolute paths
+
+# In embedded mode (no Prefect server) the workers must be threads (shared/notes/prefect.md); Dask still
+# pickles every task it is handed.
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                  dashboard_address=None) as cluster:
+    runner = task_runner(cluster.scheduler_address)
+    dask = curate.with_options(task_runner=runner)(config=cfg, workspace=str(ws))
+    from distributed import Client
+    with Client(cluster.scheduler_address) as client:
+        done = client.run_on_scheduler(lambda dask_scheduler: sum(
+            sum(p.state_counts.values()) for p in dask_scheduler.task_prefixes.values()))
+        per_worker = client.run(lambda dask_worker: len(dask_worker.state.log))
+print("RESULT " + json.dumps({"runner": type(runner).__name__, "address": runner.address, "tasks": done,
+                              "workers_used": sum(1 for n in per_worker.values() if n),
+                              "same": outputs() == expected, "files": sorted(expected),
+                              "counts": [threads["status_counts"], dask["status_counts"]]}))
+"""
+
+
+def _env(tmp: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_HOME=str(tmp / "prefect-home"),
+               PYTHONUNBUFFERED="1")
+    for k in ("UNIMOE_WORKSPACE", "UNIMOE_DASK_ADDRESS", "PREFECT_API_URL"):
+        env.pop(k, None)
+    return env
+
+
+def test_task_runner_choice(monkeypatch):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.common import task_runner
+
+    monkeypatch.delenv("UNIMOE_DASK_ADDRESS", raising=False)
+    assert isinstance(task_runner(), ThreadPoolTaskRunner)
+    assert task_runner(max_workers=3)._max_workers == 3
+    remote = task_runner("tcp://10.1.2.3:8786")
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.1.2.3:8786"
+    monkeypatch.setenv("UNIMOE_DASK_ADDRESS", "tcp://10.9.9.9:8786")
+    assert task_runner().address == "tcp://10.9.9.9:8786"
+    assert isinstance(task_runner(""), ThreadPoolTaskRunner)  # an explicit empty value overrides the env
+    local = task_runner("local", max_workers=2)
+    assert isinstance(local, DaskTaskRunner) and local.address is None
+    assert local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["threads_per_worker"] == 1
+
+
+def test_curate_tasks_are_picklable_for_dask():
+    from distributed.protocol.pickle import dumps, loads
+
+    from flows import curate as F
+    from flows.common import persisted
+
+    for t in (F.caption_shard, F.filter_shard, F.tokenize_shard, F.build_corpus, F.ingest, F.segment, F.balance):
+        clone = loads(dumps(persisted(t, Path("/tmp/ws"))))
+        assert clone.name == t.name and clone.fn.__name__ == t.fn.__name__
+
+
+@needs_demo_tools
+def test_curate_on_a_dask_cluster_equals_the_thread_runner(tmp_path):
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout[out.stdout.rindex("RESULT ") + 7:].splitlines()[0])
+    assert result["runner"] == "DaskTaskRunner" and result["address"].startswith("tcp://"), result
+    # 14 rows in shards of 5: 3 caption + 3 filter + >= 2 tokenise tasks ran on the cluster, on both workers
+    assert result["tasks"] >= 8 and result["workers_used"] == 2, result
+    assert "curated.parquet" in result["files"] and any(f.startswith("tokens/") for f in result["files"])
+    assert result["same"], result
+    assert result["counts"][0] == result["counts"][1]
