@@ -111,41 +111,27 @@ def model_generate(
     seed: int = typer.Option(0),
 ):
     """Generate one clip and write it as WAV (the codec's label is recorded in a JSON sidecar)."""
-    import torch
     from rich.progress import Progress
 
     from unimoe.audio_io import save_wav
-    from unimoe.checkpoint import TOKENIZER, load_checkpoint
-    from unimoe.codec import AudioCodec
-    from unimoe.generation import GenerationConfig, generate
+    from unimoe.generation import GenerationConfig
+    from unimoe.inference import CheckpointGenerator, GenerationRequest
     from unimoe.io import atomic_write_json
-    from unimoe.sequence import Example, SequenceBuilder
-    from unimoe.tokenizer import TextTokenizer
 
-    model, cfg, state = load_checkpoint(checkpoint)
-    model.eval()
-    tok = TextTokenizer.load(checkpoint / TOKENIZER)
-    frames = None
-    if video is not None:
-        from unimoe.vision import read_video_frames
-
-        frames = read_video_frames(video)
     try:
-        example = Example(task, text=text, video=frames)
+        request = GenerationRequest(task, text=text, video=str(video) if video is not None else None)
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
-    codec = AudioCodec.from_model_config(cfg)
-    gen = GenerationConfig(max_frames=max(1, int(max_seconds * codec.frame_rate)), guidance_scale=guidance,
+    generator = CheckpointGenerator(checkpoint)
+    codec = generator.codec
+    gen = GenerationConfig(max_frames=generator.frames_for(max_seconds), guidance_scale=guidance,
                            greedy=not sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    torch.manual_seed(seed)
     with Progress(transient=True) as bar:
         job = bar.add_task("generating frames", total=None)
-        codes = generate(model, SequenceBuilder(cfg, tok), [example], gen,
-                         progress=lambda i, n: bar.update(job, completed=i, total=n))[0]
-    wav = codec.decode([codes])[0]
+        wav, codes = generator.generate([request], gen, progress=lambda i, n: bar.update(job, completed=i, total=n))[0]
     save_wav(out, wav, codec.sample_rate)
-    atomic_write_json(out.with_suffix(".json"), {"checkpoint": str(checkpoint), "stage": state.get("stage"),
+    atomic_write_json(out.with_suffix(".json"), {"checkpoint": str(checkpoint), "stage": generator.state.get("stage"),
                                                  "task": task, "text": text, "frames": codes.shape[1],
                                                  "codec": codec.info(), "generation": gen.__dict__})
     typer.echo(f"wrote {out} ({codes.shape[1]} frames, {len(wav) / codec.sample_rate:.2f} s; codec: {codec.label})")
@@ -180,6 +166,7 @@ def train_cmd(
     preset: str = typer.Option("tiny", help="Model preset the variant overlays."),
     max_steps: int = typer.Option(None, help="Optimiser steps per stage (default: the stage configs')."),
     batch_size: int = typer.Option(None, help="Sequences per step per process."),
+    nproc: int = typer.Option(1, help="Processes per stage: > 1 runs each stage under torchrun (data parallel)."),
 ):
     """Run the train flow: the variant's curriculum (stage 1 -> 2 -> 3) on the curated data."""
     if list_variants:
@@ -191,11 +178,15 @@ def train_cmd(
     from flows.train import train
 
     result = train(variant=variant, workspace=str(workspace) if workspace else None, preset=preset,
-                   max_steps=max_steps, batch_size=batch_size)
+                   max_steps=max_steps, batch_size=batch_size, nproc=nproc)
     typer.echo(json.dumps(result, indent=2))
 
 
 # sub-command modules (each adds its commands to ``app``)
+__import__("flows.cli_dashboard").cli_dashboard.register(app)
+__import__("flows.cli_experiment").cli_experiment.register(app)
+__import__("flows.cli_bench").cli_bench.register(app)
+__import__("flows.cli_pipeline").cli_pipeline.register(app)
 
 
 def main() -> None:  # pragma: no cover

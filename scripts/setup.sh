@@ -78,6 +78,10 @@ assert torch.__version__.startswith("2.13.0"), torch.__version__
 for m in ["dac", "transformers", "tokenizers", "prefect", "pyarrow", "soundfile", "torchaudio", "torchvision", "unimoe"]:
     importlib.import_module(m)
 print("[setup] torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")
+# Compile librosa's cached numba kernels once here: processes compiling the same kernel into the shared
+# cache at the same time have crashed (SIGSEGV in beat_track).
+import numpy as np, librosa
+librosa.beat.beat_track(y=np.random.default_rng(0).standard_normal(22050 * 4).astype("float32"), sr=22050)
 PYEOF
 echo "$HASH" > "$STAMP"
 log "done"
