@@ -2,7 +2,7 @@
 
 :func:`analyse` measures a mono span (resampled to 22.05 kHz; one STFT shared by every feature):
 
-- tempo: ``librosa.beat.beat_track`` on the onset-strength envelope (BPM, beat count); no tempo is
+- tempo: librosa's beat tracker (``unimoe.beat.beat_track``) on the onset-strength envelope (BPM, beat count); no tempo is
   named when the onsets on the beats are not clearly stronger than elsewhere (noise, drones);
 - key: the mean chroma correlated with the 24 rotated Krumhansl–Kessler profiles (major/minor);
   the best correlation is reported as ``key_confidence`` and a weak one names no key;
@@ -28,6 +28,7 @@ import numpy as np
 
 from data.captioning.base import Captioner, CaptionRequest
 from unimoe.audio_io import resample, to_mono
+from unimoe.beat import beat_track
 
 ANALYSIS_SR = 22050
 N_FFT = 2048
@@ -118,7 +119,7 @@ def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
     power = mag**2
     mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=128)
     oenv = librosa.onset.onset_strength(S=librosa.power_to_db(mel, ref=np.max), sr=sr, hop_length=HOP)
-    tempo, beats = librosa.beat.beat_track(onset_envelope=oenv, sr=sr, hop_length=HOP)
+    tempo, beats = beat_track(oenv, sr, HOP)  # librosa's tracker, without its crash-prone numba kernels
     tempo = float(np.atleast_1d(tempo)[0])
     pulse = float(oenv[beats].mean() / max(float(oenv.mean()), 1e-9)) if len(beats) else 0.0
     onsets = librosa.onset.onset_detect(onset_envelope=oenv, sr=sr, hop_length=HOP, backtrack=False)

@@ -1,0 +1,109 @@
+"""Beat tracking (Ellis' dynamic program) in numpy: librosa 0.11's ``beat_track`` without its numba
+kernels.
+
+Why: librosa compiles these kernels as cached numba gufuncs, and with numba 0.68 processes running them
+side by side have crashed with SIGSEGV (a NULL kernel pointer; see numba issue 10128 on its gufunc
+cache). The captioner (data) and the music-adherence scorer (evaluation) call this instead. The tempo
+is librosa's own estimate (``librosa.feature.tempo``, as ``beat_track`` computes it); the beat path is
+a line-by-line port of ``librosa.beat.__beat_tracker`` (local score, DP, last beat, backtrack, trim),
+checked against librosa in tests/test_beat.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _local_score(onset: np.ndarray, fpb: float) -> np.ndarray:
+    # a Gaussian window of +-fpb frames (width fpb/32), correlated with the onsets; k runs over the
+    # same range as librosa's kernel (which leaves out the window's last overlap term at each i)
+    n = len(onset)
+    window = np.exp(-0.5 * (np.arange(-fpb, fpb + 1) * 32.0 / fpb) ** 2)
+    k_len = len(window)
+    half = k_len // 2
+    out = np.zeros(n, dtype=onset.dtype)
+    for i in range(n):
+        ks = np.arange(max(0, i + half - n + 1), min(i + half, k_len))
+        if len(ks):
+            out[i] = np.dot(window[ks], onset[i + half - ks])
+    return out
+
+
+def _dp(localscore: np.ndarray, fpb: float, tightness: float) -> tuple[np.ndarray, np.ndarray]:
+    n = len(localscore)
+    backlink = np.full(n, -1, dtype=np.int64)
+    cumscore = np.zeros(n, dtype=localscore.dtype)
+    score_thresh = 0.01 * localscore.max()
+    first_beat = True
+    cumscore[0] = localscore[0]
+    log_fpb = np.log(fpb)
+    for i in range(n):
+        start, stop = int(i - np.round(fpb / 2)), int(i - 2 * fpb - 1)
+        locs = np.arange(start, max(stop, -1), -1)  # descending, stops before a negative index
+        if len(locs):
+            scores = cumscore[locs] - tightness * (np.log(i - locs) - log_fpb) ** 2
+            j = int(np.argmax(scores))  # first maximum in descending order, as the strict > of the loop
+            best, loc = scores[j], int(locs[j])
+        else:
+            best, loc = -np.inf, -1
+        cumscore[i] = localscore[i] + best if loc >= 0 else localscore[i]
+        if first_beat and localscore[i] < score_thresh:
+            backlink[i] = -1
+        else:
+            backlink[i] = loc
+            first_beat = False
+    return backlink, cumscore
+
+
+def _last_beat(cumscore: np.ndarray) -> int:
+    import librosa
+
+    mask = ~librosa.util.localmax(cumscore)
+    threshold = 0.5 * float(np.ma.getdata(np.ma.median(np.ma.masked_array(cumscore, mask=mask))))
+    for n in range(len(cumscore) - 1, -1, -1):
+        if not mask[n] and cumscore[n] >= threshold:
+            return n
+    return len(cumscore) - 1
+
+
+def _trim(localscore: np.ndarray, beats: np.ndarray, trim: bool) -> np.ndarray:
+    out = beats.copy()
+    w = np.hanning(5)
+    smooth = np.convolve(localscore[beats], w)[len(w) // 2:len(localscore) + len(w) // 2]
+    threshold = 0.5 * float(np.sqrt((smooth ** 2).mean())) if trim else 0.0
+    n = 0
+    while n < len(localscore) and localscore[n] <= threshold:
+        out[n] = False
+        n += 1
+    n = len(localscore) - 1
+    while n >= 0 and localscore[n] <= threshold:
+        out[n] = False
+        n -= 1
+    return out
+
+
+def beat_track(onset_envelope: np.ndarray, sr: int, hop_length: int, *, start_bpm: float = 120.0,
+               tightness: float = 100.0, trim: bool = True) -> tuple[float, np.ndarray]:
+    """``(tempo in BPM, beat frame indices)`` of a 1-D onset-strength envelope, as
+    ``librosa.beat.beat_track(onset_envelope=..., sr=..., hop_length=...)`` (units "frames")."""
+    import librosa
+
+    onset = np.asarray(onset_envelope)
+    if onset.ndim != 1:
+        raise ValueError(f"beat_track takes a 1-D onset envelope, got shape {onset.shape}")
+    if not onset.any():
+        return 0.0, np.zeros(0, dtype=int)
+    tempo = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset, sr=sr, hop_length=hop_length,
+                                                      start_bpm=start_bpm))[0])
+    if tempo <= 0:
+        return tempo, np.zeros(0, dtype=int)
+    fpb = float(np.round(sr / hop_length * 60.0 / tempo))
+    norm = onset / (onset.std(ddof=1) + np.finfo(onset.dtype).tiny)
+    localscore = _local_score(norm, fpb)
+    backlink, cumscore = _dp(localscore, fpb, tightness)
+    beats = np.zeros(len(onset), dtype=bool)
+    n = _last_beat(cumscore)
+    while n >= 0:
+        beats[n] = True
+        n = int(backlink[n])
+    return tempo, np.flatnonzero(_trim(localscore, beats, trim))
