@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import run_cached, workspace_root
+from flows.common import run_cached, run_cached_map, task_runner, workspace_root
 
 
 class RegressionFound(RuntimeError):
@@ -60,7 +60,9 @@ def regression(results: str, run_id: str, baseline_run: str | None) -> dict:
     return {**s.to_dict(), "report": s.report}
 
 
-@flow(name="benchmark", log_prints=True)
+# Scorers load whole models: in process they run one at a time. On a Dask cluster ($UNIMOE_DASK_ADDRESS, or
+# per run benchmark.with_options(task_runner=task_runner(address))) each scorer task runs on a worker.
+@flow(name="benchmark", log_prints=True, task_runner=task_runner(max_workers=1))
 def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace: str | None = None,
               seeds: list[int] = [0], variant: str | None = None, baseline_run: str | None = None,  # noqa: B006
               kind: str = "adhoc", run_id: str | None = None, scorers: list[str] | None = None,
@@ -80,14 +82,18 @@ def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace:
 
     index = run_cached(generate, ws, run, run["checkpoint"], run["manifest"], output_exists=lambda p: Path(p).is_file())
     cache = RN.bench_dir(ws) / "cache"
-    scored = []
-    for name, tasks in RN.score_plan(run).items():
-        r = run_cached(score, ws, index, name, tasks, str(cache), str(cache / "scored"), cfg.set_n_boot,
-                       output_exists=lambda r: r["status"] == "ok" and all(Path(r[k]).is_file()
-                                                                          for k in ("items", "aggregates") if r[k]))
+    plan = RN.score_plan(run)
+    n = len(plan)
+    # One task per scorer, submitted together: the flow's task runner runs them (one at a time in process,
+    # where each loads its model; in parallel on a Dask cluster).
+    scored = run_cached_map(score, ws, outputs_index=[index] * n, scorer=list(plan), tasks=list(plan.values()),
+                            cache_dir=[str(cache)] * n, out_dir=[str(cache / "scored")] * n,
+                            n_boot=[cfg.set_n_boot] * n,
+                            output_exists=lambda r: r["status"] == "ok" and all(Path(r[k]).is_file()
+                                                                               for k in ("items", "aggregates") if r[k]))
+    for name, r in zip(plan, scored):
         if r["status"] != "ok":
-            log.warning(f"scorer {name} skipped for {tasks}: {r['reason']}")
-        scored.append(r)
+            log.warning(f"scorer {name} skipped for {plan[name]}: {r['reason']}")
     summary = record(run, index, scored)
     reg = regression(summary["results"], run["run_id"], baseline_run)
     _publish(run, summary, reg)

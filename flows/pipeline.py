@@ -46,8 +46,8 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
     ``variants`` on it (``max_steps`` optimiser steps per stage, ``None``: the stage configs'), benchmark each
     trained variant (kind ``pipeline``) and fail when any of them regressed.
 
-    ``dask``: a Dask scheduler address (or ``"local"``) for curation's shard tasks (flows.common.task_runner;
-    default the thread pool or $UNIMOE_DASK_ADDRESS). ``nproc > 1`` trains each stage under torchrun.
+    ``dask``: a Dask scheduler address (or ``"local"``) for curation's shard tasks and the benchmark's scorer
+    tasks (flows.common.task_runner; default the thread pool or $UNIMOE_DASK_ADDRESS). ``nproc > 1`` trains each stage under torchrun.
     Results: the Parquet tables under <workspace>/results; look at them with ``unimoe dashboard``."""
     from evaluation.runner import new_run_id, results_root
 
@@ -92,7 +92,8 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
         t0 = stage(f"benchmark {v} on {benchmark!r}, seeds {list(seeds)}; regression baseline "
                    f"{baseline_run or 'the previous pipeline run of ' + v}")
         try:
-            b = benchmark_flow(checkpoint=t["checkpoint"], benchmark=benchmark, workspace=str(ws), seeds=list(seeds),
+            bench = benchmark_flow if dask is None else benchmark_flow.with_options(task_runner=task_runner(dask))
+            b = bench(checkpoint=t["checkpoint"], benchmark=benchmark, workspace=str(ws), seeds=list(seeds),
                                variant=v, baseline_run=baseline_run, kind="pipeline", run_id=run_id, scorers=scorers,
                                max_items=max_items, max_seconds=max_seconds)
             benched[v] = {"run_id": b["run_id"], "regression": b["regression"], "skipped": b["skipped"],

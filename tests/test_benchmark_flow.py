@@ -108,3 +108,31 @@ def test_benchmark_flow_end_to_end(bench_ws, harness):
     res = CliRunner().invoke(app, ["bench", "--workspace", str(ws), "--checkpoint", str(ckpt), "--seeds", "0,1",
                                    "--scorers", ",".join(SCORERS), "--max-seconds", "0.3", "--baseline", "better-baseline"])
     assert res.exit_code == 1, res.output
+
+
+def test_benchmark_scorer_tasks_on_a_dask_cluster(bench_ws, harness):
+    """Scale-out: the scorer tasks run on a Dask cluster reached by its scheduler address (a LocalCluster
+    here; threads, as the harness's server is in this process) and give the same aggregates."""
+    from distributed import Client, LocalCluster
+
+    from evaluation import results as R
+    from flows.benchmark import benchmark
+    from flows.common import task_runner
+
+    ws, ckpt = bench_ws
+    # kind "pipeline": no earlier run of that kind here, so the Dask run's baseline is the plain run
+    plain = benchmark(workspace=str(ws), checkpoint=str(ckpt), seeds=[0], scorers=SCORERS, max_seconds=0.3,
+                      max_items=1, kind="pipeline")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        flow = benchmark.with_options(task_runner=task_runner(cluster.scheduler_address))
+        on_dask = flow(workspace=str(ws), checkpoint=str(ckpt), seeds=[0], scorers=SCORERS, max_seconds=0.3,
+                       max_items=1, kind="pipeline")
+        with Client(cluster.scheduler_address) as client:
+            ran = client.run_on_scheduler(lambda dask_scheduler: sorted(
+                k for k in dask_scheduler.task_prefixes if "score" in k))
+    assert ran, "no scorer task ran on the cluster"
+    root = ws / "results"
+    a = R.read_table(root, "aggregate", run_id=plain["run_id"]).set_index(["task", "metric"])["value"].sort_index()
+    b = R.read_table(root, "aggregate", run_id=on_dask["run_id"]).set_index(["task", "metric"])["value"].sort_index()
+    assert len(a) and a.equals(b)
+    assert on_dask["regression"]["baseline_run_id"] == plain["run_id"] and not on_dask["regression"]["regressed"]
