@@ -64,3 +64,23 @@ def random_codes(k: int, t: int, seed: int = 0) -> torch.Tensor:
 
 def random_video(seed: int = 0, frames: int = 4, size: int = 56) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_on_an_open_stream():
+    """Prefect binds its console log handler to the sys.stderr of the moment it configures logging; a test
+    that first imported Prefect inside typer's CliRunner leaves the handler on CliRunner's closed stream,
+    and every later flow run in the process then fails on its first log line. Rebind such handlers."""
+    import logging
+    import sys
+
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values()
+                                           if isinstance(v, logging.Logger)]
+        for lg in loggers:
+            for h in lg.handlers:
+                if isinstance(h, PrefectConsoleHandler) and getattr(h.console.file, "closed", False):
+                    h.console.file = sys.stderr
+    yield
