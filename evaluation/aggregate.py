@@ -52,10 +52,24 @@ def seed_mean(matrix: np.ndarray) -> float:
 
 def corpus_rate(pairs: np.ndarray) -> float:
     """Rule 2 on ``[items, seeds, 2]`` (errors, reference length): mean over seeds of the pooled rate."""
-    errors, lengths = np.nansum(pairs[..., 0], axis=0), np.nansum(pairs[..., 1], axis=0)
+    return float(_corpus_rate_batched(pairs[None])[0])
+
+
+def _seed_mean_batched(matrices: np.ndarray) -> np.ndarray:
+    """``seed_mean`` of each of ``[B, items, seeds]`` (bootstrap resamples at once)."""
+    return _nanmean(_nanmean(matrices, axis=1), axis=1)
+
+
+def _corpus_rate_batched(pairs: np.ndarray) -> np.ndarray:
+    """``corpus_rate`` of each of ``[B, items, seeds, 2]``."""
+    errors, lengths = np.nansum(pairs[..., 0], axis=1), np.nansum(pairs[..., 1], axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = np.where(lengths > 0, errors / np.where(lengths > 0, lengths, 1), np.nan)
-    return float(_nanmean(rates))
+    return _nanmean(rates, axis=1)
+
+
+seed_mean.batched = _seed_mean_batched  # type: ignore[attr-defined]  (used by bootstrap_ci)
+corpus_rate.batched = _corpus_rate_batched  # type: ignore[attr-defined]
 
 
 def _matrix(df: pd.DataFrame, metric: str, items: list[str], seeds: list[int]) -> np.ndarray:

@@ -71,3 +71,20 @@ def test_set_level_mean_over_seeds_and_paired_resampling():
     assert row["ci_low"] == pytest.approx(0.2) and row["ci_high"] == pytest.approx(0.2)
     with pytest.raises(ValueError):
         A.aggregate_set("t2m", compare, {"dist": False}, {0: ref[:5]}, ref, scorer="x", scorer_version="1")
+
+
+def test_batched_statistics_equal_the_per_resample_ones():
+    """bootstrap_ci uses ``statistic.batched`` when present: same statistic, all resamples at once."""
+    rng = np.random.default_rng(3)
+    m = rng.random((9, 3))
+    m[2, 1] = np.nan
+    m[5] = np.nan  # an item with no value at all
+    pairs = np.stack([rng.integers(0, 5, (9, 3)).astype(float), rng.integers(1, 20, (9, 3)).astype(float)], -1)
+    pairs[4, :, 1] = 0.0
+    for stat, v in ((A.seed_mean, m), (A.corpus_rate, pairs)):
+        idx = np.random.default_rng(0).integers(0, len(v), size=(300, len(v)))
+        loop = np.array([stat(v[i]) for i in idx])
+        np.testing.assert_allclose(stat.batched(v[idx]), loop, rtol=1e-12, equal_nan=True)
+        plain = lambda x, s=stat: s(x)  # noqa: E731  (no .batched: the per-resample loop)
+        assert bootstrap_ci(v, statistic=stat, n_boot=300, seed=1) == pytest.approx(
+            bootstrap_ci(v, statistic=plain, n_boot=300, seed=1), rel=1e-12)
