@@ -1,16 +1,12 @@
 """Shared fixtures: the tiny preset, a tokenizer trained once per session, a seeded tiny model."""
 
 import os
-import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# librosa's numba kernels are compiled with cache=True into one shared folder; two pytest workers
-# compiling the same kernel at once have corrupted that cache and crashed (SIGSEGV in beat_track).
-# One cache folder per test process: xdist workers inherit the controller's environment, so the owner's
-# pid is kept beside it (subprocesses of a test inherit the folder and run one at a time).
-if os.environ.get("UNIMOE_NUMBA_CACHE_PID") != str(os.getpid()):
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="unimoe-numba-")
-    os.environ["UNIMOE_NUMBA_CACHE_PID"] = str(os.getpid())
+# Every test process and every subprocess it starts gets a numba cache folder of its own (unimoe/__init__:
+# gufuncs loaded from a cache other processes wrote have crashed with SIGSEGV, numba issue 10128).
+os.environ["UNIMOE_NUMBA_CACHE"] = "per-process"
+import unimoe  # noqa: E402,F401  (applies it to this process)
 
 import numpy as np
 import pytest
