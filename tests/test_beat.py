@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unimoe.beat import beat_track
+from unimoe.beat import beat_track, onset_detect
 
 SR, HOP = 22050, 512
 
@@ -38,7 +38,9 @@ def test_beat_track_equals_librosa():
         np.savez(Path(d) / "env.npz", **envs)
         code = ("import json, sys, numpy as np, librosa\n"
                 "e = np.load(sys.argv[1])\n"
-                "print(json.dumps({k: [float(np.atleast_1d(t)[0]), [int(b) for b in bt]] for k in e.files\n"
+                "print(json.dumps({k: [float(np.atleast_1d(t)[0]), [int(b) for b in bt],\n"
+                "      [int(o) for o in librosa.onset.onset_detect(onset_envelope=e[k], sr=22050, hop_length=512)]]\n"
+                "      for k in e.files\n"
                 "      for t, bt in [librosa.beat.beat_track(onset_envelope=e[k], sr=22050, hop_length=512)]}))\n")
         out = subprocess.run([sys.executable, "-c", code, str(Path(d) / "env.npz")], capture_output=True, text=True,
                              timeout=300, env={**os.environ, "NUMBA_CACHE_DIR": str(Path(d) / "numba")})
@@ -48,6 +50,7 @@ def test_beat_track_equals_librosa():
         tempo, beats = beat_track(env, SR, HOP)
         assert tempo == pytest.approx(ref[k][0], rel=1e-6), k
         assert beats.tolist() == ref[k][1], k
+        assert onset_detect(env, SR, HOP).tolist() == ref[k][2], k
     assert abs(beat_track(envs["click128"], SR, HOP)[0] - 128) < 3
 
 

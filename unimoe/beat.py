@@ -107,3 +107,29 @@ def beat_track(onset_envelope: np.ndarray, sr: int, hop_length: int, *, start_bp
         beats[n] = True
         n = int(backlink[n])
     return tempo, np.flatnonzero(_trim(localscore, beats, trim))
+
+
+def onset_detect(onset_envelope: np.ndarray, sr: int, hop_length: int, *, delta: float = 0.07) -> np.ndarray:
+    """Onset frames, as ``librosa.onset.onset_detect(onset_envelope=..., backtrack=False)`` with its
+    default peak-picking windows (30 ms pre-max, 100 ms averages, 30 ms wait): a port of librosa's
+    ``util.peak_pick`` kernel, another cached numba gufunc."""
+    x = np.asarray(onset_envelope, dtype=np.float64 if np.asarray(onset_envelope).dtype == np.float64 else np.float32)
+    x = x - x.min()
+    x = x / (x.max() + np.finfo(x.dtype).tiny)
+    if not x.any() or not np.all(np.isfinite(x)):
+        return np.zeros(0, dtype=int)
+    pre_max, post_max = int(np.ceil(0.03 * sr // hop_length)), int(np.ceil(0.00 * sr // hop_length + 1))
+    pre_avg, post_avg = int(np.ceil(0.10 * sr // hop_length)), int(np.ceil(0.10 * sr // hop_length + 1))
+    wait = int(np.ceil(0.03 * sr // hop_length))
+    n_x = len(x)
+    peaks = np.zeros(n_x, dtype=bool)
+    peaks[0] = x[0] >= np.max(x[:min(post_max, n_x)]) and x[0] >= np.mean(x[:min(post_avg, n_x)]) + delta
+    n = wait + 1 if peaks[0] else 1
+    while n < n_x:
+        if x[n] != np.max(x[max(0, n - pre_max):min(n + post_max, n_x)]) or \
+                x[n] < np.mean(x[max(0, n - pre_avg):min(n + post_avg, n_x)]) + delta:
+            n += 1
+            continue
+        peaks[n] = True
+        n += wait + 1
+    return np.flatnonzero(peaks)

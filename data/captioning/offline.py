@@ -28,7 +28,7 @@ import numpy as np
 
 from data.captioning.base import Captioner, CaptionRequest
 from unimoe.audio_io import resample, to_mono
-from unimoe.beat import beat_track
+from unimoe.beat import beat_track, onset_detect
 
 ANALYSIS_SR = 22050
 N_FFT = 2048
@@ -122,7 +122,7 @@ def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
     tempo, beats = beat_track(oenv, sr, HOP)  # librosa's tracker, without its crash-prone numba kernels
     tempo = float(np.atleast_1d(tempo)[0])
     pulse = float(oenv[beats].mean() / max(float(oenv.mean()), 1e-9)) if len(beats) else 0.0
-    onsets = librosa.onset.onset_detect(onset_envelope=oenv, sr=sr, hop_length=HOP, backtrack=False)
+    onsets = onset_detect(oenv, sr, HOP)
 
     # Key and brightness are averages over the span: every other frame is plenty (and half the work).
     mag, power = mag[:, ::2], power[:, ::2]
