@@ -2,18 +2,23 @@
 subflows) against the SAME library steps called as plain functions (no Prefect), side by side in one run.
 Prints JSON with both wall times and their ratio (target: Prefect / plain <= 1.15).
 
-    .venv/bin/python benchmarks/pipeline_overhead.py [--size small|default] [--max-steps 2] [--max-items 1]
-        [--max-seconds 0.5] [--batch-size 2] [--scorers dnsmos,music_adherence] [--variant unimoe-top-p0.7]
-        [--order plain,prefect] [--workers N] [--keep]
+    .venv/bin/python benchmarks/pipeline_overhead.py [--profile demo|smoke] [--size small|default]
+        [--max-steps N] [--max-items N] [--max-seconds S] [--batch-size N] [--scorers a,b] [--variant V]
+        [--order plain,prefect] [--keep]
 
-Defaults are the tiny settings of tests/test_pipeline_flow.py on the small demo profile. Each side runs in
-its own fresh Python process with its own fresh workspace, PREFECT_HOME and NUMBA_CACHE_DIR (cold: no
-step cache, generation/score/caption cache or compiled-kernel cache carried over); the sides run one
-after the other (``--order``). Reported per side:
+``--profile demo`` (the default) measures the DAG the main job runs (``make pipeline``: the default demo
+profile, flows.pipeline.DEMO_MAX_STEPS steps per stage, the demo benchmark's scorers; about 12 minutes a
+side on 2 cores). ``--profile smoke`` is the tiny setting of tests/test_pipeline_flow.py (small demo corpus,
+2 steps, one item per task, two scorers; about a minute a side), where Prefect's fixed costs weigh the most.
+Options given explicitly override the profile's. Each side runs in its own fresh Python process with its own
+fresh workspace, PREFECT_HOME (a new Prefect database) and NUMBA_CACHE_DIR (cold: no step cache,
+generation/score/caption cache or compiled-kernel cache carried over); the sides run one after the other
+(``--order``). Reported per side:
 
 - ``dag_s``: the DAG itself (the ``pipeline(...)`` call, or the plain driver below),
 - ``server_startup_s`` (Prefect only): the one-off embedded (ephemeral) Prefect server start-up, started
-  explicitly before the DAG (the flow then reuses that server), so it is timed apart,
+  explicitly before the DAG (the flow then reuses that server), so it is timed apart; with a fresh
+  PREFECT_HOME it includes creating the database (its migrations),
 - ``import_s``: importing the modules the side needs, and ``process_wall_s``: the whole child process as
   the parent saw it (interpreter start, imports, server start-up and shutdown included).
 
@@ -28,8 +33,10 @@ unimoe.training.launch.run_stage -> execute, evaluation.runner, evaluation.regre
 flows' order, with the flows' arguments and the same parallelism (a thread pool of the curate flow's size
 for its shard steps, one worker for the benchmark's scorers). It leaves out what only Prefect does: result
 persistence and cache keys, task/flow run states, logging to the API and artifacts (the library work an
-artifact needs, a stage's loss-curve markdown, is still done). The copies of the flows' small helpers
-(``STEP_FIELDS``, ``_spec``) are checked against the flows in the Prefect child (``fidelity``).
+artifact needs, a stage's loss-curve markdown, is still done). The flows' own helpers live in the libraries
+(data.curate.step_config, unimoe.training.launch.stage_spec, ...) and are called here too; the two
+constants copied here (the curate thread-pool size, DEMO_MAX_STEPS) are checked against the flows in the
+Prefect child (``fidelity``).
 """
 
 from __future__ import annotations
@@ -52,33 +59,15 @@ sys.path.insert(0, str(ROOT))
 TARGET = 1.15
 VARIANT = "unimoe-top-p0.7"
 SIDES = ("prefect", "plain")
-
-# ---- copies of the flows' small helpers (checked against the flows by the Prefect child) ---------------
-
-# flows.curate.STEP_FIELDS: each curate task gets only the config fields it reads.
-STEP_FIELDS = {
-    "build": ("corpus", "corpus_root", "demo_size"),
-    "ingest": ("corpus", "corpus_root", "adapter_options"),
-    "segment": ("clip_seconds", "tail"),
-    "caption": ("captioner", "caption_options"),
-    "filter": ("quality",),
-    "balance": ("balance",),
-    "tokenize": ("model_preset", "token_rows_per_shard", "token_video_frames"),
+DEMO_MAX_STEPS = 20  # flows.pipeline.DEMO_MAX_STEPS (checked by the Prefect child)
+SETTINGS = ("size", "max_steps", "max_items", "max_seconds", "batch_size", "scorers")
+# None: the pipeline's own default (as `make pipeline` runs it).
+PROFILES = {
+    "demo": {"size": "default", "max_steps": DEMO_MAX_STEPS, "max_items": None, "max_seconds": None,
+             "batch_size": None, "scorers": None},
+    "smoke": {"size": "small", "max_steps": 2, "max_items": 1, "max_seconds": 0.5, "batch_size": 2,
+              "scorers": ["dnsmos", "music_adherence"]},
 }
-
-
-def _part(cfg: dict[str, Any], step: str) -> dict[str, Any]:
-    return {k: cfg[k] for k in STEP_FIELDS[step]}
-
-
-def _spec(kind: str, model_cfg: dict, tokens: str, out_dir: str, run_id: str, variant: str, overrides: dict,
-          variant_overlay: dict, **extra: Any) -> dict:
-    """flows.train._spec: the stage spec unimoe.training.launch.run_stage takes."""
-    return {"kind": kind, "model_config": model_cfg, "workdir": out_dir, "run_id": run_id, "variant": variant,
-            "train_overrides": overrides, "variant_overlay": variant_overlay,
-            "dataset": {"factory": "data.tokenize:TokenShardReader", "args": [tokens], "kwargs": {}},
-            "tokenizer": None, **extra}
-
 
 def default_workers() -> int:
     """flows.common.default_workers: the thread pool size of the curate flow's shard tasks."""
@@ -101,32 +90,21 @@ def _rows(path: str) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _load_quality_scorers(cfg):
-    """flows.curate.load_quality_scorers (defined in the flow module, which imports Prefect)."""
-    from evaluation.scorers import ScorerUnavailable, load_scorer
-
-    q = cfg.quality_config()
-    names = [n for n in (*q.speech_paper, q.speech_substitute, *q.music_paper) if n != "signal_checks"]
-    scorers, unavailable = {}, {}
-    for name in names:
-        try:
-            scorers[name] = load_scorer(name, **({"num_threads": 1} if name == "dnsmos" else {}))
-        except ScorerUnavailable as e:
-            unavailable[name] = str(e)
-    return scorers, unavailable
-
-
 def plain_curate(ws: Path, demo_size: str) -> dict:
     """flows.curate.curate, its tasks as plain calls of data.curate."""
     import torch
 
     from data import curate as C
+    from evaluation.scorers import load_scorers
+
+    def quality_scorers(c):  # flows.curate.load_quality_scorers
+        return load_scorers(C.quality_scorer_names(c), {"dnsmos": {"num_threads": 1}})
 
     workers = default_workers()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     cfg_obj = C.CurateConfig.demo(demo_size)
     cfg = cfg_obj.to_dict()
-    conf = lambda step: C.CurateConfig.from_dict(_part(cfg, step))  # noqa: E731  (each task's _cfg(part))
+    conf = lambda step: C.CurateConfig.from_dict(C.step_config(cfg, step))  # noqa: E731  (each task's _cfg(part))
     work = ws / "curate"
     steps: list[dict] = []
 
@@ -144,7 +122,7 @@ def plain_curate(ws: Path, demo_size: str) -> dict:
 
     def filter_(shard: str, out: str) -> str:
         c = conf("filter")
-        scorers, unavailable = _load_quality_scorers(c)
+        scorers, unavailable = quality_scorers(c)
         return str(C.filter_shard(c, shard, out, scorers, unavailable))
 
     def tokenize(manifest: str, ids: list[str], index: int, tokens_dir: str) -> dict:
@@ -174,7 +152,7 @@ def plain_curate(ws: Path, demo_size: str) -> dict:
         tokens = C.finish_tokens(conf("tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"))
     C.check_accounting(seg, tokens["manifest"])
 
-    scorers, unavailable = _load_quality_scorers(cfg_obj)
+    scorers, unavailable = quality_scorers(cfg_obj)
     plan = C.quality_plan(cfg_obj, sorted(scorers), unavailable)
     doc = C.summary(tokens["manifest"], bal, steps, plan, work / "summary.json")
     doc["tokens"] = tokens
@@ -187,9 +165,9 @@ def plain_train(ws: Path, variant: str, preset: str, max_steps: int | None, batc
     """flows.train.train (nproc 1), its stage tasks as plain calls of unimoe.training.launch.run_stage."""
     from data.balance import read_subset
     from unimoe.config import TASKS, get_preset
-    from unimoe.training.curriculum import plan
+    from unimoe.training.curriculum import plan, step_overrides
     from unimoe.training.curves import stage_curve_markdown
-    from unimoe.training.launch import run_stage
+    from unimoe.training.launch import run_stage, stage_spec
 
     cur = ws / "curate"
     tokens, subset, warmup = str(cur / "tokens"), str(cur / "subset.json"), str(cur / "warmup.json")
@@ -198,16 +176,14 @@ def plain_train(ws: Path, variant: str, preset: str, max_steps: int | None, batc
             raise FileNotFoundError(f"{p} not found")
     p = plan(variant, get_preset(preset))
     model_cfg, curriculum, overlay = p["model_config"], p["curriculum"], p["train_overlay"]
-    overrides = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v is not None}
-    if max_steps is not None:
-        overrides.update(warmup_steps=max(1, max_steps // 10), checkpoint_every=max(1, max_steps // 2), log_every=1)
+    overrides = step_overrides(max_steps, batch_size)
     run_id = f"{variant}-{preset}"
     out = ws / "train" / run_id
     stages = curriculum["stages"]
-    common = dict(run_id=run_id, variant=variant, overrides=overrides, variant_overlay=overlay)
+    common = dict(run_id=run_id, variant=variant, train_overrides=overrides, variant_overlay=overlay)
 
     def stage_run(kind: str, out_dir: Path, **extra: Any) -> str:
-        return str(run_stage(_spec(kind, model_cfg, tokens, str(out_dir), **common, **extra), 1))
+        return str(run_stage(stage_spec(kind, model_cfg, tokens, str(out_dir), **common, **extra), 1))
 
     ckpts: dict[str, Any] = {}
     if 1 in stages:
@@ -288,15 +264,13 @@ def plain_pipeline(workspace: str, demo_size: str, variants: list[str], preset: 
 
 
 def _fidelity() -> dict:
-    """Compare this script's copies of the flows' helpers with the flows' own (Prefect child only)."""
+    """Compare this script's copies of two flow constants with the flows' own (Prefect child only)."""
     import flows.common
     import flows.curate
-    import flows.train
+    import flows.pipeline
 
-    probe = ("joint", {"m": 1}, "/t", "/o", "rid", "v", {"max_steps": 2}, {"lr": 1.0})
-    checks = {"STEP_FIELDS": flows.curate.STEP_FIELDS == STEP_FIELDS,
-              "_spec": flows.train._spec(*probe, init=None, stage=3) == _spec(*probe, init=None, stage=3),
-              "workers": flows.curate.WORKERS == default_workers() == flows.common.default_workers()}
+    checks = {"workers": flows.curate.WORKERS == default_workers() == flows.common.default_workers(),
+              "DEMO_MAX_STEPS": flows.pipeline.DEMO_MAX_STEPS == DEMO_MAX_STEPS}
     return {"ok": all(checks.values()), **checks}
 
 
@@ -313,9 +287,10 @@ def _outcome(ws: Path, result: dict, variant: str) -> dict:
 
 def child(args: argparse.Namespace) -> int:
     ws = Path(args.workspace)
-    kwargs = dict(workspace=str(ws), demo_size=args.size, variants=[args.variant], preset="tiny",
-                  max_steps=args.max_steps, batch_size=args.batch_size, seeds=[0], benchmark="demo",
-                  max_items=args.max_items, max_seconds=args.max_seconds, scorers=_scorers(args.scorers))
+    st = json.loads(args.settings)
+    kwargs = dict(workspace=str(ws), demo_size=st["size"], variants=[args.variant], preset="tiny",
+                  max_steps=st["max_steps"], batch_size=st["batch_size"], seeds=[0], benchmark="demo",
+                  max_items=st["max_items"], max_seconds=st["max_seconds"], scorers=st["scorers"])
     doc: dict[str, Any] = {"side": args.side}
     t0 = time.perf_counter()
     if args.side == "prefect":
@@ -357,6 +332,16 @@ def _scorers(text: str) -> list[str] | None:
     return names or None
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """The profile's settings, with the options given explicitly in their place."""
+    st = dict(PROFILES[args.profile])
+    for k in SETTINGS:
+        v = getattr(args, k)
+        if v is not None:
+            st[k] = _scorers(v) if k == "scorers" else v
+    return st
+
+
 # ---- the parent: both sides, then the comparison -------------------------------------------------------
 
 
@@ -369,14 +354,12 @@ def _env(side_dir: Path) -> dict:
     return env
 
 
-def run_side(side: str, tmp: Path, args: argparse.Namespace) -> dict:
+def run_side(side: str, tmp: Path, args: argparse.Namespace, st: dict) -> dict:
     d = tmp / side
     d.mkdir()
     out = d / "result.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--workspace", str(d / "ws"), "--out", str(out),
-           "--size", args.size, "--max-steps", str(args.max_steps), "--max-items", str(args.max_items),
-           "--max-seconds", str(args.max_seconds), "--batch-size", str(args.batch_size), "--scorers", args.scorers,
-           "--variant", args.variant]
+           "--settings", json.dumps(st), "--variant", args.variant]
     print(f"[overhead] {side}: running (log {d / 'log.txt'})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(d / "log.txt", "w") as log:
@@ -406,18 +389,21 @@ def compare(p: dict, q: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", choices=("small", "default"), default="small", help="demo profile")
-    ap.add_argument("--max-steps", type=int, default=2, help="optimiser steps per training stage")
-    ap.add_argument("--max-items", type=int, default=1, help="benchmark items per task")
-    ap.add_argument("--max-seconds", type=float, default=0.5, help="generation cap per benchmark clip")
-    ap.add_argument("--batch-size", type=int, default=2, help="sequences per training step")
-    ap.add_argument("--scorers", default="dnsmos,music_adherence", help="comma-separated; '' = the benchmark's")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                    help="demo: the main job's DAG (default); smoke: the tests' tiny setting")
+    ap.add_argument("--size", choices=("small", "default"), help="demo corpus size")
+    ap.add_argument("--max-steps", type=int, help="optimiser steps per training stage")
+    ap.add_argument("--max-items", type=int, help="benchmark items per task")
+    ap.add_argument("--max-seconds", type=float, help="generation cap per benchmark clip")
+    ap.add_argument("--batch-size", type=int, help="sequences per training step")
+    ap.add_argument("--scorers", help="comma-separated; '' = the benchmark's")
     ap.add_argument("--variant", default=VARIANT)
     ap.add_argument("--order", default="plain,prefect", help="which side runs first")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (workspaces, logs)")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--workspace", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--settings", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.side:
         return child(args)
@@ -427,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--order must name both sides, e.g. {','.join(SIDES)}")
     tmp = Path(tempfile.mkdtemp(prefix="pipeline-overhead-"))
     try:
-        sides = {s: run_side(s, tmp, args) for s in order}
+        st = settings(args)
+        sides = {s: run_side(s, tmp, args, st) for s in order}
     except RuntimeError as e:
         print(str(e), file=sys.stderr)
         print(f"[overhead] kept {tmp}", file=sys.stderr)
@@ -439,9 +426,8 @@ def main(argv: list[str] | None = None) -> int:
               "process": p["process_wall_s"] / q["process_wall_s"]}
     r3 = lambda x: round(x, 3)  # noqa: E731
     report = {
-        "settings": {k: getattr(args, k) for k in ("size", "max_steps", "max_items", "max_seconds", "batch_size",
-                                                   "scorers", "variant", "order")} | {"workers": default_workers(),
-                                                                                     "cpus": os.cpu_count()},
+        "settings": {"profile": args.profile, **st, "variant": args.variant, "order": args.order,
+                     "workers": default_workers(), "cpus": os.cpu_count()},
         "prefect": {"dag_s": r3(p["dag_s"]), "server_startup_s": r3(p["server_startup_s"]),
                     "dag_incl_server_startup_s": r3(p["dag_s"] + p["server_startup_s"]), "import_s": r3(p["import_s"]),
                     "process_wall_s": r3(p["process_wall_s"]), "stage_seconds": p["stage_seconds"]},

@@ -106,6 +106,31 @@ class CurateConfig:
         return dataclasses.asdict(self)
 
 
+# Each step reads only these config fields. A flow hands each step's task just its part
+# (``step_config``), so changing one step's settings re-runs that step and what depends on its output,
+# not the whole curation.
+STEP_FIELDS = {
+    "build": ("corpus", "corpus_root", "demo_size"),
+    "ingest": ("corpus", "corpus_root", "adapter_options"),
+    "segment": ("clip_seconds", "tail"),
+    "caption": ("captioner", "caption_options"),
+    "filter": ("quality",),
+    "balance": ("balance",),
+    "tokenize": ("model_preset", "token_rows_per_shard", "token_video_frames"),
+}
+
+
+def step_config(cfg: Mapping[str, Any], step: str) -> dict[str, Any]:
+    """The fields of ``cfg`` (a ``CurateConfig.to_dict()``) that ``step`` reads."""
+    return {k: cfg[k] for k in STEP_FIELDS[step]}
+
+
+def quality_scorer_names(cfg: CurateConfig) -> list[str]:
+    """The scorers the quality filter may use (signal checks need none)."""
+    q = cfg.quality_config()
+    return [n for n in (*q.speech_paper, q.speech_substitute, *q.music_paper) if n != "signal_checks"]
+
+
 # ---- steps -------------------------------------------------------------------------------------------
 
 

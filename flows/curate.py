@@ -23,23 +23,6 @@ def _cfg(cfg: dict[str, Any]) -> C.CurateConfig:
     return C.CurateConfig.from_dict(cfg)
 
 
-# Each task receives only the config fields it reads, so changing one step's settings re-runs that
-# step and what depends on its output, not the whole flow.
-STEP_FIELDS = {
-    "build": ("corpus", "corpus_root", "demo_size"),
-    "ingest": ("corpus", "corpus_root", "adapter_options"),
-    "segment": ("clip_seconds", "tail"),
-    "caption": ("captioner", "caption_options"),
-    "filter": ("quality",),
-    "balance": ("balance",),
-    "tokenize": ("model_preset", "token_rows_per_shard", "token_video_frames"),
-}
-
-
-def _part(cfg: dict[str, Any], step: str) -> dict[str, Any]:
-    return {k: cfg[k] for k in STEP_FIELDS[step]}
-
-
 def _exists(path: Any) -> bool:
     return all(Path(p).exists() for p in (path if isinstance(path, list) else [path]))
 
@@ -82,19 +65,11 @@ def caption_shard(cfg: dict, shard: str, out: str, cache_dir: str, secret_block:
 
 
 def load_quality_scorers(cfg: C.CurateConfig) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load every scorer the quality config may use; collect why the others are unavailable."""
-    from evaluation.scorers import ScorerUnavailable, load_scorer
+    """Every scorer the quality config may use that can run here; why the others cannot."""
+    from evaluation.scorers import load_scorers
 
-    q = cfg.quality_config()
-    names = [n for n in (*q.speech_paper, q.speech_substitute, *q.music_paper) if n != "signal_checks"]
-    scorers, unavailable = {}, {}
-    for name in names:
-        try:
-            # One thread per scorer session: shard tasks already run in parallel, one per core.
-            scorers[name] = load_scorer(name, **({"num_threads": 1} if name == "dnsmos" else {}))
-        except ScorerUnavailable as e:
-            unavailable[name] = str(e)
-    return scorers, unavailable
+    # One thread per scorer session: shard tasks already run in parallel, one per core.
+    return load_scorers(C.quality_scorer_names(cfg), {"dnsmos": {"num_threads": 1}})
 
 
 @task(name="filter-shard", retries=1)
@@ -160,35 +135,35 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
         return out
 
     corpus_dir = str(ws / "corpus" / cfg_obj.corpus)
-    root = step("build-corpus", lambda: run_cached(build_corpus, ws, _part(cfg, "build"), corpus_dir, output_exists=_exists))
-    raw = step("ingest", lambda: run_cached(ingest, ws, _part(cfg, "ingest"), root, str(work / "raw.parquet"), output_exists=_exists),
+    root = step("build-corpus", lambda: run_cached(build_corpus, ws, C.step_config(cfg, "build"), corpus_dir, output_exists=_exists))
+    raw = step("ingest", lambda: run_cached(ingest, ws, C.step_config(cfg, "ingest"), root, str(work / "raw.parquet"), output_exists=_exists),
                _rows)
-    seg = step("segment", lambda: run_cached(segment, ws, _part(cfg, "segment"), raw, str(work / "segmented.parquet"),
+    seg = step("segment", lambda: run_cached(segment, ws, C.step_config(cfg, "segment"), raw, str(work / "segmented.parquet"),
                                              output_exists=_exists), _rows)
     shards = run_cached(split_shards, ws, seg, str(work / "shards"), cfg_obj.rows_per_shard, output_exists=_exists)
     log.info(f"{len(shards)} shards of up to {cfg_obj.rows_per_shard} rows")
 
     captioned = step("caption", lambda: run_cached_map(
-        caption_shard, ws, output_exists=_exists, cfg=[_part(cfg, "caption")] * len(shards), shard=shards,
+        caption_shard, ws, output_exists=_exists, cfg=[C.step_config(cfg, "caption")] * len(shards), shard=shards,
         out=[str(work / "captioned" / Path(s).name) for s in shards],
         cache_dir=[str(ws / "cache" / "captions")] * len(shards), secret_block=[gemini_secret_block] * len(shards)),
         lambda ps: sum(_rows(p) for p in ps))
     filtered = step("filter", lambda: run_cached_map(
-        filter_shard, ws, output_exists=_exists, cfg=[_part(cfg, "filter")] * len(captioned), shard=captioned,
+        filter_shard, ws, output_exists=_exists, cfg=[C.step_config(cfg, "filter")] * len(captioned), shard=captioned,
         out=[str(work / "filtered" / Path(s).name) for s in captioned]), lambda ps: sum(_rows(p) for p in ps))
     pre_tokens = run_cached(merge, ws, filtered, str(work / "filtered.parquet"), output_exists=_exists)
     C.check_accounting(seg, pre_tokens)
 
-    bal = step("balance", lambda: run_cached(balance, ws, _part(cfg, "balance"), pre_tokens, str(work),
+    bal = step("balance", lambda: run_cached(balance, ws, C.step_config(cfg, "balance"), pre_tokens, str(work),
                                              output_exists=lambda r: _exists([r["subset"], r["warmup"]])),
                lambda r: r["subset_rows"])
     tokens_dir = str(work / "tokens")
-    plans = run_cached(plan_token_shards, ws, _part(cfg, "tokenize"), pre_tokens, tokens_dir)
+    plans = run_cached(plan_token_shards, ws, C.step_config(cfg, "tokenize"), pre_tokens, tokens_dir)
     results = step("tokenize", lambda: run_cached_map(
         tokenize_shard, ws, output_exists=lambda r: Path(tokens_dir, f"{r['name']}.safetensors").exists(),
-        cfg=[_part(cfg, "tokenize")] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
+        cfg=[C.step_config(cfg, "tokenize")] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
         tokens_dir=[tokens_dir] * len(plans)), lambda rs: sum(r["num_rows"] for r in rs))
-    tokens = run_cached(finish_tokens, ws, _part(cfg, "tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"),
+    tokens = run_cached(finish_tokens, ws, C.step_config(cfg, "tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"),
                         output_exists=lambda r: _exists([r["manifest"], r["index"]]))
     C.check_accounting(seg, tokens["manifest"])
 

@@ -15,24 +15,12 @@ from flows.common import run_cached, workspace_root
 from unimoe.config import TASKS, get_preset
 
 
-def _dataset(tokens: str) -> dict:
-    # Every rank (and the in-process path) builds the reader from this factory spec.
-    return {"factory": "data.tokenize:TokenShardReader", "args": [tokens], "kwargs": {}}
-
-
-def _spec(kind: str, model_cfg: dict, tokens: str, out_dir: str, run_id: str, variant: str, overrides: dict,
-          variant_overlay: dict, **extra: Any) -> dict:
-    return {"kind": kind, "model_config": model_cfg, "workdir": out_dir, "run_id": run_id, "variant": variant,
-            "train_overrides": overrides, "variant_overlay": variant_overlay, "dataset": _dataset(tokens),
-            "tokenizer": None, **extra}
-
-
 @task(name="stage1-specialist")
 def stage1(model_cfg: dict, task_name: str, tokens: str, out_dir: str, run_id: str, variant: str,
            overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
-    from unimoe.training.launch import run_stage
+    from unimoe.training.launch import run_stage, stage_spec
 
-    return str(run_stage(_spec("specialist", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+    return str(run_stage(stage_spec("specialist", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
                                task=task_name), nproc))
 
 
@@ -40,9 +28,9 @@ def stage1(model_cfg: dict, task_name: str, tokens: str, out_dir: str, run_id: s
 def stage2(model_cfg: dict, specialists: dict, tokens: str, warmup: str, out_dir: str, run_id: str, variant: str,
            overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
     from data.balance import read_subset
-    from unimoe.training.launch import run_stage
+    from unimoe.training.launch import run_stage, stage_spec
 
-    return str(run_stage(_spec("warmup", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+    return str(run_stage(stage_spec("warmup", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
                                specialists=specialists, warmup_ids=read_subset(warmup)), nproc))
 
 
@@ -50,9 +38,9 @@ def stage2(model_cfg: dict, specialists: dict, tokens: str, warmup: str, out_dir
 def stage3(model_cfg: dict, init: str | None, tokens: str, subset: str, out_dir: str, run_id: str, variant: str,
            stage: Any, overrides: dict, variant_overlay: dict, nproc: int = 1) -> str:
     from data.balance import read_subset
-    from unimoe.training.launch import run_stage
+    from unimoe.training.launch import run_stage, stage_spec
 
-    return str(run_stage(_spec("joint", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
+    return str(run_stage(stage_spec("joint", model_cfg, tokens, out_dir, run_id, variant, overrides, variant_overlay,
                                init=init, subset_ids=read_subset(subset), stage=stage), nproc))
 
 
@@ -76,7 +64,7 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     data-parallel processes (gloo on CPU, nccl on GPU), with FSDP2 and/or expert parallelism when
     ``fsdp`` / ``expert_parallel`` (TrainConfig fields; no effect in one process); 1 trains in process.
     After each stage a markdown artifact shows its loss curve."""
-    from unimoe.training.curriculum import plan
+    from unimoe.training.curriculum import plan, step_overrides
 
     log = get_run_logger()
     ws = workspace_root(workspace)
@@ -89,10 +77,7 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
             raise FileNotFoundError(f"{p} not found: run the curate flow first (unimoe curate)")
     p = plan(variant, get_preset(preset))
     model_cfg, curriculum, overlay = p["model_config"], p["curriculum"], p["train_overlay"]
-    overrides = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v is not None}
-    overrides.update({k: True for k, on in (("fsdp", fsdp), ("expert_parallel", expert_parallel)) if on})
-    if max_steps is not None:
-        overrides.update(warmup_steps=max(1, max_steps // 10), checkpoint_every=max(1, max_steps // 2), log_every=1)
+    overrides = step_overrides(max_steps, batch_size, fsdp=fsdp, expert_parallel=expert_parallel)
     run_id = run_id or f"{variant}-{preset}"
     out = ws / "train" / run_id
     stages = curriculum["stages"]

@@ -85,3 +85,23 @@ def test_sharded_torchrun_stage_matches_one_process_and_resumes(tokenizer, tmp_p
     assert again.name == "step-000003" and read_metrics(tmp_path / "two")["step"].tolist() == [1, 2, 3]
     for k, v in load_file(again / "model.safetensors").items():
         torch.testing.assert_close(v, ref[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_stage_spec_names_the_token_reader_and_refuses_unknown_kinds():
+    from unimoe.training.launch import stage_spec
+
+    spec = stage_spec("joint", {"d": 1}, "/ws/tokens", "/ws/out", "rid", "v", {"max_steps": 2}, {"lr": 1.0},
+                      init=None, stage=3)
+    assert spec["dataset"] == {"factory": "data.tokenize:TokenShardReader", "args": ["/ws/tokens"], "kwargs": {}}
+    assert (spec["kind"], spec["workdir"], spec["train_overrides"], spec["stage"]) == ("joint", "/ws/out", {"max_steps": 2}, 3)
+    with pytest.raises(ValueError, match="unknown stage kind"):
+        stage_spec("pretrain", {}, "t", "o", "r", "v", {}, {})
+
+
+def test_step_overrides_scale_warmup_and_checkpoints_with_the_step_cap():
+    from unimoe.training.curriculum import step_overrides
+
+    assert step_overrides() == {}
+    assert step_overrides(20, 4, fsdp=True) == {"max_steps": 20, "batch_size": 4, "fsdp": True, "warmup_steps": 2,
+                                                "checkpoint_every": 10, "log_every": 1}
+    assert step_overrides(1)["warmup_steps"] == 1 and step_overrides(1)["checkpoint_every"] == 1

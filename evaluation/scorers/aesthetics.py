@@ -18,7 +18,6 @@ downloaded (``initialize_predictor(None)`` would fetch from the hub; this path n
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_tensor_file, register
 from unimoe.audio_io import resample, to_mono
 from unimoe.io import resolve_weights, sha256_file
 
@@ -82,14 +81,8 @@ def make_windows(
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read an audiobox-aesthetics ``checkpoint.pt`` with ``weights_only=True`` and check its layout."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(
-            f"{WHAT}: {path} holds objects other than tensors and plain containers, so it is not loaded "
-            f"(weights_only=True refuses arbitrary pickles). Re-save it as a plain dict "
-            f"{{'state_dict', 'model_cfg', 'target_transform'}} of tensors/numbers/strings. ({e})"
-        ) from e
+    ckpt = load_tensor_file(path, WHAT, "a plain dict {'state_dict', 'model_cfg', 'target_transform'} of "
+                                        "tensors/numbers/strings")
     missing = [
         k
         for k in ("state_dict", "model_cfg", "target_transform")

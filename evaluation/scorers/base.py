@@ -12,16 +12,55 @@ posteriors from ``embed`` and are computed in ``evaluation.metrics``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from unimoe.audio_io import AudioItem  # noqa: F401  (the scorer item type; shared with data/)
+from unimoe.audio_io import AudioItem, as_channels_first, resample, to_mono
 from unimoe.io import MissingWeightsError
 
 
 class ScorerUnavailable(RuntimeError):
     """A scorer cannot run here (missing weights or package); the message says what is missing."""
+
+
+def prepare_clip(wav: np.ndarray, sample_rate: int, target_rate: int, first_channel: bool = False) -> np.ndarray:
+    """Mono float audio at ``target_rate`` (the channel mean, or the first channel); ValueError for empty or
+    non-finite audio."""
+    x = as_channels_first(wav)[0] if first_channel else to_mono(wav)
+    if x.size == 0:
+        raise ValueError("empty audio")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("non-finite samples")
+    return resample(x, int(sample_rate), target_rate)
+
+
+def load_tensor_file(path: Any, what: str, resave_as: str = "a plain dict of tensors") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never arbitrary pickles.
+    A file holding anything else is refused with ScorerUnavailable naming it and how to re-save it."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ScorerUnavailable(
+            f"{what}: {path} holds objects other than tensors and plain containers and is not loaded "
+            f"(weights_only=True). Re-save it as {resave_as}. ({e})"
+        ) from e
+
+
+def load_state_dict_file(path: Any, what: str, key: str | None = "state_dict",
+                         resave_as: str = "a plain dict of tensors") -> dict:
+    """:func:`load_tensor_file`, then its ``key`` entry when it has one (a training checkpoint), else the
+    whole object; ScorerUnavailable when that is not a non-empty dict."""
+    obj = load_tensor_file(path, what, resave_as)
+    if key is not None and isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise ScorerUnavailable(f"{what}: {path} holds no state dict")
+    return dict(obj)
 
 
 class Scorer:
@@ -111,3 +150,17 @@ def load_scorer(name: str, **options: Any) -> Scorer | SetScorer:
         return factory(**options)
     except MissingWeightsError as e:
         raise ScorerUnavailable(str(e)) from e
+
+
+def load_scorers(names: Iterable[str], options: Mapping[str, dict[str, Any]] | None = None
+                 ) -> tuple[dict[str, Scorer | SetScorer], dict[str, str]]:
+    """The named scorers that can run here, and for each of the others why not (the ScorerUnavailable
+    message). ``options``: keyword arguments per scorer name."""
+    scorers: dict[str, Scorer | SetScorer] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        try:
+            scorers[name] = load_scorer(name, **(options or {}).get(name, {}))
+        except ScorerUnavailable as e:
+            unavailable[name] = str(e)
+    return scorers, unavailable

@@ -40,7 +40,6 @@ import importlib.metadata
 import json
 import logging
 import math
-import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
 from unimoe.audio_io import resample, to_mono
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
@@ -131,14 +130,7 @@ def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(f"{what}: {path} holds objects other than tensors and is not loaded "
-                                f"(weights_only=True): {e}") from e
-    if not isinstance(obj, dict):
-        raise ScorerUnavailable(f"{what}: {path} holds no state dict")
-    return obj
+    return load_state_dict_file(path, what, key=None)
 
 
 def mert_config(config_json: dict[str, Any]) -> Any:

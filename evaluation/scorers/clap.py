@@ -51,7 +51,6 @@ import importlib
 import json
 import math
 import os
-import pickle
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
 from unimoe.audio_io import resample, to_mono
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
@@ -232,16 +231,7 @@ def load_tokenizer(tokenizer_path: str | Path, *, vocab_size: int, pad_token_id:
 def load_clap_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A LAION-CLAP checkpoint's state dict, read with ``weights_only=True`` (as ``load_ckpt`` would:
     ``state_dict`` entry if present, ``module.`` stripped, ``position_ids`` dropped)."""
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(
-            f"{WHAT}: {path} holds objects other than tensors and plain containers and is not loaded "
-            f"(weights_only=True). Re-save its state_dict as a plain dict of tensors. ({e})"
-        ) from e
-    sd = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
-    if not isinstance(sd, dict) or not sd:
-        raise ScorerUnavailable(f"{WHAT}: {path} holds no state dict")
+    sd = load_state_dict_file(path, WHAT, "state_dict")
     if next(iter(sd)).startswith("module"):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     sd = dict(sd)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
-import pickle
 import threading
 import warnings
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, register
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
 from unimoe.audio_io import as_channels_first
 from unimoe.io import resolve_weights, sha256_file
 
@@ -89,17 +88,10 @@ def build_openl3() -> torch.nn.Module:
 
 
 def load_openl3_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(
-            f"{WHAT}: {path} holds objects other than tensors and is not loaded (weights_only=True): {e}"
-        ) from e
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    sd = load_state_dict_file(path, WHAT, "state_dict")
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ScorerUnavailable(f"{WHAT}: {path} is not a state dict of tensors")
-    return dict(sd)
+    return sd
 
 
 def peak_normalise(x: np.ndarray, peak_db: float = PEAK_DB) -> np.ndarray:

@@ -22,20 +22,16 @@ simplified, punctuation removed, one token per character), ``cer_errors`` and ``
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from evaluation.metrics import edit_counts, utterance_rate
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, prepare_clip, register
+from evaluation.scorers.transcript import TranscriptScorer
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 METRIC = "cer"
@@ -103,10 +99,12 @@ def load_paraformer(model_dir: Path, weights: Path, device: str = "cpu") -> Any:
     return am
 
 
-class ParaformerCER(Scorer):
+class ParaformerCER(TranscriptScorer):
     """Utterance CER of a Paraformer-zh transcript against ``AudioItem.text`` (lower is better)."""
 
     name = "paraformer_cer"
+    metric = METRIC
+    language = "zh"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
 
     def __init__(self, automodel: Any, *, sha256: str, model_dir: Path, batch_size_s: int = 300) -> None:
@@ -146,31 +144,9 @@ class ParaformerCER(Scorer):
             raise RuntimeError(f"funasr returned {len(res)} results for {len(wavs)} clips")
         return [str(r.get("text", "")) for r in res]
 
-    @staticmethod
-    def score_transcript(ref: str, hyp: str) -> dict[str, float]:
-        errors, n = edit_counts(ref, hyp, "zh")
-        if n == 0:
-            raise ValueError("reference transcript is empty after normalisation")
-        return {METRIC: utterance_rate(errors, n), f"{METRIC}_errors": float(errors), f"{METRIC}_ref_len": float(n)}
-
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        nan = {METRIC: math.nan, f"{METRIC}_errors": math.nan, f"{METRIC}_ref_len": math.nan}
-        out: list[dict[str, float]] = [dict(nan) for _ in items]
-        for i, item in enumerate(items):  # one clip per call: a failing clip cannot sink others
-            try:
-                if not item.text:
-                    raise ValueError("no reference transcript (AudioItem.text)")
-                if item.language not in (None, "zh"):
-                    raise ValueError(f"language {item.language!r}: this scorer is Mandarin only")
-                self.score_transcript(item.text, "")
-                x = to_mono(item.wav)
-                if x.size == 0 or not np.all(np.isfinite(x)):
-                    raise ValueError("empty or non-finite audio")
-                hyp = self.transcribe([resample(x, int(item.sample_rate), SAMPLE_RATE)])[0]
-                out[i] = self.score_transcript(item.text, hyp)
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-        return out
+    def recognise(self, item: AudioItem) -> str:
+        # one clip per call: a failing clip cannot sink others
+        return self.transcribe([prepare_clip(item.wav, item.sample_rate, SAMPLE_RATE)])[0]
 
 
 @register("paraformer_cer")

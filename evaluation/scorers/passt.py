@@ -34,7 +34,6 @@ import importlib.metadata
 import io
 import logging
 import math
-import pickle
 import threading
 import warnings
 from pathlib import Path
@@ -44,7 +43,7 @@ from unittest import mock
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, register
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
 from evaluation.scorers.openl3_fad import peak_normalise, soxr_resample
 from unimoe.audio_io import to_mono
 from unimoe.io import resolve_weights, sha256_file
@@ -111,16 +110,7 @@ def load_passt_state_dict(path: str | Path, net: torch.nn.Module) -> dict[str, t
     """The network's state dict from a released checkpoint (flat, or under ``model``/``state_dict``;
     a saved wrapper's ``net.`` prefix is accepted), through the package's ``checkpoint_filter_fn``."""
     _, passt_mod = _import_passt()
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(
-            f"{WHAT}: {path} holds objects other than tensors and is not loaded (weights_only=True): {e}"
-        ) from e
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not sd:
-        raise ScorerUnavailable(f"{WHAT}: {path} holds no state dict")
+    sd = load_state_dict_file(path, WHAT, "state_dict")
     if isinstance(sd.get("model"), dict):
         sd = sd["model"]
     if all(k.startswith("net.") or k == "device_proxy" for k in sd):

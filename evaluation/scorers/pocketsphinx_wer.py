@@ -20,18 +20,14 @@ gets NaN in all three with a logged reason.
 from __future__ import annotations
 
 import hashlib
-import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from evaluation.metrics import edit_counts, utterance_rate
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, prepare_clip, register
+from evaluation.scorers.transcript import TranscriptScorer
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 METRIC = "wer_pocketsphinx"
@@ -56,10 +52,12 @@ def _tree_sha256(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
-class PocketSphinxWER(Scorer):
+class PocketSphinxWER(TranscriptScorer):
     """Utterance WER of a PocketSphinx transcript against ``AudioItem.text`` (lower is better)."""
 
     name = "pocketsphinx_wer"
+    metric = METRIC
+    language = "en"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
 
     def __init__(self) -> None:
@@ -109,12 +107,7 @@ class PocketSphinxWER(Scorer):
 
     def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
         """Raw PocketSphinx transcript of one clip (any rate, mono or [channels, samples])."""
-        x = to_mono(wav)
-        if x.size == 0:
-            raise ValueError("empty audio")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("non-finite samples")
-        x = resample(x, int(sample_rate), SAMPLE_RATE)
+        x = prepare_clip(wav, sample_rate, SAMPLE_RATE)
         pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         d = self._decoder
         d.start_utt()
@@ -123,28 +116,8 @@ class PocketSphinxWER(Scorer):
         hyp = d.hyp()
         return hyp.hypstr if hyp is not None else ""
 
-    @staticmethod
-    def score_transcript(ref: str, hyp: str) -> dict[str, float]:
-        """The per-item metric dict for a given hypothesis (separate from recognition, for testing)."""
-        errors, n = edit_counts(ref, hyp, "en")
-        if n == 0:
-            raise ValueError("reference transcript is empty after normalisation")
-        return {METRIC: utterance_rate(errors, n), f"{METRIC}_errors": float(errors), f"{METRIC}_ref_len": float(n)}
-
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        nan = {METRIC: math.nan, f"{METRIC}_errors": math.nan, f"{METRIC}_ref_len": math.nan}
-        out: list[dict[str, float]] = []
-        for item in items:
-            try:
-                if not item.text:
-                    raise ValueError("no reference transcript (AudioItem.text)")
-                if item.language not in (None, "en"):
-                    raise ValueError(f"language {item.language!r}: this scorer is English only")
-                out.append(self.score_transcript(item.text, self.transcribe(item.wav, item.sample_rate)))
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-                out.append(dict(nan))
-        return out
+    def recognise(self, item: AudioItem) -> str:
+        return self.transcribe(item.wav, item.sample_rate)
 
 
 @register("pocketsphinx_wer")

@@ -21,8 +21,6 @@ reused unchanged. (Resemblyzer is installed with ``--no-deps``; it needs librosa
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,11 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import ScorerUnavailable, prepare_clip, register
+from evaluation.scorers.speaker import SpeakerSimilarityScorer
 from unimoe.io import sha256_file
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 METRIC = "sim_resemblyzer"
@@ -84,10 +81,11 @@ class _Encoder:
         return cls.cls
 
 
-class ResemblyzerSim(Scorer):
+class ResemblyzerSim(SpeakerSimilarityScorer):
     """Cosine between Resemblyzer embeddings of the generated clip and the prompt (higher is better)."""
 
     name = "resemblyzer_sim"
+    metric = METRIC
     metrics: ClassVar[dict[str, str]] = {METRIC: "higher"}
 
     def __init__(self) -> None:
@@ -121,12 +119,7 @@ class ResemblyzerSim(Scorer):
 
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """Unit-norm 256-d embedding of one clip (raises if it has no voiced audio)."""
-        x = to_mono(wav)
-        if x.size == 0:
-            raise ValueError("empty audio")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("non-finite samples")
-        x = resample(x, int(sample_rate), SAMPLE_RATE).astype(np.float64)
+        x = prepare_clip(wav, sample_rate, SAMPLE_RATE).astype(np.float64)
         if not np.any(x):
             raise ValueError("silent audio")
         x = self._audio.preprocess_wav(x)
@@ -136,23 +129,6 @@ class ResemblyzerSim(Scorer):
         if not np.all(np.isfinite(e)):
             raise ValueError("embedding is not finite")
         return e
-
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        out: list[dict[str, float]] = []
-        for item in items:
-            try:
-                if item.reference is None:
-                    raise ValueError("no prompt audio (AudioItem.reference)")
-                ref_sr = item.reference_sample_rate or item.sample_rate
-                a = self.embed(item.wav, item.sample_rate)
-                b = self.embed(item.reference, ref_sr)
-                sim = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-                out.append({METRIC: sim})
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-                out.append({METRIC: math.nan})
-        return out
-
 
 @register("resemblyzer_sim")
 def make_resemblyzer_sim() -> ResemblyzerSim:

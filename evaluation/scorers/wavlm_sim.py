@@ -54,9 +54,6 @@ non-tensor objects is refused with a clear message.
 
 from __future__ import annotations
 
-import logging
-import math
-import pickle
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,11 +64,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import as_channels_first, resample
+from evaluation.scorers.base import load_state_dict_file, prepare_clip, register
+from evaluation.scorers.speaker import SpeakerSimilarityScorer
 from unimoe.io import resolve_weights, sha256_file
 
-log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 METRIC = "sim"
@@ -308,16 +304,7 @@ def convert_unispeech_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_wavlm_ecapa(path: str | Path, cfg: WavLMSVConfig | None = None) -> WavLMECAPA:
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ScorerUnavailable(
-            f"{WHAT}: {path} holds objects other than tensors and plain containers and is not loaded "
-            f"(weights_only=True). Re-save it as {{'model': state_dict}}. ({e})"
-        ) from e
-    sd = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
-    if not isinstance(sd, dict) or not sd:
-        raise ValueError(f"{WHAT}: {path} holds no state dict")
+    sd = load_state_dict_file(path, WHAT, "model", resave_as="{'model': state_dict}")
     model = WavLMECAPA(cfg)
     try:
         mapped = convert_unispeech_state_dict(sd)
@@ -338,14 +325,11 @@ def load_wavlm_ecapa(path: str | Path, cfg: WavLMSVConfig | None = None) -> WavL
 # ------------------------------------------------------------------------------------------------------
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-class WavLMSim(Scorer):
+class WavLMSim(SpeakerSimilarityScorer):
     """Cosine between WavLM-ECAPA embeddings of the generated clip and the prompt (higher is better)."""
 
     name = "wavlm_sim"
+    metric = METRIC
     metrics: ClassVar[dict[str, str]] = {METRIC: "higher"}
 
     def __init__(self, model: WavLMECAPA, *, sha256: str, weights_path: Path, device: str | torch.device = "cpu",
@@ -380,12 +364,7 @@ class WavLMSim(Scorer):
     @torch.inference_mode()
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """256-d embedding of one clip (first channel, resampled to 16 kHz)."""
-        x = as_channels_first(wav)[0]
-        if x.size == 0:
-            raise ValueError("empty audio")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("non-finite samples")
-        x = resample(x, int(sample_rate), SAMPLE_RATE)
+        x = prepare_clip(wav, sample_rate, SAMPLE_RATE, first_channel=True)
         if len(x) < self.min_samples:
             raise ValueError(f"clip shorter than {self.min_samples} samples at 16 kHz")
         e = self.model(torch.from_numpy(np.ascontiguousarray(x))[None].to(self.device))[0]
@@ -393,20 +372,6 @@ class WavLMSim(Scorer):
         if not np.all(np.isfinite(e)):
             raise ValueError("embedding is not finite")
         return e
-
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        out: list[dict[str, float]] = []
-        for item in items:
-            try:
-                if item.reference is None:
-                    raise ValueError("no prompt audio (AudioItem.reference)")
-                ref_sr = item.reference_sample_rate or item.sample_rate
-                out.append({METRIC: cosine(self.embed(item.wav, item.sample_rate), self.embed(item.reference, ref_sr))})
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-                out.append({METRIC: math.nan})
-        return out
-
 
 @register("wavlm_sim")
 def make_wavlm_sim(

@@ -30,7 +30,6 @@ Per item: ``wer`` (utterance WER), ``wer_errors`` (S + D + I) and ``wer_ref_len`
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,9 +37,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from evaluation.metrics import edit_counts, utterance_rate
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import AudioItem, ScorerUnavailable, prepare_clip, register
+from evaluation.scorers.transcript import TranscriptScorer
 from unimoe.io import resolve_weights, sha256_file
 
 log = logging.getLogger(__name__)
@@ -78,10 +76,12 @@ def load_whisper(path: str | Path, device: str | torch.device = "cpu") -> Any:
     return model.to(device).eval()
 
 
-class WhisperWER(Scorer):
+class WhisperWER(TranscriptScorer):
     """Utterance WER of a Whisper large-v3 transcript against ``AudioItem.text`` (lower is better)."""
 
     name = "whisper_wer"
+    metric = METRIC
+    language = "en"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
 
     def __init__(
@@ -127,14 +127,6 @@ class WhisperWER(Scorer):
 
     # ---- recognition ------------------------------------------------------------------------------------
 
-    def _prepare(self, item: AudioItem) -> np.ndarray:
-        x = to_mono(item.wav)
-        if x.size == 0:
-            raise ValueError("empty audio")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("non-finite samples")
-        return resample(x, int(item.sample_rate), SAMPLE_RATE)
-
     @torch.inference_mode()
     def _decode_windows(self, wavs: list[np.ndarray]) -> list[str]:
         w = self._w
@@ -177,45 +169,25 @@ class WhisperWER(Scorer):
                 texts[i] = self._transcribe_long(x)
         return [t or "" for t in texts]
 
-    # ---- scoring -----------------------------------------------------------------------------------------
-
-    @staticmethod
-    def score_transcript(ref: str, hyp: str) -> dict[str, float]:
-        """The per-item metric dict for a given hypothesis (separate from recognition, for testing)."""
-        errors, n = edit_counts(ref, hyp, "en")
-        if n == 0:
-            raise ValueError("reference transcript is empty after normalisation")
-        return {METRIC: utterance_rate(errors, n), f"{METRIC}_errors": float(errors), f"{METRIC}_ref_len": float(n)}
-
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        nan = {METRIC: math.nan, f"{METRIC}_errors": math.nan, f"{METRIC}_ref_len": math.nan}
-        out: list[dict[str, float]] = [dict(nan) for _ in items]
+    def recognise_all(self, items: list[AudioItem]) -> list[str | None]:
+        """Batched: the clips that could be prepared in one ``transcribe``; if that fails, one at a time."""
+        hyps: list[str | None] = [None] * len(items)
         ready: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(items):
             try:
-                if not item.text:
-                    raise ValueError("no reference transcript (AudioItem.text)")
-                if item.language not in (None, "en"):
-                    raise ValueError(f"language {item.language!r}: Whisper is forced to English here")
-                self.score_transcript(item.text, "")  # rejects references that normalise to nothing
-                ready.append((i, self._prepare(item)))
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
+                ready.append((i, prepare_clip(item.wav, item.sample_rate, SAMPLE_RATE)))
+            except ValueError as e:
                 log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
         try:
-            hyps = self.transcribe([x for _, x in ready])
+            for (i, _), t in zip(ready, self.transcribe([x for _, x in ready])):
+                hyps[i] = t
         except Exception:  # noqa: BLE001 - fall back to one clip at a time
-            hyps = []
             for i, x in ready:
                 try:
-                    hyps.append(self.transcribe([x])[0])
+                    hyps[i] = self.transcribe([x])[0]
                 except Exception as e:  # noqa: BLE001
                     log.warning("%s: item %r not scored (NaN): %s", self.name, items[i].id, e)
-                    hyps.append(None)
-        for (i, _), hyp in zip(ready, hyps):
-            if hyp is not None:
-                out[i] = self.score_transcript(items[i].text, hyp)
-                log.debug("%s: %r -> %r", self.name, items[i].id, hyp)
-        return out
+        return hyps
 
 
 @register("whisper_wer")

@@ -27,11 +27,11 @@ from evaluation.sets.base import (
     Utterance,
     check_audio,
     finish,
-    fmt_range,
-    in_range,
-    read_lines,
+    reject_unlisted,
     require_dir,
     require_file,
+    targets_in_range,
+    text_rows,
     voice_cloning_items,
 )
 
@@ -74,13 +74,7 @@ def load_aishell3_test(
         wavs.setdefault(p.name, []).append(p)
     used: set[Path] = set()
     pool: dict[str, Utterance] = {}
-    for i, line in read_lines(content):
-        ref = f"content.txt:{i}"
-        if line is None:
-            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-            continue
-        if not line.strip():
-            continue
+    for ref, line in text_rows(content, ledger):
         fname, *tokens = line.split()
         if not fname.lower().endswith(".wav"):
             fname += ".wav"
@@ -107,18 +101,8 @@ def load_aishell3_test(
             continue
         pool[utt] = Utterance(utt, found[0].parent.name, found[0].resolve(), chars, chk.duration, ref,
                               {"pinyin": pinyin})
-    for name, paths in sorted(wavs.items()):
-        for p in paths:
-            if p not in used:
-                ledger.reject(p.relative_to(sdir).as_posix(), p.stem, "missing_text",
-                              "wav has no line in content.txt")
-    targets = []
-    for u in sorted(pool.values(), key=lambda u: u.id):
-        if in_range(u.duration, min_duration, max_duration):
-            targets.append(u)
-        else:
-            ledger.exclude(u.ref, u.id, "duration_out_of_range",
-                           f"{u.duration:.2f} s outside {fmt_range(min_duration, max_duration)}")
+    reject_unlisted((p for paths in wavs.values() for p in paths), used, sdir, ledger, "content.txt")
+    targets = targets_in_range(pool.values(), min_duration, max_duration, ledger)
     items = voice_cloning_items(targets, targets, task="zh_tts", seed=seed, ledger=ledger)
     return finish(
         f"aishell3-{split}",

@@ -282,6 +282,24 @@ def read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
             yield i, line.rstrip("\r\n")
 
 
+def text_rows(path: Path, ledger: "Ledger", name: str | None = None) -> Iterator[tuple[str, str]]:
+    """(ref ``<name>:<line number>``, line) for every non-blank line of a text file; a line that is not
+    valid UTF-8 is rejected into ``ledger`` (``non_utf8_text``) instead. ``name`` defaults to the file's."""
+    for i, line in read_lines(path):
+        ref = f"{name or path.name}:{i}"
+        if line is None:
+            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
+        elif line.strip():
+            yield ref, line
+
+
+def reject_unlisted(files: Iterable[Path], listed: set[Path], root: Path, ledger: "Ledger", where: str) -> None:
+    """Reject (``missing_text``) every audio file of ``files`` that no text row named."""
+    for p in sorted(files):
+        if p not in listed:
+            ledger.reject(p.relative_to(root).as_posix(), p.stem, "missing_text", f"audio file has no line in {where}")
+
+
 def resolve(path: str | Path, base: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else base / p
@@ -339,6 +357,18 @@ def in_range(value: float | None, lo: float | None, hi: float | None) -> bool:
 
 def fmt_range(lo: float | None, hi: float | None) -> str:
     return f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}] s"
+
+
+def targets_in_range(pool: Iterable["Utterance"], lo: float | None, hi: float | None, ledger: "Ledger") -> list["Utterance"]:
+    """The utterances (sorted by id) whose duration is within [lo, hi]; the others are excluded
+    (``duration_out_of_range``) into ``ledger``."""
+    targets = []
+    for u in sorted(pool, key=lambda u: u.id):
+        if in_range(u.duration, lo, hi):
+            targets.append(u)
+        else:
+            ledger.exclude(u.ref, u.id, "duration_out_of_range", f"{u.duration:.2f} s outside {fmt_range(lo, hi)}")
+    return targets
 
 
 @dataclass(frozen=True)

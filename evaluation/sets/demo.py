@@ -43,7 +43,7 @@ from evaluation.sets.base import (
     Utterance,
     check_audio,
     finish,
-    read_lines,
+    text_rows,
     require_dir,
     resolve,
     voice_cloning_items,
@@ -146,13 +146,7 @@ def load_demo(
     ledger = Ledger()
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     has_split = False
-    for i, line in read_lines(meta_file):
-        ref = f"metadata.jsonl:{i}"
-        if line is None:
-            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-            continue
-        if not line.strip():
-            continue
+    for ref, line in text_rows(meta_file, ledger):
         try:
             row = json.loads(line)
         except ValueError as e:

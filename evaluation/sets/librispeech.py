@@ -35,11 +35,11 @@ from evaluation.sets.base import (
     Utterance,
     check_audio,
     finish,
-    fmt_range,
-    in_range,
-    read_lines,
+    reject_unlisted,
     require_dir,
     require_file,
+    targets_in_range,
+    text_rows,
     voice_cloning_items,
 )
 
@@ -68,14 +68,7 @@ def scan_subset(sub: Path, ledger: Ledger) -> dict[str, Utterance]:
     listed: set[Path] = set()
     for tf in trans:
         chapter_dir = tf.parent
-        rel_tf = tf.relative_to(sub).as_posix()
-        for i, line in read_lines(tf):
-            ref = f"{rel_tf}:{i}"
-            if line is None:
-                ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-                continue
-            if not line.strip():
-                continue
+        for ref, line in text_rows(tf, ledger, tf.relative_to(sub).as_posix()):
             utt, _, text = line.strip().partition(" ")
             text = text.strip()
             m = _UTT.match(utt)
@@ -99,10 +92,8 @@ def scan_subset(sub: Path, ledger: Ledger) -> dict[str, Utterance]:
                 continue
             pool[utt] = Utterance(utt, m.group(1), audio.resolve(), text, chk.duration, ref,
                                   {"chapter": m.group(2)})
-    for audio in sorted(list(sub.glob("*/*/*.flac")) + list(sub.glob("*/*/*.wav"))):
-        if audio not in listed:
-            ledger.reject(audio.relative_to(sub).as_posix(), audio.stem, "missing_text",
-                          "audio file has no line in its chapter's .trans.txt")
+    reject_unlisted([*sub.glob("*/*/*.flac"), *sub.glob("*/*/*.wav")], listed, sub, ledger,
+                    "its chapter's .trans.txt")
     return pool
 
 
@@ -111,13 +102,7 @@ def _pairs(path: Path, pool: dict[str, Utterance], ledger: Ledger) -> tuple[list
     require_file(path, "librispeech pairs", "  tab-separated 'ref_utt ref_dur ref_txt gen_utt gen_dur gen_txt'")
     targets, prompts = [], []
     seen: set[str] = set()
-    for i, line in read_lines(path):
-        ref = f"{path.name}:{i}"
-        if line is None:
-            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-            continue
-        if not line.strip():
-            continue
+    for ref, line in text_rows(path, ledger):
         cols = line.split("\t")
         if len(cols) != 6:
             ledger.reject(ref, None, "bad_row", f"expected 6 tab-separated fields, got {len(cols)}")
@@ -166,13 +151,7 @@ def load_librispeech_test_clean(
             items += voice_cloning_items([t], [p], task="en_tts", seed=seed, ledger=ledger)
         protocol.update(pairs=str(pairs), prompt="the prompt utterance named in the pair list (whole)")
     else:
-        targets, prompts = [], []
-        for u in sorted(pool.values(), key=lambda u: u.id):
-            if in_range(u.duration, min_duration, max_duration):
-                targets.append(u)
-            else:
-                ledger.exclude(u.ref, u.id, "duration_out_of_range",
-                               f"{u.duration:.2f} s outside {fmt_range(min_duration, max_duration)}")
+        targets = targets_in_range(pool.values(), min_duration, max_duration, ledger)
         items = voice_cloning_items(targets, targets, task="en_tts", seed=seed, ledger=ledger,
                                     fallback=pool.values(), fallback_note="any_duration")
         protocol.update(

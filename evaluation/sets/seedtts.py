@@ -28,7 +28,7 @@ from evaluation.sets.base import (
     require_dir,
     require_file,
     resolve,
-    read_lines,
+    text_rows,
 )
 
 LAYOUT = (
@@ -56,13 +56,7 @@ def load_seedtts(root: str | Path, lang: str, *, list_name: str = "meta.lst") ->
     items: list[BenchItem] = []
     seen: set[str] = set()
     fields_seen: dict[int, int] = {}
-    for i, line in read_lines(lst):
-        ref = f"{lst.name}:{i}"
-        if line is None:
-            ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-            continue
-        if not line.strip():
-            continue
+    for ref, line in text_rows(lst, ledger):
         parts = [p.strip() for p in line.strip().split("|")]
         if len(parts) not in (4, 5):
             ledger.reject(ref, parts[0] or None, "bad_row",

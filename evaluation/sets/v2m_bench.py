@@ -33,7 +33,7 @@ from evaluation.sets.base import (
     check_audio,
     find_audio,
     finish,
-    read_lines,
+    text_rows,
     require_dir,
     resolve,
 )
@@ -93,20 +93,16 @@ def _metadata_rows(path: Path, ledger: Ledger) -> list[tuple[str, dict[str, Any]
     """(ref, row) for each metadata row; unparsable rows go to the ledger."""
     out: list[tuple[str, dict[str, Any]]] = []
     if path.suffix == ".jsonl":
-        for i, line in read_lines(path):
-            ref = f"{path.name}:{i}"
-            if line is None:
-                ledger.reject(ref, None, "non_utf8_text", "line is not valid UTF-8")
-            elif line.strip():
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    ledger.reject(ref, None, "bad_row", f"not valid JSON ({e})")
-                    continue
-                if isinstance(obj, dict):
-                    out.append((ref, obj))
-                else:
-                    ledger.reject(ref, None, "bad_row", f"expected a JSON object, got {type(obj).__name__}")
+        for ref, line in text_rows(path, ledger):
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                ledger.reject(ref, None, "bad_row", f"not valid JSON ({e})")
+                continue
+            if isinstance(obj, dict):
+                out.append((ref, obj))
+            else:
+                ledger.reject(ref, None, "bad_row", f"expected a JSON object, got {type(obj).__name__}")
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

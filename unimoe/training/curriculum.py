@@ -47,6 +47,17 @@ def plan(variant: str, base_cfg: UniMoEConfig) -> dict[str, Any]:
             "train_overlay": train_overlay}
 
 
+def step_overrides(max_steps: int | None = None, batch_size: int | None = None, *, fsdp: bool = False,
+                   expert_parallel: bool = False) -> dict[str, Any]:
+    """Training-config overrides for a run capped at ``max_steps`` optimiser steps per stage: the LR
+    warm-up (a tenth), checkpointing (twice) and logging (every step) scale with the cap."""
+    out: dict[str, Any] = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v is not None}
+    out.update({k: True for k, on in (("fsdp", fsdp), ("expert_parallel", expert_parallel)) if on})
+    if max_steps is not None:
+        out.update(warmup_steps=max(1, max_steps // 10), checkpoint_every=max(1, max_steps // 2), log_every=1)
+    return out
+
+
 def stage_train_config(stage: int | str, overrides: dict[str, Any] | None, variant_overlay: dict[str, Any]) -> TrainConfig:
     return TrainConfig.for_stage(STAGE_FOR_LR[stage], **{**variant_overlay, **(overrides or {})})
 

@@ -38,6 +38,19 @@ KINDS = ("specialist", "warmup", "joint")
 RESULT = "launch-result.json"
 
 
+def stage_spec(kind: str, model_config: dict, tokens: str, workdir: str, run_id: str, variant: str,
+               train_overrides: dict, variant_overlay: dict, **extra: Any) -> dict[str, Any]:
+    """The spec of one stage trained on the token shards in ``tokens`` (every rank, and the in-process
+    path, builds the reader from the ``data.tokenize:TokenShardReader`` factory); ``extra``: the kind's
+    fields (see the module docstring)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; choose from {KINDS}")
+    return {"kind": kind, "model_config": model_config, "workdir": workdir, "run_id": run_id, "variant": variant,
+            "train_overrides": train_overrides, "variant_overlay": variant_overlay,
+            "dataset": {"factory": "data.tokenize:TokenShardReader", "args": [tokens], "kwargs": {}},
+            "tokenizer": None, **extra}
+
+
 def build_dataset(spec: dict[str, Any]):
     ds = spec["dataset"]
     module, _, name = ds["factory"].partition(":")

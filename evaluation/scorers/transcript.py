@@ -1,0 +1,73 @@
+"""What the ASR error-rate scorers (whisper_wer, paraformer_cer, pocketsphinx_wer) share: checking an
+item, the per-item metric dict, and scoring a batch so that one bad clip is NaN and the others count.
+
+A subclass sets ``metric`` and ``language`` (the normaliser's language, and the only item language it
+accepts) and implements ``recognise`` (one clip) or, to batch, ``recognise_all``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import ClassVar
+
+from evaluation.metrics import edit_counts, utterance_rate
+from evaluation.scorers.base import AudioItem, Scorer
+
+log = logging.getLogger(__name__)
+
+
+class TranscriptScorer(Scorer):
+    """Utterance error rate of a recognised transcript against ``AudioItem.text`` (lower is better), with
+    ``<metric>_errors`` and ``<metric>_ref_len`` for the corpus rate (evaluation.metrics.corpus_rate)."""
+
+    metric: ClassVar[str]
+    language: ClassVar[str]  # "en" | "zh"
+
+    @classmethod
+    def score_transcript(cls, ref: str, hyp: str) -> dict[str, float]:
+        """The per-item metric dict for a given hypothesis (separate from recognition, for testing)."""
+        errors, n = edit_counts(ref, hyp, cls.language)
+        if n == 0:
+            raise ValueError("reference transcript is empty after normalisation")
+        m = cls.metric
+        return {m: utterance_rate(errors, n), f"{m}_errors": float(errors), f"{m}_ref_len": float(n)}
+
+    def check_item(self, item: AudioItem) -> None:
+        """ValueError when the item cannot be scored, whatever is recognised."""
+        if not item.text:
+            raise ValueError("no reference transcript (AudioItem.text)")
+        if item.language not in (None, self.language):
+            raise ValueError(f"language {item.language!r}: {self.name} scores {self.language!r} only")
+        self.score_transcript(item.text, "")  # rejects references that normalise to nothing
+
+    def recognise(self, item: AudioItem) -> str:
+        """The raw transcript of one clip."""
+        raise NotImplementedError
+
+    def recognise_all(self, items: list[AudioItem]) -> list[str | None]:
+        """Transcripts in order; None where recognition failed (logged)."""
+        out: list[str | None] = []
+        for item in items:
+            try:
+                out.append(self.recognise(item))
+            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
+                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                out.append(None)
+        return out
+
+    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
+        m = self.metric
+        out = [{m: math.nan, f"{m}_errors": math.nan, f"{m}_ref_len": math.nan} for _ in items]
+        ready: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                self.check_item(item)
+                ready.append(i)
+            except ValueError as e:
+                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+        for i, hyp in zip(ready, self.recognise_all([items[i] for i in ready])):
+            if hyp is not None:
+                out[i] = self.score_transcript(items[i].text, hyp)
+                log.debug("%s: %r -> %r", self.name, items[i].id, hyp)
+        return out
