@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
-# Tests run in one process by default: in pytest-xdist workers, librosa's numba gufuncs (peak_pick, yin)
-# have crashed with SIGSEGV (a NULL kernel, numba issue 10128) while the same tests pass in one process.
-# PYTEST_WORKERS=2 runs two workers (faster, at that risk).
-PYTEST_WORKERS ?= 0
+# Two pytest-xdist workers (one per core). librosa's cached numba gufuncs (beat_track, peak_pick, yin) once
+# crashed workers with SIGSEGV (a NULL kernel, numba issue 10128); the code no longer calls them (numpy
+# ports in unimoe/beat.py). PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-slow bench lint pipeline
 setup:
