@@ -293,6 +293,21 @@ def text_rows(path: Path, ledger: "Ledger", name: str | None = None) -> Iterator
             yield ref, line
 
 
+def jsonl_rows(path: Path, ledger: "Ledger") -> Iterator[tuple[str, dict[str, Any]]]:
+    """(ref, object) for every JSON-object line of a JSONL file; other lines are rejected into ``ledger``
+    (``bad_row``; ``non_utf8_text`` via :func:`text_rows`)."""
+    for ref, line in text_rows(path, ledger):
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            ledger.reject(ref, None, "bad_row", f"not valid JSON ({e})")
+            continue
+        if isinstance(obj, dict):
+            yield ref, obj
+        else:
+            ledger.reject(ref, None, "bad_row", f"expected a JSON object, got {type(obj).__name__}")
+
+
 def reject_unlisted(files: Iterable[Path], listed: set[Path], root: Path, ledger: "Ledger", where: str) -> None:
     """Reject (``missing_text``) every audio file of ``files`` that no text row named."""
     for p in sorted(files):

@@ -43,7 +43,7 @@ from evaluation.sets.base import (
     Utterance,
     check_audio,
     finish,
-    text_rows,
+    jsonl_rows,
     require_dir,
     resolve,
     voice_cloning_items,
@@ -146,15 +146,7 @@ def load_demo(
     ledger = Ledger()
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
     has_split = False
-    for ref, line in text_rows(meta_file, ledger):
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            ledger.reject(ref, None, "bad_row", f"not valid JSON ({e})")
-            continue
-        if not isinstance(row, dict):
-            ledger.reject(ref, None, "bad_row", f"expected a JSON object, got {type(row).__name__}")
-            continue
+    for ref, row in jsonl_rows(meta_file, ledger):
         has_split = has_split or "split" in row
         rid = row.get("id")
         if not isinstance(rid, str) or not rid.strip():

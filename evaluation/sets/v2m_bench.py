@@ -33,7 +33,7 @@ from evaluation.sets.base import (
     check_audio,
     find_audio,
     finish,
-    text_rows,
+    jsonl_rows,
     require_dir,
     resolve,
 )
@@ -93,16 +93,7 @@ def _metadata_rows(path: Path, ledger: Ledger) -> list[tuple[str, dict[str, Any]
     """(ref, row) for each metadata row; unparsable rows go to the ledger."""
     out: list[tuple[str, dict[str, Any]]] = []
     if path.suffix == ".jsonl":
-        for ref, line in text_rows(path, ledger):
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                ledger.reject(ref, None, "bad_row", f"not valid JSON ({e})")
-                continue
-            if isinstance(obj, dict):
-                out.append((ref, obj))
-            else:
-                ledger.reject(ref, None, "bad_row", f"expected a JSON object, got {type(obj).__name__}")
+        out.extend(jsonl_rows(path, ledger))
     elif path.suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
