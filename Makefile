@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # ports in unimoe/beat.py). PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test test-slow bench lint pipeline
+.PHONY: setup test test-slow bench lint pipeline demo-codec
 setup:
 	bash scripts/setup.sh
 
@@ -29,3 +29,15 @@ bench: setup
 PIPELINE_ARGS ?=
 pipeline: setup
 	$(PY) -m flows.cli pipeline $(PIPELINE_ARGS)
+
+# Regenerates the shipped demo codec (unimoe/assets/codecs/demo-dac.safetensors, its provenance JSON
+# and quality report): curate the demo corpus up to the quality filter, train the DAC on its train
+# split (resumable: re-running continues from workspace/codec/demo-run), export, report on held-out audio.
+DEMO_CODEC_STEPS ?= 3000
+DEMO_CODEC := unimoe/assets/codecs/demo-dac.safetensors
+demo-codec: setup
+	$(PY) -m flows.cli curate --until filter
+	$(PY) -m flows.cli codec train --config configs/codec/demo.yaml --steps $(DEMO_CODEC_STEPS) \
+		--out workspace/codec/demo-run --export $(DEMO_CODEC)
+	$(PY) -m flows.cli codec report --codec $(DEMO_CODEC) --manifest workspace/curate/filtered.parquet \
+		--out unimoe/assets/codecs/demo-report --attach-to unimoe/assets/codecs/demo-dac.json

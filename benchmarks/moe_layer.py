@@ -2,6 +2,7 @@
 doing the same active FLOPs.
 
     .venv/bin/python benchmarks/moe_layer.py [--shapes tiny,paper] [--tokens 256] [--repeats 5]
+                                             [--device cpu|cuda] [--dtype float32|bfloat16]
 
 The dense baseline runs the same tokens through one SwiGLU whose intermediate width is the active width
 of the MoE in this very run: mean routed width per token (measured from the routing) + all shared widths.
@@ -39,11 +40,14 @@ def fwd_bwd(module, x: torch.Tensor, grad: torch.Tensor, setup=None):
         if setup is not None:
             setup()
         total = 0.0
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
         for _ in range(n):
+            sync()
             t0 = time.perf_counter()
             res = module(x)
             loss = (res.out * grad).sum() + res.aux_loss
             loss.backward()
+            sync()  # CUDA launches are asynchronous: time the work, not the launch
             total += time.perf_counter() - t0
             x.grad = None
             for p in module.parameters():
@@ -53,20 +57,21 @@ def fwd_bwd(module, x: torch.Tensor, grad: torch.Tensor, setup=None):
     return steps
 
 
-def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, seed: int) -> dict:
+def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, seed: int,
+                device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     cfg = SHAPES[name]()
     moe_cfg, hidden = cfg.moe, cfg.hidden_size
     torch.manual_seed(seed)
-    layer = DCMoE(hidden, moe_cfg, router=router, init_std=cfg.init_std)
-    x = torch.randn(tokens, hidden, requires_grad=True)
-    grad = torch.randn(tokens, hidden)
+    layer = DCMoE(hidden, moe_cfg, router=router, init_std=cfg.init_std).to(device, dtype)
+    x = torch.randn(tokens, hidden, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(tokens, hidden, device=device, dtype=dtype)
 
     with torch.no_grad():
         stats = layer(x).stats
     routed_per_token = stats.routed_per_token.float().mean().item()
     active = round(routed_per_token * moe_cfg.routed_intermediate
                    + moe_cfg.num_shared_experts * moe_cfg.shared_intermediate)
-    dense = SwiGLU(hidden, active, init_std=cfg.init_std)
+    dense = SwiGLU(hidden, active, init_std=cfg.init_std).to(device, dtype)
 
     def use(dispatch: str, grouped_mm: bool = True):
         def setup():
@@ -123,7 +128,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help="parameter/activation dtype (default: float32 on cpu, bfloat16 on cuda)")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error("--device cuda but CUDA is not available")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -132,12 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"unknown shape {s!r}; choose from {sorted(SHAPES)}")
     result = {
         "benchmark": "moe_layer_fwd_bwd",
-        "device": "cpu",
+        "device": args.device,
+        "dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "grouped_mm_available": hasattr(torch, "_grouped_mm"),
         "repeats": args.repeats,
-        "shapes": {s: bench_shape(s, args.tokens, args.repeats, args.warmup, args.router, args.seed)
+        "shapes": {s: bench_shape(s, args.tokens, args.repeats, args.warmup, args.router, args.seed,
+                                  args.device, dtype)
                    for s in shapes},
     }
     print(json.dumps(result, indent=2))

@@ -213,14 +213,17 @@ def plain_benchmark(ws: Path, checkpoint: str, benchmark: str, seeds: list[int],
                          **({"max_seconds": float(max_seconds)} if max_seconds is not None else {}))
     run = RN.prepare(str(ws), checkpoint, RN.BenchConfig.from_dict(cfg.to_dict()), run_id=run_id, variant=variant,
                      kind="pipeline")
-    index = RN.generate(run)
+    index = RN.toplines(run, RN.generate(run))  # the flow's generate + toplines steps
     cache = RN.bench_dir(ws) / "cache"
     plan = RN.score_plan(run)
     n = len(plan)
     with ThreadPoolExecutor(max_workers=1) as pool:  # the benchmark flow's task runner: one scorer at a time
         scored = _pmap(pool, RN.score, outputs_index=[index] * n, scorer_name=list(plan), tasks=list(plan.values()),
-                       cache_dir=[str(cache)] * n, out_dir=[str(cache / "scored")] * n, n_boot=[cfg.set_n_boot] * n)
+                       cache_dir=[str(cache)] * n, out_dir=[str(cache / "scored")] * n, n_boot=[cfg.set_n_boot] * n,
+                       checkpoint=[run["checkpoint"]] * n)
     summary = RN.record(run, index, scored)
+    if summary["failed"]:
+        raise RN.ScorersFailed(RN.failure_message(run["run_id"], summary["failed"]))
     s = compare_runs(summary["results"], run["run_id"], None)
     reg = {**s.to_dict(), "report": s.report}
     if reg["regressed"]:

@@ -11,7 +11,13 @@ Table 4 (music)    T2M on MusicCaps (``musiccaps``/t2m): PC, PQ, CE (``pc``, ``p
 Table 5 (ablation) variants side by side (columns), one row per cell of Tables 3 and 4 that any variant has.
 Demo               the offline ``demo`` benchmark, one row per variant, columns ``task/metric`` under the
                    demo metrics' OWN names (wer_pocketsphinx, sim_resemblyzer, dnsmos_*, tempo/key
-                   adherence): they never fill a paper column.
+                   adherence, token_nll): they never fill a paper column.
+
+Toplines: the variants' rows are the model rows (``system`` = ``model``). Every table also has a row
+"ground truth" (the benchmark's real recordings, scored by the same scorers) and a row "codec
+resynthesis" (them encoded and decoded by the checkpoint's codec) where those were scored (Table 5:
+columns): the ceiling, and how much of the gap to it the codec alone accounts for. A topline cell is the
+newest such row among the runs the table shows (the newest run per variant).
 """
 
 from __future__ import annotations
@@ -50,15 +56,28 @@ TABLE4 = ([Cell("T2M (MusicCaps)", lab, "musiccaps", "t2m", m) for lab, m in _MU
 DEMO = "demo"
 
 
+TOPLINES = (R.GROUND_TRUTH, R.CODEC_RESYNTH)
+
+
 def latest_per_variant(agg: pd.DataFrame) -> pd.DataFrame:
-    """For each (variant, benchmark), the rows of its newest run (newest row per metric within it)."""
+    """For each (variant, benchmark), the rows of its newest run (newest row per system and metric within it)."""
     if agg.empty:
         return agg
+    agg = R.fill_defaults(agg.copy(), "aggregate")
     first = agg.groupby("run_id")["timestamp"].min().rename("run_start")
     agg = agg.join(first, on="run_id")
     newest = agg.sort_values(["run_start", "run_id"]).groupby(["variant", "benchmark"])["run_id"].last().to_dict()
     keep = agg[[newest[(v, b)] == r for v, b, r in zip(agg["variant"], agg["benchmark"], agg["run_id"])]]
-    return keep.sort_values("timestamp").drop_duplicates(["variant", "benchmark", "task", "metric"], keep="last")
+    return keep.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["variant", "benchmark", "system", "task", "metric"], keep="last")
+
+
+def topline_lookup(latest: pd.DataFrame) -> dict:
+    """(system, benchmark, task, metric) -> the newest topline row among ``latest``."""
+    if latest.empty:
+        return {}
+    top = latest[latest["system"].isin(TOPLINES)].sort_values("timestamp", kind="stable")
+    return {(r.system, r.benchmark, r.task, r.metric): r for r in top.itertuples(index=False)}
 
 
 def _fmt(x: float, scale: float = 1.0) -> str:
@@ -77,7 +96,13 @@ def _cell_text(row, scale: float) -> str:
 
 
 def _lookup(latest: pd.DataFrame) -> dict:
-    return {(r.variant, r.benchmark, r.task, r.metric): r for r in latest.itertuples(index=False)}
+    """(variant, benchmark, task, metric) -> the variant's model row."""
+    model = latest[latest["system"] == R.MODEL]
+    return {(r.variant, r.benchmark, r.task, r.metric): r for r in model.itertuples(index=False)}
+
+
+_TOPLINE_NOTE = (" Rows \"ground truth\" (the real recordings) and \"codec resynthesis\" (them through the checkpoint's "
+                 "codec): the same scorers on the toplines, newest run shown.")
 
 
 def build_tables(root: str | Path) -> dict[str, dict]:
@@ -85,28 +110,45 @@ def build_tables(root: str | Path) -> dict[str, dict]:
     agg = R.read_table(root, "aggregate")
     latest = latest_per_variant(agg)
     look = _lookup(latest) if not latest.empty else {}
-    variants = sorted(latest["variant"].unique()) if not latest.empty else []
+    tops = topline_lookup(latest)
+    variants = sorted(latest.loc[latest["system"] == R.MODEL, "variant"].unique()) if not latest.empty else []
     tables = {}
+
+    def topline_rows(cells: list[tuple[str, str, str, float]]) -> list[list[str]]:
+        """One row per topline system that has any of ``cells`` ((benchmark, task, metric, scale))."""
+        return [[R.SYSTEM_LABELS[sys_]] + [_cell_text(tops.get((sys_, b, t, m)), sc) for b, t, m, sc in cells]
+                for sys_ in TOPLINES if any((sys_, b, t, m) in tops for b, t, m, _ in cells)]
+
     for key, title, cells in (("table3", "Table 3: speech generation (Seed-TTS eval)", TABLE3),
                               ("table4", "Table 4: music generation (T2M on MusicCaps, V2M on V2M-bench)", TABLE4)):
         have = [v for v in variants if any((v, c.benchmark, c.task, c.metric) in look for c in cells)]
+        rows = [[v] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale) for c in cells] for v in have]
+        top = topline_rows([(c.benchmark, c.task, c.metric, c.scale) for c in cells]) if rows else []
         tables[key] = {"title": title, "header": ["model / variant"] + [f"{c.group}: {c.label}" for c in cells],
-                       "rows": [[v] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale) for c in cells]
-                                for v in have],
-                       "note": "Cells: value (95% bootstrap CI over items), mean over seeds; newest run per variant."}
+                       "rows": rows + top,
+                       "note": "Cells: value (95% bootstrap CI over items), mean over seeds; newest run per variant."
+                               + (_TOPLINE_NOTE if top else "")}
     cells = [c for c in TABLE3 + TABLE4 if any((v, c.benchmark, c.task, c.metric) in look for v in variants)]
+    top5 = [s for s in TOPLINES if any((s, c.benchmark, c.task, c.metric) in tops for c in cells)]
     tables["table5"] = {"title": "Table 5: ablations (variants side by side)",
-                        "header": ["metric"] + variants,
-                        "rows": [[f"{c.group}: {c.label}"] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale)
-                                                              for v in variants] for c in cells],
-                        "note": "Paper benchmarks only; see the demo table for the offline demo benchmark."}
+                        "header": ["metric"] + variants + [R.SYSTEM_LABELS[s] for s in top5],
+                        "rows": [[f"{c.group}: {c.label}"]
+                                 + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale) for v in variants]
+                                 + [_cell_text(tops.get((s, c.benchmark, c.task, c.metric)), c.scale) for s in top5]
+                                 for c in cells],
+                        "note": "Paper benchmarks only; see the demo table for the offline demo benchmark."
+                                + (" Columns \"ground truth\" and \"codec resynthesis\": the toplines." if top5 else "")}
     demo = latest[latest["benchmark"] == DEMO] if not latest.empty else latest
-    demo_cols = sorted({(r.task, r.metric, bool(r.higher_is_better)) for r in demo.itertuples(index=False)})
+    demo_model = demo[demo["system"] == R.MODEL] if not demo.empty else demo
+    demo_cols = sorted({(r.task, r.metric, bool(r.higher_is_better)) for r in demo_model.itertuples(index=False)})
+    rows = [[v] + [_cell_text(look.get((v, DEMO, t, m)), 1.0) for t, m, _ in demo_cols]
+            for v in sorted(demo_model["variant"].unique())] if not demo_model.empty else []
+    top = topline_rows([(DEMO, t, m, 1.0) for t, m, _ in demo_cols]) if rows else []
     tables["demo"] = {"title": "Demo benchmark (offline demo scorers; NOT paper metrics)",
                       "header": ["model / variant"] + [f"{t}: {m} {'↑' if h else '↓'}" for t, m, h in demo_cols],
-                      "rows": [[v] + [_cell_text(look.get((v, DEMO, t, m)), 1.0) for t, m, _ in demo_cols]
-                               for v in sorted(demo["variant"].unique())] if not demo.empty else [],
-                      "note": "Demo metrics under their own names; they are not comparable with the paper's."}
+                      "rows": rows + top,
+                      "note": "Demo metrics under their own names; they are not comparable with the paper's."
+                              + (_TOPLINE_NOTE if top else "")}
     return tables
 
 

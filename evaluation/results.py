@@ -2,8 +2,9 @@
 
 Three tables (schemas below, fixed: the dashboard reads them):
 
-- ``aggregate``  one row per (run, variant, benchmark, task, metric): value, 95% bootstrap CI, n, ...
-- ``items``      one row per (run, item, seed, metric): the per-clip scores behind the aggregates
+- ``aggregate``  one row per (run, variant, benchmark, system, task, metric): value, 95% bootstrap CI,
+                 ``n`` (items with a finite score), ``n_asked`` (items given to the scorer), ...
+- ``items``      one row per (run, system, item, seed, metric): the per-clip scores behind the aggregates
 - ``regression`` one row per compared (run, baseline, benchmark, task, metric)
 
 Layout: ``<root>/<table>/date=YYYY-MM-DD/part-<run_id>-<uuid8>.parquet`` (hive partitions by the UTC
@@ -11,6 +12,12 @@ date of the write). Every write is a NEW part file written to a temporary name a
 place, so readers never see a half-written file and nothing is ever rewritten. Timestamps are UTC.
 Rows carry the git commit of this repository and a hash of the run configuration; never anything
 from the environment (no secrets can leak into a table).
+
+``system`` (aggregate and items) says what was scored: ``model`` (the checkpoint's generations, and
+metrics of the checkpoint itself such as token NLL), ``ground_truth`` (the benchmark's real recordings)
+or ``codec_resynth`` (those recordings encoded and decoded by the checkpoint's codec): the toplines
+that show the ceiling and the codec's share of the gap. Part files written before the column existed
+read as ``model`` (and ``n_asked`` as null); ``write_rows`` fills both defaults when a row omits them.
 """
 
 from __future__ import annotations
@@ -39,21 +46,34 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()), ("metric", pa.string()),
         ("higher_is_better", pa.bool_()), ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
         ("n", pa.int64()), ("scorer", pa.string()), ("scorer_version", pa.string()), ("seeds", pa.string()),
-        ("git_commit", pa.string()), ("config_hash", pa.string()), ("timestamp", TS),
+        ("git_commit", pa.string()), ("config_hash", pa.string()), ("system", pa.string()), ("n_asked", pa.int64()),
+        ("timestamp", TS),
     ]),
     "items": pa.schema([
         ("run_id", pa.string()), ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
         ("item_id", pa.string()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
-        ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("timestamp", TS),
+        ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("system", pa.string()),
+        ("timestamp", TS),
     ]),
     "regression": pa.schema([
         ("run_id", pa.string()), ("baseline_run_id", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
         ("metric", pa.string()), ("value", pa.float64()), ("baseline_value", pa.float64()), ("delta", pa.float64()),
         ("threshold", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("regressed", pa.bool_()),
+        # added with the paired gate (evaluation/regression.py); older parts read back with these null
+        ("higher_is_better", pa.bool_()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+        ("rule", pa.string()), ("comparable", pa.bool_()), ("reason", pa.string()), ("n_items", pa.int64()),
+        ("n_pairs", pa.int64()), ("item_set_hash", pa.string()), ("baseline_item_set_hash", pa.string()),
         ("timestamp", TS),
     ]),
 }
 KINDS = ("adhoc", "nightly", "pipeline")
+# What a row scored: the checkpoint, or one of the toplines (see the module docstring).
+MODEL, GROUND_TRUTH, CODEC_RESYNTH = "model", "ground_truth", "codec_resynth"
+SYSTEMS = (MODEL, GROUND_TRUTH, CODEC_RESYNTH)
+SYSTEM_LABELS = {MODEL: "model", GROUND_TRUTH: "ground truth", CODEC_RESYNTH: "codec resynthesis"}
+# Columns added after the first tables were written: the value a row (or an old part file) without them has.
+COLUMN_DEFAULTS: dict[str, dict[str, Any]] = {"aggregate": {"system": MODEL, "n_asked": None},
+                                              "items": {"system": MODEL}}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -91,11 +111,13 @@ def write_rows(root: str | Path, name: str, rows: Iterable[dict[str, Any]], *, r
                when: datetime | None = None) -> Path | None:
     """Append ``rows`` to table ``name`` as one new part file; returns its path (None for no rows).
 
-    Rows must have exactly the table's columns, except ``timestamp``, which defaults to now (UTC).
-    Values are cast to the schema (an impossible cast raises; nothing is written then)."""
+    Rows must have exactly the table's columns, except ``timestamp``, which defaults to now (UTC), and the
+    columns of ``COLUMN_DEFAULTS`` (``system``: ``"model"``, ``n_asked``: null). Values are cast to the
+    schema (an impossible cast raises; nothing is written then)."""
     folder = table_dir(root, name)
     schema = SCHEMAS[name]
-    rows = list(rows)
+    defaults = COLUMN_DEFAULTS.get(name, {})
+    rows = [{**defaults, **r} for r in rows]
     if not rows:
         return None
     when = (when or utc_now()).astimezone(timezone.utc)
@@ -104,6 +126,8 @@ def write_rows(root: str | Path, name: str, rows: Iterable[dict[str, Any]], *, r
         extra, missing = set(r) - cols, cols - set(r) - {"timestamp"}
         if extra or missing:
             raise ValueError(f"{name} row {i}: unknown columns {sorted(extra)}, missing {sorted(missing)}")
+        if "system" in r and r["system"] not in SYSTEMS:
+            raise ValueError(f"{name} row {i}: system {r['system']!r} is not one of {SYSTEMS}")
     data = {c: [r.get(c, when) if c == "timestamp" else r[c] for r in rows] for c in schema.names}
     table = pa.Table.from_pydict(data, schema=schema)
     out = folder / f"date={when:%Y-%m-%d}" / f"part-{_SAFE.sub('_', run_id)}-{uuid.uuid4().hex[:8]}.parquet"
@@ -117,7 +141,9 @@ def read_table(root: str | Path, name: str, **filters: Any) -> pd.DataFrame:
     read with DuckDB over the part files (hive partitioning: the ``date`` column comes from the folder).
 
     ``filters``: column=value (equality) or column=[values] (membership), e.g.
-    ``read_table(root, "aggregate", benchmark="demo", run_id=["a", "b"])``."""
+    ``read_table(root, "aggregate", benchmark="demo", run_id=["a", "b"])``. A column of ``COLUMN_DEFAULTS``
+    reads as its default in part files written before it existed (``system`` = ``"model"``), and a filter
+    on it matches those rows accordingly."""
     import duckdb
 
     folder = table_dir(root, name)
@@ -125,10 +151,14 @@ def read_table(root: str | Path, name: str, **filters: Any) -> pd.DataFrame:
     parts = sorted(p for p in folder.glob("date=*/part-*.parquet")) if folder.is_dir() else []
     if not parts:
         return _empty(schema)
-    where, params = [], []
+    defaults = COLUMN_DEFAULTS.get(name, {})
+    where, params, late = [], [], {}
     for col, val in filters.items():
         if col not in schema.names and col != "date":
             raise ValueError(f"{name} has no column {col!r}")
+        if col in defaults:  # filtered after the defaults are filled in
+            late[col] = list(val) if isinstance(val, (list, tuple, set)) else [val]
+            continue
         if isinstance(val, (list, tuple, set)):
             vals = list(val)
             if not vals:
@@ -139,12 +169,20 @@ def read_table(root: str | Path, name: str, **filters: Any) -> pd.DataFrame:
             where.append(f'"{col}" = ?')
             params.append(val)
     glob = str(folder / "date=*" / "part-*.parquet")
-    sql = "SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY timestamp"
+    src = "SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)"
+    # Rows of one write share a timestamp: ties keep the written order (file, then row), so reads are
+    # deterministic (e.g. a run's model and topline rows of one metric).
+    ordered = ("SELECT * EXCLUDE (filename, file_row_number) FROM read_parquet(?, hive_partitioning = true, "
+               "union_by_name = true, filename = true, file_row_number = true)")
+    sql = ordered + (" WHERE " + " AND ".join(where) if where else "") + \
+        " ORDER BY timestamp, filename, file_row_number"
     con = duckdb.connect()
     try:
+        # Columns added to a schema later are absent from older parts (union_by_name fills them with
+        # NULL where some part has them); a filter on a column no part has matches nothing.
+        present = {d[0] for d in con.execute(src + " LIMIT 0", [glob]).description}
+        if any(col not in present for col in filters if col not in late):
+            return _empty(schema)
         df = con.execute(sql, [glob, *params]).df()
     finally:
         con.close()
@@ -152,7 +190,31 @@ def read_table(root: str | Path, name: str, **filters: Any) -> pd.DataFrame:
         df["date"] = df["date"].astype(str)
     if "timestamp" in df.columns:
         df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True)
+    df = fill_defaults(_fill_missing(df, schema), name)
+    for col, vals in late.items():
+        df = df[df[col].isin(vals)]
     return df.reset_index(drop=True)
+
+
+def fill_defaults(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``df`` with the columns of ``COLUMN_DEFAULTS[name]`` present and their nulls (rows from part files
+    written before the column existed) set to the default."""
+    for col, default in COLUMN_DEFAULTS.get(name, {}).items():
+        if col not in df.columns:
+            df[col] = default
+        elif default is not None:
+            df[col] = df[col].where(df[col].notna(), default)
+    return df
+
+
+def _fill_missing(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """Add the schema's columns that no part file has (tables written before a column was added):
+    NaN for float columns, None otherwise."""
+    for f in schema:
+        if f.name not in df.columns:
+            df[f.name] = pd.Series([float("nan") if pa.types.is_floating(f.type) else None] * len(df),
+                                   index=df.index, dtype="float64" if pa.types.is_floating(f.type) else object)
+    return df
 
 
 def _empty(schema: pa.Schema) -> pd.DataFrame:

@@ -1,11 +1,13 @@
-"""The ``benchmark`` flow: generate -> score -> tables -> regression.
+"""The ``benchmark`` flow: generate -> toplines -> score -> tables -> regression.
 
-Wiring only: every step is a function of evaluation.runner / evaluation.regression. Generation and
-scoring are cached across runs (flows.common.STEP_CACHE): generation returns a content-addressed
-outputs index, so scoring steps of a new run whose clips did not change are cache hits and no scorer
-is even loaded. A skipped scorer (missing weights) is never cached, so it is retried once its
-weights are in place. Recording and the regression check are cheap and run every time (recording
-is idempotent per run id). The flow run FAILS when a metric regresses.
+Wiring only: every step is a function of evaluation.runner / evaluation.regression. Generation (with
+the toplines: ground truth + codec resynthesis, in the same task) and scoring are cached across runs
+(flows.common.STEP_CACHE): generation returns a content-addressed scoring index, so scoring steps of a
+new run whose clips did not change are cache hits and no scorer is even loaded. A skipped scorer (missing
+weights) is never cached, so it is retried once its weights are in place, nor is a scorer that failed on
+every item of a task. Recording and the regression check are cheap and run every time (recording is
+idempotent per run id). The flow run FAILS when a metric regresses, and when a scorer failed on every
+item of a task (``ScorersFailed``) unless ``allow_failed_scorers``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from evaluation.runner import ScorersFailed
 from flows.common import run_cached, run_cached_map, task_runner, workspace_root
+
+__all__ = ["RegressionFound", "ScorersFailed", "benchmark"]
 
 
 class RegressionFound(RuntimeError):
@@ -32,17 +37,19 @@ def prepare(workspace: str, checkpoint: str | None, config: dict, run_id: str | 
 
 @task(name="bench-generate")
 def generate(run: dict, checkpoint: str, manifest: str) -> str:
+    """The run's scoring index: the generated clips, then the toplines (ground truth, codec resynthesis)."""
     # checkpoint and manifest are passed separately so their file fingerprints key the cache
-    from evaluation.runner import generate as _generate
+    from evaluation.runner import generate as _generate, toplines as _toplines
 
-    return _generate(run)
+    return _toplines(run, _generate(run))
 
 
 @task(name="bench-score", retries=1, retry_delay_seconds=5)
-def score(outputs_index: str, scorer: str, tasks: list[str], cache_dir: str, out_dir: str, n_boot: int) -> dict:
+def score(outputs_index: str, scorer: str, tasks: list[str], cache_dir: str, out_dir: str, n_boot: int,
+          checkpoint: str) -> dict:
     from evaluation.runner import score as _score
 
-    return _score(outputs_index, scorer, tasks, cache_dir, out_dir, n_boot)
+    return _score(outputs_index, scorer, tasks, cache_dir, out_dir, n_boot, checkpoint=checkpoint)
 
 
 @task(name="bench-record")
@@ -66,15 +73,19 @@ def regression(results: str, run_id: str, baseline_run: str | None) -> dict:
 def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace: str | None = None,
               seeds: list[int] = [0], variant: str | None = None, baseline_run: str | None = None,  # noqa: B006
               kind: str = "adhoc", run_id: str | None = None, scorers: list[str] | None = None,
-              max_items: int | None = None, max_seconds: float | None = None) -> dict:
-    """Benchmark ``checkpoint`` (default: the newest under <workspace>/train) on ``benchmark``; append the
-    result tables under <workspace>/results; compare with ``baseline_run`` (default: the previous run
-    of the same benchmark, kind and variant) and fail when anything regresses."""
+              max_items: int | None = None, max_seconds: float | None = None, toplines: bool = True,
+              allow_failed_scorers: bool = False) -> dict:
+    """Benchmark ``checkpoint`` (default: the newest under <workspace>/train) on ``benchmark``, with the
+    ground-truth and codec-resynthesis toplines (``toplines``); append the result tables under
+    <workspace>/results; compare with ``baseline_run`` (default: the previous run of the same benchmark,
+    kind and variant) and fail when anything regresses, or when a scorer failed on every item of a task
+    (unless ``allow_failed_scorers``)."""
     from evaluation import runner as RN
 
     log = get_run_logger()
     ws = workspace_root(workspace)
     cfg = RN.BenchConfig(benchmark=benchmark, seeds=[int(s) for s in seeds], scorers=scorers, max_items=max_items,
+                         toplines=bool(toplines),
                          **({"max_seconds": float(max_seconds)} if max_seconds is not None else {}))
     ckpt = str(checkpoint) if checkpoint else str(RN.find_checkpoint(ws))
     run = prepare(str(ws), ckpt, cfg.to_dict(), run_id, variant, kind)
@@ -88,18 +99,25 @@ def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace:
     # where each loads its model; in parallel on a Dask cluster).
     scored = run_cached_map(score, ws, outputs_index=[index] * n, scorer=list(plan), tasks=list(plan.values()),
                             cache_dir=[str(cache)] * n, out_dir=[str(cache / "scored")] * n,
-                            n_boot=[cfg.set_n_boot] * n,
-                            output_exists=lambda r: r["status"] == "ok" and all(Path(r[k]).is_file()
-                                                                               for k in ("items", "aggregates") if r[k]))
+                            n_boot=[cfg.set_n_boot] * n, checkpoint=[run["checkpoint"]] * n,
+                            # a scorer that failed on every item of a task is retried, not served from the cache
+                            output_exists=lambda r: r["status"] == "ok" and not r.get("failed")
+                            and all(Path(r[k]).is_file() for k in ("items", "aggregates") if r[k]))
     for name, r in zip(plan, scored):
         if r["status"] != "ok":
             log.warning(f"scorer {name} skipped for {plan[name]}: {r['reason']}")
     summary = record(run, index, scored)
+    for line in RN.failure_lines(summary["failed"]):
+        log.error(f"ERROR: {line}")
     reg = regression(summary["results"], run["run_id"], baseline_run)
     _publish(run, summary, reg)
     result = {"run_id": run["run_id"], "results": summary["results"], "run_dir": run["run_dir"],
-              "report": summary["report"], "skipped": summary["skipped"],
+              "report": summary["report"], "skipped": summary["skipped"], "failed": summary["failed"],
               "regression": {k: v for k, v in reg.items() if k != "report"}}
+    if summary["failed"] and not allow_failed_scorers:
+        extra = f"\n\nIt also regressed against {reg['baseline_run_id']}: {', '.join(reg['regressions'])}" \
+            if reg["regressed"] else ""
+        raise ScorersFailed(RN.failure_message(run["run_id"], summary["failed"]) + extra)
     if reg["regressed"]:
         raise RegressionFound(f"benchmark run {run['run_id']} regressed against {reg['baseline_run_id']}: "
                               f"{', '.join(reg['regressions'])}\n\n{reg['report']}")

@@ -143,6 +143,7 @@ def curate_cmd(
     config: Path = typer.Option(None, help="YAML/JSON file of CurateConfig fields (default: the offline demo profile)."),
     small: bool = typer.Option(False, "--small", help="The small demo corpus (tests, smoke runs)."),
     gemini_secret_block: str = typer.Option(None, help="Prefect Secret block holding the Gemini API key."),
+    until: str = typer.Option(None, help="'filter': stop after the quality filter (all `unimoe codec train` needs)."),
 ):
     """Run the curate flow: build/ingest -> segment -> caption -> filter -> balance -> tokenise."""
     import yaml
@@ -151,7 +152,10 @@ def curate_cmd(
 
     cfg = yaml.safe_load(config.read_text()) if config else None
     result = curate(config=cfg, workspace=str(workspace) if workspace else None,
-                    demo_size="small" if small else "default", gemini_secret_block=gemini_secret_block)
+                    demo_size="small" if small else "default", gemini_secret_block=gemini_secret_block, until=until)
+    if until:
+        typer.echo(json.dumps({"filtered": result["filtered"]}, indent=2))
+        return
     typer.echo(json.dumps({k: result[k] for k in ("curated", "subset", "warmup", "tokens", "summary", "status_counts")},
                           indent=2))
     for s in result["steps"]:
@@ -187,6 +191,7 @@ __import__("flows.cli_dashboard").cli_dashboard.register(app)
 __import__("flows.cli_experiment").cli_experiment.register(app)
 __import__("flows.cli_bench").cli_bench.register(app)
 __import__("flows.cli_pipeline").cli_pipeline.register(app)
+__import__("flows.cli_codec").cli_codec.register(app)
 
 
 def main() -> None:  # pragma: no cover

@@ -36,16 +36,25 @@ def register(app: typer.Typer) -> None:
         scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's defaults)."),
         max_items: int = typer.Option(None, help="At most this many items per task."),
         max_seconds: float = typer.Option(None, help="Generation cap per clip in seconds (default 10)."),
+        toplines: bool = typer.Option(True, "--toplines/--no-toplines",
+                                      help="Also score the ground truth and its codec resynthesis (the toplines)."),
+        allow_failed_scorers: bool = typer.Option(False, "--allow-failed-scorers",
+                                                  help="Do not fail when a scorer failed on every item of a task."),
     ):
-        """Run the benchmark flow (generate -> score -> tables -> regression). Exit code 1 on a regression."""
-        from flows.benchmark import RegressionFound, benchmark as flow
+        """Run the benchmark flow (generate -> toplines -> score -> tables -> regression). Exit code 1 on a
+        regression, 3 when a scorer failed on every item of a task (unless --allow-failed-scorers)."""
+        from flows.benchmark import RegressionFound, ScorersFailed, benchmark as flow
 
         try:
             result = flow(checkpoint=str(checkpoint) if checkpoint else None, benchmark=benchmark,
                           workspace=str(workspace) if workspace else None, seeds=_seeds(seeds), variant=variant,
                           baseline_run=baseline, kind=kind, run_id=run_id,
                           scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
-                          max_items=max_items, max_seconds=max_seconds)
+                          max_items=max_items, max_seconds=max_seconds, toplines=toplines,
+                          allow_failed_scorers=allow_failed_scorers)
+        except ScorersFailed as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(3) from None
         except RegressionFound as e:
             typer.secho(str(e), fg="red", err=True)
             raise typer.Exit(1) from None
@@ -53,7 +62,7 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
         typer.echo(Path(result["report"]).read_text())
-        typer.echo(json.dumps({k: result[k] for k in ("run_id", "results", "skipped", "regression")}, indent=2))
+        typer.echo(json.dumps({k: result[k] for k in ("run_id", "results", "skipped", "failed", "regression")}, indent=2))
 
     @report_app.command("tables")
     def report_tables(

@@ -39,12 +39,14 @@ def register(app: typer.Typer) -> None:
         scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's)."),
         dask: str = typer.Option(None, help="Dask scheduler address (or 'local') for curation's shard tasks."),
         nproc: int = typer.Option(1, help="Processes per training stage (> 1: torchrun)."),
+        allow_failed_scorers: bool = typer.Option(False, "--allow-failed-scorers",
+                                                  help="Do not fail when a scorer failed on every item of a task."),
     ):
         """Run the pipeline flow: curate -> train (each variant) -> benchmark -> regression. Exit code 1 on a
-        regression (after every variant was benchmarked)."""
+        regression, 3 when a scorer failed on every item of a task (after every variant was benchmarked)."""
         import yaml
 
-        from flows.benchmark import RegressionFound
+        from flows.benchmark import RegressionFound, ScorersFailed
         from flows.cli_bench import _seeds
         from flows.common import workspace_root
         from flows.pipeline import DEFAULT_VARIANTS, DEMO_MAX_STEPS, dashboard_command, pipeline
@@ -55,7 +57,8 @@ def register(app: typer.Typer) -> None:
                       max_steps=DEMO_MAX_STEPS if max_steps is None else max_steps, batch_size=batch_size,
                       seeds=_seeds(seeds), benchmark=benchmark, baseline_run=baseline, max_items=max_items,
                       max_seconds=max_seconds, scorers=_list(scorers, "scorers"),
-                      curate_config=yaml.safe_load(config.read_text()) if config else None, dask=dask, nproc=nproc)
+                      curate_config=yaml.safe_load(config.read_text()) if config else None, dask=dask, nproc=nproc,
+                      allow_failed_scorers=allow_failed_scorers)
         t0 = time.perf_counter()
         code = 0
         try:
@@ -63,13 +66,16 @@ def register(app: typer.Typer) -> None:
         except RegressionFound as e:
             typer.secho(str(e), fg="red", err=True)
             result, code = None, 1
+        except ScorersFailed as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            result, code = None, 3
         except FileNotFoundError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
         total = time.perf_counter() - t0
         if result is not None:
             typer.echo(json.dumps({k: result[k] for k in ("train", "benchmark", "seconds")}, indent=2, default=str))
-        typer.echo(f"pipeline {'REGRESSED' if code else 'done'} in {total:.1f} s")
+        typer.echo(f"pipeline {({1: 'REGRESSED', 3: 'SCORERS FAILED'}).get(code, 'done')} in {total:.1f} s")
         typer.echo(f"results: {ws / 'results'} (Parquet tables aggregate/, items/, regression/; "
                    f"unimoe report tables --workspace {ws})")
         typer.echo(f"dashboard: {dashboard_command(ws)}")

@@ -111,10 +111,14 @@ WORKERS = default_workers()
 
 @flow(name="curate", log_prints=True, task_runner=task_runner())
 def curate(config: dict | None = None, workspace: str | None = None, demo_size: str = "default",
-           gemini_secret_block: str | None = None) -> dict:
+           gemini_secret_block: str | None = None, until: str | None = None) -> dict:
     """Curate a corpus into a filtered, balanced, tokenised training set under <workspace>/curate.
 
-    ``config``: CurateConfig fields (default: the offline demo profile of ``demo_size``)."""
+    ``config``: CurateConfig fields (default: the offline demo profile of ``demo_size``); ``until``:
+    ``"filter"`` stops after the filter step (what ``unimoe codec train`` reads: a codec is trained
+    before the corpus is tokenised with it)."""
+    if until not in (None, "filter"):
+        raise ValueError(f"until must be None or 'filter', got {until!r}")
     log = get_run_logger()
     import torch
 
@@ -153,6 +157,8 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
         out=[str(work / "filtered" / Path(s).name) for s in captioned]), lambda ps: sum(_rows(p) for p in ps))
     pre_tokens = run_cached(merge, ws, filtered, str(work / "filtered.parquet"), output_exists=_exists)
     C.check_accounting(seg, pre_tokens)
+    if until == "filter":
+        return {"workspace": str(ws), "filtered": pre_tokens, "steps": steps}
 
     bal = step("balance", lambda: run_cached(balance, ws, C.step_config(cfg, "balance"), pre_tokens, str(work),
                                              output_exists=lambda r: _exists([r["subset"], r["warmup"]])),

@@ -8,7 +8,9 @@ run, with the same values, and checks it for regressions).
 
 Regression: each variant's benchmark run is compared with the previous ``pipeline`` run of the same
 variant on the same benchmark (the benchmark flow's default), or with ``baseline_run`` when given. A regressed variant does not stop
-the others: every variant is benchmarked first, then the flow fails with ``RegressionFound``.
+the others: every variant is benchmarked first, then the flow fails with ``RegressionFound``. A variant
+whose benchmark had a scorer fail on every item of a task (``ScorersFailed``) is handled the same way:
+the others are still benchmarked, then the flow fails with ``ScorersFailed``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.benchmark import RegressionFound, benchmark as benchmark_flow
+from flows.benchmark import RegressionFound, ScorersFailed, benchmark as benchmark_flow
 from flows.common import task_runner, workspace_root
 from flows.curate import curate as curate_flow
 from flows.train import train as train_flow
@@ -41,7 +43,7 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
              seeds: list[int] = [0],  # noqa: B006
              benchmark: str = "demo", baseline_run: str | None = None, max_items: int | None = None,
              max_seconds: float | None = None, scorers: list[str] | None = None, curate_config: dict | None = None,
-             dask: str | None = None, nproc: int = 1) -> dict:
+             dask: str | None = None, nproc: int = 1, allow_failed_scorers: bool = False) -> dict:
     """Curate the corpus (the offline demo profile of ``demo_size`` unless ``curate_config``), train each of
     ``variants`` on it (``max_steps`` optimiser steps per stage, ``None``: the stage configs'), benchmark each
     trained variant (kind ``pipeline``) and fail when any of them regressed.
@@ -86,6 +88,7 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
 
     benched: dict[str, dict[str, Any]] = {}
     regressed: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for v, t in trained.items():
         run_id = new_run_id(benchmark, v)
         # Default baseline: the previous pipeline run of the same variant (evaluation.regression).
@@ -95,22 +98,32 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
             bench = benchmark_flow if dask is None else benchmark_flow.with_options(task_runner=task_runner(dask))
             b = bench(checkpoint=t["checkpoint"], benchmark=benchmark, workspace=str(ws), seeds=list(seeds),
                                variant=v, baseline_run=baseline_run, kind="pipeline", run_id=run_id, scorers=scorers,
-                               max_items=max_items, max_seconds=max_seconds)
+                               max_items=max_items, max_seconds=max_seconds,
+                               allow_failed_scorers=allow_failed_scorers)
             benched[v] = {"run_id": b["run_id"], "regression": b["regression"], "skipped": b["skipped"],
                           "report": b["report"]}
         except RegressionFound as e:
             log.error(f"{v}: REGRESSED\n{e}")
             regressed[v] = str(e)
             benched[v] = {"run_id": run_id, "regression": {"regressed": True}, "skipped": [], "report": None}
+        except ScorersFailed as e:
+            log.error(f"{v}: SCORERS FAILED\n{e}")
+            failed[v] = str(e)
+            benched[v] = {"run_id": run_id, "regression": {}, "skipped": [], "report": None, "failed": True}
         done(f"benchmark {v}", t0)
 
     seconds["total"] = round(time.perf_counter() - t_all, 2)
     result = {"workspace": str(ws), "curate": {k: curated[k] for k in ("curated", "subset", "warmup", "tokens", "summary")},
               "train": trained, "benchmark": benched, "results": str(root),
-              "dashboard": dashboard_command(ws), "regressed": sorted(regressed), "seconds": seconds}
+              "dashboard": dashboard_command(ws), "regressed": sorted(regressed), "scorers_failed": sorted(failed),
+              "seconds": seconds}
     _publish(result)
     print(f"[pipeline] finished in {seconds['total']:.1f} s; result tables: {root} "
           f"(aggregate/, items/, regression/); dashboard: {dashboard_command(ws)}")
+    if failed:
+        raise ScorersFailed(f"pipeline: a scorer failed on every item of a task for {len(failed)} of {len(trained)} "
+                            f"variants ({', '.join(sorted(failed))})\n\n" + "\n\n".join(failed.values())
+                            + ("\n\n" + "\n\n".join(regressed.values()) if regressed else ""))
     if regressed:
         raise RegressionFound(f"pipeline: {len(regressed)} of {len(trained)} variants regressed "
                               f"({', '.join(sorted(regressed))})\n\n" + "\n\n".join(regressed.values()))
@@ -123,7 +136,8 @@ def _publish(result: dict) -> None:
     for v, t in result["train"].items():
         b = result["benchmark"].get(v, {})
         reg = b.get("regression") or {}
-        verdict = ("REGRESSED" if v in result["regressed"] else
+        verdict = ("SCORERS FAILED" if v in result.get("scorers_failed", []) else
+                   "REGRESSED" if v in result["regressed"] else
                    "ok" if reg.get("baseline_run_id") else "ok (no baseline)")
         lines.append(f"| {v} | `{t['checkpoint']}` | `{b.get('run_id')}` | `{reg.get('baseline_run_id')}` | {verdict} |")
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {s} |" for k, s in result["seconds"].items()]

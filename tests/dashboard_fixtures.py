@@ -27,18 +27,22 @@ AGGREGATE_SCHEMA = pa.schema([
     ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()), ("metric", pa.string()),
     ("higher_is_better", pa.bool_()), ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("n", pa.int64()), ("scorer", pa.string()), ("scorer_version", pa.string()), ("seeds", pa.string()),
-    ("git_commit", pa.string()), ("config_hash", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("git_commit", pa.string()), ("config_hash", pa.string()), ("system", pa.string()), ("n_asked", pa.int64()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
 ])
 ITEMS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
     ("item_id", pa.string()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
-    ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()),
+    ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("system", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
 ])
 REGRESSION_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("baseline_run_id", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
     ("metric", pa.string()), ("value", pa.float64()), ("baseline_value", pa.float64()), ("delta", pa.float64()),
     ("threshold", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("regressed", pa.bool_()),
+    ("higher_is_better", pa.bool_()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
+    ("rule", pa.string()), ("comparable", pa.bool_()), ("reason", pa.string()), ("n_items", pa.int64()),
+    ("n_pairs", pa.int64()), ("item_set_hash", pa.string()), ("baseline_item_set_hash", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
 ])
 
@@ -59,13 +63,17 @@ VALUES = {
     "wo-init":         [(0.400, 0.02), (0.690, 0.02), (3.10, 0.05), (0.550, 0.05), (0.380, 0.05), (6.00, 0.3), (0.300, 0.01)],
 }
 RUN_IDS = {BASELINE: "run-dense", "unimoe-top-p0.7": "run-topp", "wo-init": "run-woinit"}
+# Toplines recorded by run-topp for the demo en_tts metrics (METRICS[:3]): (value, half-width of the CI).
+TOPLINES = {"ground_truth": [(0.050, 0.01), (0.900, 0.01), (3.80, 0.05)],
+            "codec_resynth": [(0.120, 0.01), (0.820, 0.01), (3.40, 0.05)]}
+TOPLINE_RUN = "run-topp"
 # The nightly history precedes the ablation runs, so each variant's latest results are the ablation's.
 NIGHTLY_DATES = [datetime(2025, 3, 1 + i, 2, 0, tzinfo=timezone.utc) for i in range(5)]
 RUN_DATE = datetime(2025, 3, 8, 12, 0, tzinfo=timezone.utc)
 NIGHTLY_WER = [0.25, 0.24, 0.26, 0.25, 0.33]  # the last night regresses
 
 
-# The nightly check's default thresholds for the fixture's metrics (evaluation.regression.DEFAULT_THRESHOLDS:
+# The nightly check's default thresholds for the fixture's metrics (configs/regression_thresholds.yaml:
 # wer* 0.01 absolute, fad 5% of the baseline, anything else 2%).
 THRESHOLDS = {"wer_pocketsphinx": lambda b: 0.01, "fad": lambda b: 0.05 * abs(b)}
 
@@ -83,12 +91,13 @@ def expected_deltas() -> dict[tuple[str, str, str, str], tuple[float, bool]]:
     return out
 
 
-def _agg_row(run_id, kind, variant, spec, value, hw, ts):
+def _agg_row(run_id, kind, variant, spec, value, hw, ts, system="model"):
     bench, task, metric, hib, scorer = spec
     return {"run_id": run_id, "kind": kind, "checkpoint": f"/ckpt/{variant}", "checkpoint_hash": "abc123",
             "variant": variant, "benchmark": bench, "task": task, "metric": metric, "higher_is_better": hib,
             "value": value, "ci_low": value - hw, "ci_high": value + hw, "n": 40, "scorer": scorer,
-            "scorer_version": "1", "seeds": "0,1,2", "git_commit": "deadbeef", "config_hash": "cafe", "timestamp": ts}
+            "scorer_version": "1", "seeds": "0,1,2", "git_commit": "deadbeef", "config_hash": "cafe",
+            "system": system, "n_asked": 40, "timestamp": ts}
 
 
 def _write_part(root: Path, table: str, ts: datetime, run_id: str, rows: list[dict], schema: pa.Schema) -> Path:
@@ -103,10 +112,14 @@ def write_results(ws: Path) -> None:
     for variant, values in VALUES.items():
         run = RUN_IDS[variant]
         rows = [_agg_row(run, "adhoc", variant, spec, val, hw, RUN_DATE) for spec, (val, hw) in zip(METRICS, values)]
+        if run == TOPLINE_RUN:
+            rows += [_agg_row(run, "adhoc", variant, spec, val, hw, RUN_DATE, system=system)
+                     for system, vals in TOPLINES.items() for spec, (val, hw) in zip(METRICS, vals)]
         _write_part(root, "aggregate", RUN_DATE, run, rows, AGGREGATE_SCHEMA)
         items = [{"run_id": run, "variant": variant, "benchmark": "demo", "task": "en_tts", "item_id": f"i{i}",
                   "seed": 0, "metric": "wer_pocketsphinx", "value": values[0][0], "scorer": "pocketsphinx_wer",
-                  "scorer_version": "1", "audio_path": f"/audio/{run}/i{i}.wav", "timestamp": RUN_DATE}
+                  "scorer_version": "1", "audio_path": f"/audio/{run}/i{i}.wav", "system": "model",
+                  "timestamp": RUN_DATE}
                  for i in range(3)]
         _write_part(root, "items", RUN_DATE, run, items, ITEMS_SCHEMA)
     # Nightly history of the default variant: five nights, the last one regressing on WER.
@@ -119,7 +132,9 @@ def write_results(ws: Path) -> None:
         reg = [{"run_id": run, "baseline_run_id": "nightly-20250301", "benchmark": "demo", "task": "en_tts",
                 "metric": "wer_pocketsphinx", "value": wer, "baseline_value": base, "delta": wer - base,
                 "threshold": 0.05, "ci_low": wer - 0.02, "ci_high": wer + 0.02, "regressed": wer - base > 0.05,
-                "timestamp": ts}]
+                "higher_is_better": False, "delta_ci_low": wer - base - 0.02, "delta_ci_high": wer - base + 0.02,
+                "rule": "paired-item-bootstrap", "comparable": True, "reason": "", "n_items": 40, "n_pairs": 120,
+                "item_set_hash": "f00d", "baseline_item_set_hash": "f00d", "timestamp": ts}]
         _write_part(root, "regression", ts, run, reg, REGRESSION_SCHEMA)
 
 

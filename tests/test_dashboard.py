@@ -272,6 +272,63 @@ def test_page_renders_every_figure(data):
     assert fad["delta"] == pytest.approx(delta) and fad["status"] == "regressed"
 
 
+def test_toplines_beside_the_model_rows(data):
+    """Ground truth and codec resynthesis are shown beside the series (from the runs shown), never as a
+    series: the deltas, the radar and the nightly history are the model rows only."""
+    cmp = data.compare(V, BASE)
+    assert cmp.meta["toplines"] == ["ground_truth", "codec_resynth"]
+    assert len(cmp.df) == len(F.METRICS)  # toplines add no rows
+    for spec, (gt, _), (rs, _) in zip(F.METRICS, F.TOPLINES["ground_truth"], F.TOPLINES["codec_resynth"]):
+        r = next(r for r in cmp.df.itertuples() if (r.benchmark, r.task, r.metric) == spec[:3])
+        assert r.toplines["ground_truth"]["value"] == pytest.approx(gt)
+        assert r.toplines["codec_resynth"]["value"] == pytest.approx(rs)
+        assert r.toplines["ground_truth"]["run_id"] == F.TOPLINE_RUN
+        # the variant that recorded the toplines keeps its own (model) value
+        assert r.cells["variant:unimoe-top-p0.7"]["value"] == pytest.approx(F.VALUES["unimoe-top-p0.7"][F.METRICS.index(spec)][0])
+    fad = next(r for r in cmp.df.itertuples() if r.metric == "fad")
+    assert fad.toplines == {}
+    html = render_page(data, {"variants": ["unimoe-top-p0.7,wo-init"], "baseline": ["unify-dense"]})
+    gt_wer = F.TOPLINES["ground_truth"][0][0]
+    cell = re.search(r'<td class="value topline" data-topline="ground_truth" data-metric="wer_pocketsphinx"[^>]*>([^<]*)<',
+                     html)
+    assert cell and cell.group(1).strip() == charts.fmt(gt_wer)
+    assert ">ground truth<br><small>topline</small></th>" in html and ">codec resynthesis<br>" in html
+    assert re.search(r'<td class="value topline missing" data-topline="codec_resynth" data-metric="fad"', html)
+    radar = next(e for e in svgs(html) if e.get("data-figure") == "radar")
+    assert {p.get("data-series") for p in radar.iter(f"{SVG_NS}polygon") if p.get("data-series")} == \
+        {"unify-dense", "unimoe-top-p0.7", "wo-init"}
+    api = compare_json(data, {"variants": ["unimoe-top-p0.7"], "benchmark": ["demo"]})
+    wer = next(r for r in api["rows"] if r["metric"] == "wer_pocketsphinx")
+    assert wer["toplines"]["codec_resynth"]["value"] == pytest.approx(F.TOPLINES["codec_resynth"][0][0])
+    night = data.nightly("demo")
+    assert len(night.df) == 2 * len(F.NIGHTLY_DATES)  # model rows only
+
+
+def test_parts_without_system_column_read_as_model_rows(tmp_path):
+    """Aggregate parts written before the system/n_asked columns existed read as model rows."""
+    import pyarrow as pa
+
+    old_schema = pa.schema([f for f in F.AGGREGATE_SCHEMA if f.name not in ("system", "n_asked")])
+    row = F._agg_row("old-run", "adhoc", "old-variant", F.METRICS[0], 0.3, 0.01, F.RUN_DATE)
+    F._write_part(tmp_path / "results", "aggregate", F.RUN_DATE, "old-run",
+                  [{k: v for k, v in row.items() if k in old_schema.names}], old_schema)
+    data = DashboardData(tmp_path)
+    cmp = data.compare([Series("variant", "old-variant")], None)
+    assert cmp.message is None and len(cmp.df) == 1 and cmp.meta["toplines"] == []
+    cell = cmp.df.iloc[0]["cells"]["variant:old-variant"]
+    assert cell["value"] == pytest.approx(0.3) and cell["n_asked"] is None
+    # mixed with a new part holding toplines
+    new = [F._agg_row("new-run", "adhoc", "new-variant", F.METRICS[0], 0.2, 0.01, F.RUN_DATE),
+           F._agg_row("new-run", "adhoc", "new-variant", F.METRICS[0], 0.05, 0.01, F.RUN_DATE, system="ground_truth")]
+    F._write_part(tmp_path / "results", "aggregate", F.RUN_DATE, "new-run", new, F.AGGREGATE_SCHEMA)
+    cmp = data.compare([Series("variant", "old-variant"), Series("variant", "new-variant")], None)
+    r = cmp.df.iloc[0]
+    assert r["cells"]["variant:old-variant"]["value"] == pytest.approx(0.3)
+    assert r["cells"]["variant:new-variant"]["value"] == pytest.approx(0.2)
+    assert r["toplines"]["ground_truth"]["value"] == pytest.approx(0.05)
+    assert "old-variant" in render_page(data, {})
+
+
 def test_html_injection_is_escaped(ws, tmp_path):
     evil = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
     data = DashboardData(ws)

@@ -55,6 +55,11 @@ def test_choose_two_variants_shows_deltas_and_figures(server, browser):
     page.goto(server.url)
     assert page.title() == "UniMoE-Audio ablations"
     page.screenshot(path=str(out / "01-default.png"), full_page=True)
+    # The toplines recorded by one of the default runs are columns beside the variants.
+    assert [t.split("\n")[0] for t in page.locator("table.metrics th.topline").all_inner_texts()] == \
+        ["ground truth", "codec resynthesis"]
+    gt = page.locator('td.topline[data-topline="ground_truth"][data-metric="wer_pocketsphinx"]')
+    assert gt.inner_text().split(" [")[0] == fmt(F.TOPLINES["ground_truth"][0][0])
 
     # Pick exactly the baseline and one ablation in the controls, then the baseline in the drop-down.
     for box in page.locator("#pick-variants input[name=variants]").all():

@@ -82,3 +82,66 @@ def test_provenance_helpers():
     assert R.config_hash({"a": 1, "b": [1, 2]}) == R.config_hash({"b": [1, 2], "a": 1}) != R.config_hash({"a": 2})
     commit = R.git_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_older_parts_without_new_columns_read_back_filled(tmp_path):
+    """A table written before columns were added to its schema (here the regression table's gate fields)
+    reads back with every current column: null in the old rows, filterable without error."""
+    import pyarrow as pa
+
+    old_names = ["run_id", "baseline_run_id", "benchmark", "task", "metric", "value", "baseline_value", "delta",
+                 "threshold", "ci_low", "ci_high", "regressed", "timestamp"]
+    old_schema = pa.schema([R.SCHEMAS["regression"].field(n) for n in old_names])
+    old = {"run_id": "old", "baseline_run_id": "b", "benchmark": "demo", "task": "en_tts", "metric": "wer", "value": 0.2,
+           "baseline_value": 0.1, "delta": 0.1, "threshold": 0.01, "ci_low": 0.18, "ci_high": 0.22, "regressed": True,
+           "timestamp": datetime(2024, 1, 1, tzinfo=timezone.utc)}
+    part = tmp_path / "regression" / "date=2024-01-01" / "part-old-00000000.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema), part)
+    df = R.read_table(tmp_path, "regression")
+    assert set(R.SCHEMAS["regression"].names) <= set(df.columns)
+    assert df.loc[0, "rule"] is None and pd.isna(df.loc[0, "delta_ci_low"]) and df.loc[0, "regressed"]
+    assert R.read_table(tmp_path, "regression", rule="paired-item-bootstrap").empty  # no part has the column
+    new = {**{k: v for k, v in old.items() if k != "timestamp"}, "run_id": "new", "higher_is_better": False,
+           "delta_ci_low": 0.05, "delta_ci_high": 0.15, "rule": "paired-item-bootstrap", "comparable": True, "reason": "",
+           "n_items": 10, "n_pairs": 30, "item_set_hash": "h", "baseline_item_set_hash": "h"}
+    R.write_rows(tmp_path, "regression", [new], run_id="new")
+    df = R.read_table(tmp_path, "regression").set_index("run_id")
+    assert pd.isna(df.loc["old", "rule"]) and df.loc["new", "rule"] == "paired-item-bootstrap"
+    assert list(R.read_table(tmp_path, "regression", rule="paired-item-bootstrap")["run_id"]) == ["new"]
+
+
+def test_system_and_n_asked_columns_with_defaults_for_older_parts(tmp_path):
+    """``system`` / ``n_asked``: written when given, defaulted ('model' / null) when a row omits them,
+    and parts written before the columns existed read as model rows, filters on ``system`` included."""
+    import pyarrow as pa
+
+    assert R.SYSTEMS == ("model", "ground_truth", "codec_resynth")
+    old_schema = pa.schema([f for f in R.SCHEMAS["aggregate"] if f.name not in ("system", "n_asked")])
+    part = tmp_path / "aggregate" / "date=2024-01-01" / "part-old-00000000.parquet"
+    part.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{**agg_row("old"), "timestamp": datetime(2024, 1, 1, tzinfo=timezone.utc)}],
+                                        schema=old_schema), part)
+    df = R.read_table(tmp_path, "aggregate")
+    assert list(df["system"]) == ["model"] and pd.isna(df.loc[0, "n_asked"])
+    assert list(R.read_table(tmp_path, "aggregate", system="model")["run_id"]) == ["old"]
+    assert R.read_table(tmp_path, "aggregate", system="ground_truth").empty
+    R.write_rows(tmp_path, "aggregate", [agg_row("new", n=3, n_asked=5),
+                                         agg_row("new", system="ground_truth", n=5, n_asked=5),
+                                         agg_row("new", system="codec_resynth", n=4, n_asked=5)], run_id="new")
+    R.write_rows(tmp_path, "aggregate", [agg_row("defaulted")], run_id="defaulted")  # no system / n_asked given
+    df = R.read_table(tmp_path, "aggregate")
+    got = sorted((r, s, None if pd.isna(a) else int(a)) for r, s, a in zip(df["run_id"], df["system"], df["n_asked"]))
+    assert got == [("defaulted", "model", None), ("new", "codec_resynth", 5), ("new", "ground_truth", 5),
+                   ("new", "model", 5), ("old", "model", None)]
+    assert sorted(df.loc[df["run_id"] == "new", "n"]) == [3, 4, 5]
+    assert sorted(R.read_table(tmp_path, "aggregate", system="model")["run_id"]) == ["defaulted", "new", "old"]
+    assert list(R.read_table(tmp_path, "aggregate", run_id="new", system=["ground_truth", "codec_resynth"])["system"]
+                .sort_values()) == ["codec_resynth", "ground_truth"]
+    with pytest.raises(ValueError, match="system"):
+        R.write_rows(tmp_path, "aggregate", [agg_row("bad", system="oracle")], run_id="bad")
+    items = [{"run_id": "new", "variant": "v", "benchmark": "demo", "task": "en_tts", "item_id": "i", "seed": 0,
+              "metric": "wer", "value": 0.1, "scorer": "s", "scorer_version": "1", "audio_path": "/a.wav"}]
+    R.write_rows(tmp_path, "items", items, run_id="new")
+    R.write_rows(tmp_path, "items", [{**items[0], "system": "ground_truth"}], run_id="new")
+    assert sorted(R.read_table(tmp_path, "items")["system"]) == ["ground_truth", "model"]

@@ -13,7 +13,7 @@ pytest.importorskip("librosa")
 
 from data.speech_synth import BUILTIN_VOICES, check_voice, synthesize
 from evaluation.scorers import AudioItem, available_scorers, load_scorer
-from evaluation.scorers.resemblyzer_sim import METRIC, ResemblyzerSim
+from evaluation.scorers.resemblyzer_sim import METRIC, PROTOCOL, ResemblyzerSim
 from unimoe.audio_io import resample
 
 A = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -49,7 +49,8 @@ def test_registered_metrics_and_version(scorer):
     assert isinstance(scorer, ResemblyzerSim)
     assert scorer.metrics == {METRIC: "higher"}
     assert "sim" not in scorer.metrics
-    assert scorer.version == f"resemblyzer {version('Resemblyzer')} (pretrained.pt sha256:{scorer.sha256[:12]})"
+    assert scorer.version == (f"resemblyzer {version('Resemblyzer')} (pretrained.pt sha256:{scorer.sha256[:12]}; "
+                              f"protocol {PROTOCOL})")
 
 
 def test_same_speaker_scores_higher_than_other_voice(scorer, clips):
@@ -96,3 +97,44 @@ def test_bad_items_are_nan(scorer, clips):
     assert all(math.isnan(r[METRIC]) for r in out[:4])
     assert math.isfinite(out[4][METRIC])
     assert scorer.score([]) == []
+
+
+def test_demo_codec_audio_without_vad_voice_is_scored_not_nan(scorer, clips):
+    """The demo benchmark's case: its generations and codec resyntheses are decoded by the offline demo's
+    random-init DAC, noise-like audio in which the package's VAD finds no voice, so ``preprocess_wav``
+    drops every sample. Protocol 1 raised there (SIM NaN on every demo item); now such a clip is
+    embedded whole and scored against the prompt, and it scores below a real same-speaker clip."""
+    from resemblyzer import preprocess_wav
+
+    from unimoe.codec import AudioCodec
+    from unimoe.config import CodecConfig
+
+    (wa, sa), (wb, sb) = clips["kal_a"], clips["kal_b"]
+    # the tiny preset's random-init DAC (what the offline demo's benchmark decoded with)
+    codec = AudioCodec.from_config(CodecConfig(random_init=True, encoder_dim=8, decoder_dim=32, codebook_dim=8), 4)
+    assert codec.is_random_init
+    resynth = codec.decode([codec.encode([wa], sa)[0]])[0]
+    x = resample(resynth, codec.sample_rate, 16000).astype(np.float64)
+    assert np.sqrt(np.mean(x ** 2)) > 1e-3  # audible, not silence
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert preprocess_wav(x).size == 0  # the VAD keeps nothing of it: the old protocol's failure
+    e = scorer.embed(resynth, codec.sample_rate)
+    assert e.shape == (256,) and np.all(np.isfinite(e)) and abs(np.linalg.norm(e) - 1.0) < 1e-4
+    scorer.clear_failures()
+    noise, real = scorer.score([
+        AudioItem("resynth", resynth, codec.sample_rate, reference=wb, reference_sample_rate=sb),
+        AudioItem("real", wa, sa, reference=wb, reference_sample_rate=sb),
+    ])
+    assert math.isfinite(noise[METRIC]) and 0.0 <= noise[METRIC] <= 1.0 + 1e-6
+    assert noise[METRIC] < real[METRIC]
+    assert scorer.item_errors == {}
+
+
+def test_failures_carry_their_reason(scorer, clips):
+    wa, sa = clips["kal_a"]
+    scorer.clear_failures()
+    scorer.score([AudioItem("noref", wa, sa),
+                  AudioItem("silent", np.zeros(16000, np.float32), 16000, reference=wa, reference_sample_rate=sa)])
+    assert set(scorer.item_errors) == {"noref", "silent"}
+    assert "no prompt audio" in scorer.item_errors["noref"] and "silent audio" in scorer.item_errors["silent"]

@@ -50,6 +50,12 @@ DAC_RELEASE_URLS = {
     "44khz_16kbps": "https://github.com/descriptinc/descript-audio-codec/releases/download/1.0.0/weights_44khz_16kbps.pth",
 }
 
+# Codecs the project trains itself (``unimoe codec train``): where such a file comes from.
+TRAINED_VARIANTS = {
+    "trained": "`unimoe codec train --export PATH` (a DAC trained by this project on your corpus)",
+    "demo": "`make demo-codec` (the demo codec shipped in unimoe/assets/codecs/, trained by `unimoe codec train`)",
+}
+
 RANDOM_INIT_LABEL = "random-init DAC (untrained; NOT a real codec)"
 
 
@@ -112,14 +118,17 @@ def load_dac_weights(path: str | Path) -> nn.Module:
     read here with ``weights_only=True`` and the model is built from its recorded constructor kwargs.
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure here means "not a safe plain checkpoint"
-        raise CodecLoadError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:300]}). "
-            "Only plain DAC state-dict files (as written by DAC.save / the official releases) are accepted; "
-            "torch.package archives and other pickles are refused."
-        ) from None
+    if path.suffix == ".safetensors":
+        ckpt = _read_safetensors_dac(path)
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - every failure here means "not a safe plain checkpoint"
+            raise CodecLoadError(
+                f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:300]}). "
+                "Only plain DAC state-dict files (as written by DAC.save / the official releases) are accepted; "
+                "torch.package archives and other pickles are refused."
+            ) from None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
             and isinstance(ckpt.get("metadata"), dict) and isinstance(ckpt["metadata"].get("kwargs"), dict)):
         raise CodecLoadError(f"{path}: not a DAC weights file (expected keys 'state_dict' and 'metadata.kwargs')")
@@ -135,6 +144,27 @@ def load_dac_weights(path: str | Path) -> nn.Module:
         warnings.warn(f"{path}: ignoring {len(result.unexpected_keys)} unexpected tensors, e.g. {result.unexpected_keys[:3]}")
     model.metadata = ckpt["metadata"]
     return model.eval()
+
+
+def _read_safetensors_dac(path: Path) -> dict:
+    """A DAC weights file in safetensors (what ``unimoe codec train`` exports): the state dict, with
+    the constructor kwargs as JSON under the metadata key ``kwargs`` — the same content as
+    ``DAC.save``'s ``{"state_dict", "metadata": {"kwargs"}}``, without pickle."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+        kwargs = json.loads(meta["kwargs"])
+    except Exception as e:  # noqa: BLE001
+        raise CodecLoadError(f"{path}: not a DAC safetensors file ({type(e).__name__}: {str(e)[:300]}); "
+                             "expected a state dict with the DAC constructor kwargs as JSON in metadata['kwargs']") from None
+    extra = {k: v for k, v in meta.items() if k != "kwargs"}
+    return {"state_dict": state, "metadata": {"kwargs": kwargs, **extra}}
 
 
 # ---- exact batching: per-item masks at every convolution ------------------------------------------
@@ -268,9 +298,10 @@ class AudioCodec:
             codec = cls(model, num_codebooks=num_codebooks, label=RANDOM_INIT_LABEL, is_random_init=True,
                         chunk_seconds=codec_cfg.chunk_seconds, device=device)
         else:
-            origin = DAC_RELEASE_URLS.get(codec_cfg.variant)
+            origin = DAC_RELEASE_URLS.get(codec_cfg.variant) or TRAINED_VARIANTS.get(codec_cfg.variant)
             if origin is None:
-                raise CodecLoadError(f"codec.variant {codec_cfg.variant!r} unknown; choose from {sorted(DAC_RELEASE_URLS)}")
+                raise CodecLoadError(f"codec.variant {codec_cfg.variant!r} unknown; choose from "
+                                     f"{sorted(DAC_RELEASE_URLS) + sorted(TRAINED_VARIANTS)}")
             if not codec_cfg.weights_path:
                 raise CodecLoadError(
                     f"codec.weights_path is not set (and codec.random_init is false): set it to the local copy of {origin}")
@@ -461,3 +492,126 @@ class AudioCodec:
             wav = wav[:n] if len(wav) >= n else np.pad(wav, (0, n - len(wav)))
             out.append(wav.astype(np.float32, copy=False))
         return out
+
+
+# ---- opening a codec by name or file, and resynthesising folders ------------------------------------
+
+# The shipped demo codec (trained by ``make demo-codec``; see configs/codec/demo.yaml).
+DEMO_CODEC_WEIGHTS = "builtin:codecs/demo-dac.safetensors"
+# What ``resynthesize_folder`` reads (soundfile / libsndfile decodes all four).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def demo_codec_config() -> CodecConfig:
+    """The demo codec: ``CodecConfig(variant="demo", weights_path="builtin:codecs/demo-dac.safetensors")``."""
+    return CodecConfig(variant="demo", weights_path=DEMO_CODEC_WEIGHTS)
+
+
+def open_codec(spec: str | Path, num_codebooks: int | None = None, device: str | torch.device = "cpu") -> AudioCodec:
+    """``"demo"`` (the shipped demo codec) or the path of any DAC weights file (a release ``.pth`` or a
+    ``.safetensors`` from ``unimoe codec train``). ``num_codebooks``: how many of the model's codebooks
+    to use (default: all of them, the model's own ``n_codebooks``).
+
+    Raises ``MissingWeightsError`` naming the file (and, for the demo codec, ``make demo-codec``) when it
+    does not exist, ``CodecLoadError`` when it is not a loadable DAC file."""
+    from unimoe.io import BUILTIN_PREFIX, MissingWeightsError, builtin_asset
+
+    if str(spec) == "demo":
+        variant = "demo"
+        path = builtin_asset(DEMO_CODEC_WEIGHTS[len(BUILTIN_PREFIX):])
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"the demo codec {path} does not exist yet: build it with `make demo-codec` (it trains the codec on "
+                "the demo corpus with `unimoe codec train --config configs/codec/demo.yaml`), or pass the path of "
+                "another DAC weights file")
+    else:
+        variant, path = "file", Path(spec)
+        if not path.is_file():
+            raise MissingWeightsError(f"codec weights file {path} not found (pass `demo` or a DAC .pth/.safetensors file)")
+    model = load_dac_weights(path)
+    sha = sha256_file(path)
+    k = int(num_codebooks) if num_codebooks is not None else int(model.n_codebooks)
+    return AudioCodec(model, num_codebooks=k, label=f"DAC {variant} ({path.name}, sha256 {sha[:12]})",
+                      is_random_init=False, device=device, weights_path=path.resolve(), weights_sha256=sha)
+
+
+def codes_dtype(codebook_size: int) -> np.dtype:
+    """int16 codes (int32 when ``codebook_size > 32767``), as the token shards store them."""
+    return np.dtype(np.int16 if codebook_size <= 32767 else np.int32)
+
+
+def _output_names(files: Sequence[Path], in_dir: Path) -> dict[Path, str]:
+    """Output name (without suffix) per input: its stem, unless two inputs share a stem; then each of those
+    is named by its path under ``in_dir`` with ``/`` -> ``__`` (``a/x.wav`` -> ``a__x``), plus
+    ``__<ext>`` when that still collides (``x.wav`` and ``x.flac`` in one folder). ValueError if names
+    still collide."""
+    by_stem: dict[str, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.stem, []).append(f)
+    names = {}
+    for stem, group in by_stem.items():
+        for f in group:
+            if len(group) == 1:
+                names[f] = stem
+                continue
+            rel = f.relative_to(in_dir).with_suffix("")
+            name = "__".join(rel.parts)
+            if sum(g.relative_to(in_dir).with_suffix("") == rel for g in group) > 1:
+                name += "__" + f.suffix.lstrip(".").lower()
+            names[f] = name
+    seen: dict[str, Path] = {}
+    for f, n in names.items():
+        if n in seen:
+            raise ValueError(f"output name {n!r} would be written for both {seen[n]} and {f}; rename one of them")
+        seen[n] = f
+    return names
+
+
+def resynthesize_folder(codec: AudioCodec, in_dir: str | Path, out_dir: str | Path, *, progress: bool = True,
+                        log=None) -> dict:
+    """Encode and decode every audio file under ``in_dir`` (recursive; .wav/.flac/.ogg/.mp3, files under
+    ``out_dir`` skipped): writes ``out_dir/<name>.wav`` (mono, the codec rate, PCM 16-bit, trimmed to the
+    input's length at that rate) and ``out_dir/<name>.codes.npy`` (``[num_codebooks, frames]``,
+    :func:`codes_dtype`), both atomically, and ``out_dir/resynth.json`` (codec info, input -> output,
+    failures). ``<name>`` is the stem; inputs sharing a stem get path-derived names (``_output_names``).
+
+    A file that cannot be read or coded is reported (``log``, and ``failed`` in the result) and the rest
+    are processed. Returns ``{"codec", "written": [{input, wav, codes, frames}], "failed": [{input, error}]}``.
+    """
+    from tqdm.auto import tqdm
+
+    from unimoe.audio_io import load_audio, save_wav
+    from unimoe.io import atomic_write_json
+
+    in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if not in_dir.is_dir():
+        raise FileNotFoundError(f"input folder {in_dir} not found")
+    files = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                   and not p.is_relative_to(out_dir))
+    names = _output_names(files, in_dir)
+    dtype = codes_dtype(codec.codebook_size)
+    written, failed = [], []
+    for f in tqdm(files, desc="codec resynth", unit="file", disable=not progress):
+        try:
+            wav, sr = load_audio(f)
+            x = codec.prepare(wav, sr)
+            if x.size == 0:
+                raise ValueError("no samples")
+            if not np.isfinite(x).all():
+                raise ValueError("NaN or infinite samples")
+            codes = codec.encode([x], codec.sample_rate)[0]
+            y = codec.decode([codes])[0][:len(x)]
+            wav_out, codes_out = out_dir / f"{names[f]}.wav", out_dir / f"{names[f]}.codes.npy"
+            with atomic_path(codes_out) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, codes.numpy().astype(dtype))
+            save_wav(wav_out, y, codec.sample_rate)
+        except Exception as e:  # noqa: BLE001 - one bad file is reported, the others are still processed
+            failed.append({"input": str(f), "error": f"{type(e).__name__}: {e}"})
+            if log is not None:
+                log(f"codec resynth: {f}: {type(e).__name__}: {e}")
+            continue
+        written.append({"input": str(f), "wav": str(wav_out), "codes": str(codes_out), "frames": int(codes.shape[-1])})
+    result = {"codec": codec.info(), "input_dir": str(in_dir), "written": written, "failed": failed}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "resynth.json", result)
+    return result

@@ -313,7 +313,16 @@ def tiny_preset() -> UniMoEConfig:
     ).validate()
 
 
-PRESETS = {"tiny": tiny_preset, "paper": paper_preset}
+def tiny_random_preset() -> UniMoEConfig:
+    """The tiny preset with a small random-init DAC instead of the demo codec: for unit tests of the
+    codec plumbing only (its tokens are degenerate; nothing it generates is audio)."""
+    cfg = tiny_preset()
+    cfg.name = "tiny-random"
+    cfg.codec = CodecConfig(random_init=True, encoder_dim=8, decoder_dim=32, codebook_dim=8)
+    return cfg.validate()
+
+
+PRESETS = {"tiny": tiny_preset, "tiny-random": tiny_random_preset, "paper": paper_preset}
 
 
 def get_preset(name: str) -> UniMoEConfig:

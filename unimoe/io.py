@@ -74,6 +74,15 @@ def weights_root() -> Path:
     return Path(os.environ.get("UNIMOE_WEIGHTS", "weights"))
 
 
+# Weights that ship inside the package (the demo codec): ``builtin:codecs/demo-dac.safetensors``.
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_asset(relative: str) -> Path:
+    """A file under ``unimoe/assets/`` (shipped with the repository)."""
+    return Path(__file__).resolve().parent / "assets" / relative
+
+
 def resolve_weights(relative_or_abs: str | Path, *, sha256: str | None, what: str, origin: str) -> Path:
     """Find a weights file in the local store and verify its checksum.
 
@@ -81,7 +90,9 @@ def resolve_weights(relative_or_abs: str | Path, *, sha256: str | None, what: st
     the error tells an operator exactly what to fetch and where to put it.
     """
     p = Path(relative_or_abs)
-    if not p.is_absolute():
+    if str(relative_or_abs).startswith(BUILTIN_PREFIX):
+        p = builtin_asset(str(relative_or_abs)[len(BUILTIN_PREFIX):])
+    elif not p.is_absolute():
         p = weights_root() / p
     if not p.is_file():
         raise MissingWeightsError(

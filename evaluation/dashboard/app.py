@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from evaluation.dashboard import charts
 from evaluation.dashboard.charts import esc, fmt
-from evaluation.dashboard.queries import DashboardData, Section, Series, split_list
+from evaluation.dashboard.queries import TOPLINE_LABELS, DashboardData, Section, Series, split_list
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,10 @@ def _ci(lo: float, hi: float, signed: bool = False) -> str:
     return f' <span class="ci">[{esc(fmt(lo, signed))}, {esc(fmt(hi, signed))}]</span>'
 
 
+def _asked(c: dict) -> str:
+    return f" of {c['n_asked']} asked" if c.get("n_asked") is not None else ""
+
+
 def metric_table(data: DashboardData, v: View) -> str:
     cmp = v.compare(data)
     if cmp.empty:
@@ -152,6 +156,9 @@ def metric_table(data: DashboardData, v: View) -> str:
         head.append(f'<th class="baseline">{esc(v.baseline.label)}<br><small>baseline</small></th>')
     for s in others:
         head.append(f'<th>{esc(s.label)}</th>' + (f'<th>Δ {esc(s.label)}</th>' if v.baseline else ""))
+    toplines = cmp.meta.get("toplines", [])
+    for t in toplines:
+        head.append(f'<th class="topline">{esc(TOPLINE_LABELS.get(t, t))}<br><small>topline</small></th>')
     rows = []
     counts = {"regressed": 0, "improved": 0}
     for r in cmp.df.itertuples(index=False):
@@ -166,7 +173,7 @@ def metric_table(data: DashboardData, v: View) -> str:
                 cells.append(f'<td class="value missing" {attrs}>–</td>' + ('<td class="delta missing">–</td>'
                                                                            if v.baseline and s != v.baseline else ""))
                 continue
-            tip = f"run {c['run_id']}, n={c['n']}, {c['timestamp']}"
+            tip = f"run {c['run_id']}, n={c['n']}{_asked(c)}, {c['timestamp']}"
             cells.append(f'<td class="value" {attrs} title="{esc(tip)}">{esc(fmt(c["value"]))}'
                          f'{_ci(c["ci_low"], c["ci_high"])}</td>')
             if v.baseline and s != v.baseline:
@@ -179,6 +186,17 @@ def metric_table(data: DashboardData, v: View) -> str:
                 cells.append(f'<td class="delta {status}" {attrs} data-delta="{c["delta"]:.6g}" data-status="{status}" '
                              f'title="threshold {esc(fmt(c["threshold"]))}">'
                              f'{esc(fmt(c["delta"], signed=True))}{dci}</td>')
+        tops = getattr(r, "toplines", None) or {}
+        for t in toplines:
+            attrs = f'data-topline="{esc(t)}" data-metric="{esc(r.metric)}" data-task="{esc(r.task)}" ' \
+                    f'data-benchmark="{esc(r.benchmark)}"'
+            c = tops.get(t)
+            if c is None:
+                cells.append(f'<td class="value topline missing" {attrs}>–</td>')
+                continue
+            tip = f"{TOPLINE_LABELS.get(t, t)} of run {c['run_id']}, n={c['n']}{_asked(c)}, {c['timestamp']}"
+            cells.append(f'<td class="value topline" {attrs} title="{esc(tip)}">{esc(fmt(c["value"]))}'
+                         f'{_ci(c["ci_low"], c["ci_high"])}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     summary = ""
     if v.baseline:
@@ -338,7 +356,7 @@ fieldset label{display:block;white-space:nowrap;font-size:.9rem}
 table{border-collapse:collapse;font-size:.88rem} th,td{border:1px solid #ddd;padding:.25rem .45rem;text-align:left}
 th{background:#f0f0f0} td.value,td.delta{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ci{color:#777;font-size:.8em} td.regressed,tr.regressed,span.regressed{background:#fde0e0;color:#a00}
-td.improved,span.improved{background:#e2f5e2;color:#075}
+td.improved,span.improved{background:#e2f5e2;color:#075} td.topline,th.topline{background:#f4f1fa}
 td.regressed{font-weight:600} .note{color:#555;font-style:italic} .error{color:#a00} .blurb{color:#555;font-size:.9rem}
 .figs{display:flex;flex-wrap:wrap;gap:1rem} .scroll{overflow-x:auto} .meta{color:#777;font-size:.8rem}
 """
@@ -401,7 +419,9 @@ def render_page(data: DashboardData, params: dict[str, list[str]]) -> str:
         _section("metrics", "Metrics", lambda: metric_table(data, v),
                  "Latest result per variant (or the run's own result) with its 95% bootstrap CI; Δ = value − baseline, "
                  "with the value's CI shifted by the baseline. Red: worse than the baseline by more than the threshold "
-                 "and the baseline outside the CI (the nightly regression rule); green: the same, better."),
+                 "and the baseline outside the CI (the nightly regression rule); green: the same, better. "
+                 "Topline columns: the same scorers on the ground-truth recordings and on their codec resynthesis "
+                 "(the ceiling, and the codec's share of the gap), newest among the runs shown."),
         _section("radar", "Speech and music metrics (fig. 1)", lambda: radar_section(data, v),
                  "Each axis is scaled across the selected series: best on the outer ring, worst at 20% of the radius; "
                  "↓ axes (lower is better) are inverted. Speech axes in blue, music in red; hover a vertex for its value."),
@@ -431,7 +451,9 @@ def compare_json(data: DashboardData, params: dict[str, list[str]]) -> dict[str,
     rows = [] if cmp.empty else [
         {**{k: getattr(r, k) for k in ("benchmark", "task", "metric", "higher_is_better")},
          "cells": {key: {k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in c.items()}
-                   for key, c in r.cells.items()}}
+                   for key, c in r.cells.items()},
+         "toplines": {sys_: {k: (None if isinstance(x, float) and math.isnan(x) else x) for k, x in c.items()}
+                      for sys_, c in (getattr(r, "toplines", None) or {}).items()}}
         for r in cmp.df.itertuples(index=False)]
     return {"series": [s.key for s in v.series], "baseline": v.baseline.key if v.baseline else None,
             "benchmark": v.benchmark, "threshold": v.threshold, "rows": rows, "message": cmp.message}

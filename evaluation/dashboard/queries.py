@@ -11,7 +11,10 @@ writes are never read) and passed to DuckDB as a parameter; user-supplied values
 parameters, never spliced into SQL.
 
 Comparison "series" are either a variant (its latest result per benchmark/task/metric over all runs)
-or a run (that run's results); keys are ``variant:<name>`` / ``run:<run_id>``.
+or a run (that run's results); keys are ``variant:<name>`` / ``run:<run_id>``. Series values, deltas and
+the nightly history are the MODEL rows (``system = 'model'``; part files written before the ``system``
+column read as model rows). The toplines (``ground_truth``, ``codec_resynth``) are shown beside them:
+for each metric, the newest topline row among the runs the comparison shows (``DashboardData.toplines``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ import pandas as pd
 from evaluation.regression import is_regression, load_thresholds, threshold_for
 
 RESULT_TABLES = ("aggregate", "items", "regression")
+MODEL_SYSTEM = "model"
+TOPLINE_SYSTEMS = ("ground_truth", "codec_resynth")
+TOPLINE_LABELS = {"ground_truth": "ground truth", "codec_resynth": "codec resynthesis"}
+# Columns added to result tables later, with what older part files read as (evaluation.results.COLUMN_DEFAULTS).
+ADDED_COLUMNS = {"aggregate": {"system": "'model'", "n_asked": "NULL::BIGINT"}, "items": {"system": "'model'"}}
 TRAIN_TABLES = ("train", "routing_hist", "routing_tasks")
 MAX_CURVE_POINTS = 400  # per line; keeps the SVG small for long runs
 
@@ -109,7 +117,15 @@ class DashboardData:
         src = (f"read_parquet($files, hive_partitioning={str(hive).lower()}, union_by_name=true, filename=true)")
         con = duckdb.connect()
         try:
-            df = con.sql(f"WITH t AS (SELECT * FROM {src}) {sql}",
+            rows = f"SELECT * FROM {src}"
+            added = ADDED_COLUMNS.get(table)
+            if added:  # older part files lack these columns: read them as their defaults
+                present = {r[0] for r in con.execute(f"DESCRIBE {rows}", {"files": files}).fetchall()}
+                replace = [f"coalesce({c}, {d}) AS {c}" for c, d in added.items() if c in present]
+                extra = [f"{d} AS {c}" for c, d in added.items() if c not in present]
+                rows = (f"SELECT * {'REPLACE (' + ', '.join(replace) + ')' if replace else ''}"
+                        f"{', ' + ', '.join(extra) if extra else ''} FROM {src}")
+            df = con.sql(f"WITH t AS ({rows}) {sql}",
                          params={"files": files, **(params or {})}).to_arrow_table().to_pandas()
         except duckdb.Error as e:
             # A schema the query does not expect (e.g. an older table version) or a damaged file.
@@ -157,15 +173,16 @@ class DashboardData:
             return Section(message="Pick at least one variant or run." if self.files("aggregate")
                            else self.missing_message("aggregate"))
         bench = "AND benchmark = $benchmark" if benchmark else ""
-        cols = "benchmark, task, metric, higher_is_better, value, ci_low, ci_high, n, run_id, variant, kind, timestamp"
+        cols = ("benchmark, task, metric, higher_is_better, value, ci_low, ci_high, n, n_asked, run_id, variant, kind, "
+                "timestamp")
         sql = f"""
             SELECT * FROM (
               SELECT 'variant:' || variant AS series, {cols} FROM t
-              WHERE list_contains($variants, variant) {bench}
+              WHERE list_contains($variants, variant) AND system = 'model' {bench}
               QUALIFY row_number() OVER (PARTITION BY variant, benchmark, task, metric ORDER BY timestamp DESC, run_id DESC) = 1
               UNION ALL
               SELECT 'run:' || run_id AS series, {cols} FROM t
-              WHERE list_contains($runs, run_id) {bench}
+              WHERE list_contains($runs, run_id) AND system = 'model' {bench}
               QUALIFY row_number() OVER (PARTITION BY run_id, benchmark, task, metric ORDER BY timestamp DESC, variant DESC) = 1
             ) ORDER BY benchmark, task, metric, series"""
         params: dict[str, Any] = {"variants": variants, "runs": runs}
@@ -176,13 +193,31 @@ class DashboardData:
             s.message = "No results for the selected variants/runs" + (f" on benchmark {benchmark!r}." if benchmark else ".")
         return s
 
+    def toplines(self, run_ids: Sequence[str], benchmark: str | None = None) -> Section:
+        """The newest topline row (``ground_truth``, ``codec_resynth``) per (benchmark, task, metric, system)
+        among ``run_ids``."""
+        if not run_ids:
+            return Section(message="No runs selected.")
+        bench = "AND benchmark = $benchmark" if benchmark else ""
+        params: dict[str, Any] = {"runs": list(run_ids), "systems": list(TOPLINE_SYSTEMS)}
+        if benchmark:
+            params["benchmark"] = benchmark
+        return self.query("aggregate", f"""
+            SELECT system, benchmark, task, metric, value, ci_low, ci_high, n, n_asked, run_id, timestamp FROM t
+            WHERE list_contains($runs, run_id) AND list_contains($systems, system) {bench}
+            QUALIFY row_number() OVER (PARTITION BY system, benchmark, task, metric
+                                       ORDER BY timestamp DESC, run_id DESC) = 1
+            ORDER BY benchmark, task, metric, system""", params)
+
     def compare(self, series: Sequence[Series], baseline: Series | None, benchmark: str | None = None,
                 threshold: float | None = None) -> Section:
         """The metric table: one row per (benchmark, task, metric) with each series' value and CI and,
         against ``baseline``, its delta, the delta's CI (the series' CI shifted by the baseline value)
         and a status: "regressed", "improved", "same" (within CI/threshold) or None (no baseline).
         Thresholds are the nightly regression check's per-metric ones (``evaluation.regression``), or
-        ``threshold`` (a fraction of |baseline|) for every metric when given."""
+        ``threshold`` (a fraction of |baseline|) for every metric when given. ``toplines`` per row: system
+        -> cell (value, CI, n, run) of the newest topline row among the runs shown (``meta["toplines"]``:
+        the topline systems present)."""
         thresholds = load_thresholds() if threshold is None else {"*": {"rel": float(threshold)}}
         wanted = list(series) + ([baseline] if baseline and baseline not in series else [])
         s = self.series_values(wanted, benchmark)
@@ -196,7 +231,7 @@ class DashboardData:
             cells = {}
             for key, r in by.items():
                 cell = {"value": _f(r.value), "ci_low": _f(r.ci_low), "ci_high": _f(r.ci_high), "n": _i(r.n),
-                        "run_id": r.run_id, "variant": r.variant, "timestamp": str(r.timestamp),
+                        "n_asked": _i(r.n_asked), "run_id": r.run_id, "variant": r.variant, "timestamp": str(r.timestamp),
                         "delta": None, "delta_ci": None, "threshold": None, "status": None}
                 if base is not None and key != baseline.key:
                     bv = _f(base.value)
@@ -208,7 +243,17 @@ class DashboardData:
                                                   cell["threshold"])
                 cells[key] = cell
             rows.append({"benchmark": bench, "task": task, "metric": metric, "higher_is_better": hib, "cells": cells})
-        return Section(df=pd.DataFrame(rows), meta={"series": [x.key for x in wanted]})
+        tops = self.toplines(sorted(set(s.df["run_id"])), benchmark)
+        by_metric: dict[tuple, dict] = {}
+        if not tops.empty:
+            for t in tops.df.itertuples(index=False):
+                by_metric.setdefault((t.benchmark, t.task, t.metric), {})[t.system] = {
+                    "value": _f(t.value), "ci_low": _f(t.ci_low), "ci_high": _f(t.ci_high), "n": _i(t.n),
+                    "n_asked": _i(t.n_asked), "run_id": t.run_id, "timestamp": str(t.timestamp)}
+        for r in rows:
+            r["toplines"] = by_metric.get((r["benchmark"], r["task"], r["metric"]), {})
+        present = [x for x in TOPLINE_SYSTEMS if any(x in r["toplines"] for r in rows)]
+        return Section(df=pd.DataFrame(rows), meta={"series": [x.key for x in wanted], "toplines": present})
 
     def nightly(self, benchmark: str | None = None, variants: Sequence[str] = ()) -> Section:
         """Nightly aggregate rows over time, flagged where the regression table says the run regressed."""
@@ -220,7 +265,7 @@ class DashboardData:
         if variants:
             params["variants"] = list(variants)
         sql = f"""SELECT a.variant, a.benchmark, a.task, a.metric, a.higher_is_better, a.value, a.ci_low, a.ci_high,
-                         a.run_id, a.timestamp FROM t a WHERE a.kind = 'nightly' {bench} {var}
+                         a.run_id, a.timestamp FROM t a WHERE a.kind = 'nightly' AND a.system = 'model' {bench} {var}
                   ORDER BY a.benchmark, a.task, a.metric, a.variant, a.timestamp"""
         s = self.query("aggregate", sql, params)
         if s.message:

@@ -2,12 +2,15 @@
 
 from evaluation.scorers.base import (
     AudioItem,
+    ModelScorer,
     Scorer,
     ScorerUnavailable,
     available_scorers,
+    is_model_scorer,
     load_scorer,
     load_scorers,
     register,
 )
 
-__all__ = ["AudioItem", "Scorer", "ScorerUnavailable", "available_scorers", "load_scorer", "load_scorers", "register"]
+__all__ = ["AudioItem", "ModelScorer", "Scorer", "ScorerUnavailable", "available_scorers", "is_model_scorer",
+           "load_scorer", "load_scorers", "register"]

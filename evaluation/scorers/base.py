@@ -7,7 +7,14 @@ say exactly what produced it.
 
 Per-item scorers (MOS predictors, aesthetics, CLAP text-audio similarity, ASR error rates, speaker
 similarity) implement ``score``. Set-level metrics (FAD, KL, IS) build on per-item embeddings or
-posteriors from ``embed`` and are computed in ``evaluation.metrics``.
+posteriors from ``embed`` and are computed in ``evaluation.metrics``. Model scorers (``ModelScorer``:
+token NLL) judge the benchmark's CHECKPOINT itself on each item's ground truth, not a generated clip;
+they are registered with ``model_scorer=True`` and built with the checkpoint (``load_scorer(name,
+checkpoint=...)``).
+
+A per-item score that fails is NaN; the scorer says why with ``note_failure`` (``item_errors``: item id
+-> reason, for the items of the latest ``score`` call), which the runner reports when every item of a
+task failed.
 """
 
 from __future__ import annotations
@@ -22,6 +29,23 @@ from unimoe.io import MissingWeightsError
 
 class ScorerUnavailable(RuntimeError):
     """A scorer cannot run here (missing weights or package); the message says what is missing."""
+
+
+class FailureNotes:
+    """Why items got NaN: ``item_errors`` maps item id -> reason for the latest scoring call (the caller
+    resets it with ``clear_failures`` before a call and reads it after)."""
+
+    @property
+    def item_errors(self) -> dict[str, str]:
+        return self.__dict__.setdefault("_item_errors", {})
+
+    def clear_failures(self) -> None:
+        self.__dict__["_item_errors"] = {}
+
+    def note_failure(self, item_id: Any, error: BaseException | str) -> None:
+        """Record why ``item_id`` could not be scored (its metrics are NaN); the first reason is kept."""
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        self.item_errors.setdefault(str(item_id), reason)
 
 
 def prepare_clip(wav: np.ndarray, sample_rate: int, target_rate: int, first_channel: bool = False) -> np.ndarray:
@@ -63,7 +87,7 @@ def load_state_dict_file(path: Any, what: str, key: str | None = "state_dict",
     return dict(obj)
 
 
-class Scorer:
+class Scorer(FailureNotes):
     """Base class. Subclasses set ``name``, ``metrics`` (metric name -> "higher" | "lower" is better)
     and implement ``score``."""
 
@@ -107,17 +131,53 @@ class SetScorer:
         return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
 
-_REGISTRY: dict[str, Callable[..., Scorer | SetScorer]] = {}
+class ModelScorer(FailureNotes):
+    """A metric of the checkpoint itself (token NLL): it scores each benchmark item's ground truth under
+    the model, given the item's conditioning, and never looks at a generated clip. ``score_items`` takes
+    the items as the run manifest's dicts (``BenchItem.to_dict()``); ``cache_key`` names everything a
+    score depends on besides the item's own fields (checkpoint weights, settings), so per-item scores
+    can be cached per (checkpoint, item). It applies only to system ``model`` (no topline has a model)."""
+
+    name: ClassVar[str] = "model-scorer"
+    metrics: dict[str, str] = {}
+
+    @property
+    def version(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def cache_key(self) -> str:
+        raise NotImplementedError
+
+    def score_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One dict of metric -> value per item (NaN, with ``note_failure``, where an item cannot be scored)."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
 
-def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+_REGISTRY: dict[str, Callable[..., Scorer | SetScorer | ModelScorer]] = {}
+_MODEL_SCORERS: set[str] = set()
+
+
+def register(name: str, *, model_scorer: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a scorer factory under ``name``; ``model_scorer``: it takes ``checkpoint=`` (a ModelScorer)."""
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"scorer {name!r} registered twice")
         _REGISTRY[name] = factory
+        if model_scorer:
+            _MODEL_SCORERS.add(name)
         return factory
 
     return deco
+
+
+def is_model_scorer(name: str) -> bool:
+    """Whether scorer ``name`` judges the checkpoint (needs ``checkpoint=``) rather than audio."""
+    _import_all()
+    return name in _MODEL_SCORERS
 
 
 def _import_all() -> None:
@@ -138,7 +198,7 @@ def available_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_scorer(name: str, **options: Any) -> Scorer | SetScorer:
+def load_scorer(name: str, **options: Any) -> Scorer | SetScorer | ModelScorer:
     """Build a registered scorer. Raises ScorerUnavailable (with what is missing and where it comes
     from) when its weights are not in the local store."""
     _import_all()

@@ -147,6 +147,7 @@ class DNSMOSScorer(Scorer):
                 ]
             except Exception as e:  # noqa: BLE001 - an item that fails is NaN, the others still count
                 log.warning("dnsmos: item %r not scored (NaN): %s", item.id, e)
+                self.note_failure(item.id, e)
                 continue
             if not wins:
                 continue

@@ -257,6 +257,8 @@ class MusicAdherence(Scorer):
         if why:
             self.last_failures[str(item.id)] = why
             log.info("%s: item %r: NaN for %s", self.name, item.id, why)
+            if all(math.isnan(v) for v in row.values()):
+                self.note_failure(item.id, "; ".join(f"{m}: {r}" for m, r in sorted(why.items())))
         return row
 
 

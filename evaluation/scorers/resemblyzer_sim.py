@@ -5,12 +5,20 @@ d-vector model trained with the GE2E loss) ship inside the ``Resemblyzer`` regis
 offline. It reports ``sim_resemblyzer`` and never stands in for the paper's WavLM-large SIM
 (``evaluation.scorers.wavlm_sim``); the two scales are not comparable.
 
-Protocol (the package's own ``preprocess_wav`` + ``VoiceEncoder.embed_utterance``): mono (channel
+Protocol (the package's own ``preprocess_wav`` steps + ``VoiceEncoder.embed_utterance``): mono (channel
 mean), resampled to 16 kHz (``unimoe.audio_io.resample``), volume normalised to -30 dBFS (increase
 only), long silences removed with webrtcvad, 40-band mel frames, 1.6 s partial windows at 1.3 per
 second, partial embeddings averaged and L2-normalised. Score = cosine between the generated clip's
 embedding and the prompt's (``AudioItem.reference``); both embeddings are unit-norm, so the cosine is
 their dot product.
+
+Clips in which the VAD finds no voice (protocol 2): the package's silence trimming (webrtcvad at its
+most aggressive mode, then an 8-window moving average) drops EVERY sample of audio that does not sound
+like speech — the demo benchmark's generations (and codec resyntheses), decoded by the tiny preset's
+randomly initialised DAC, are such noise-like clips, so protocol 1 raised "no voiced audio left after
+the VAD" and SIM was NaN for every demo item. Such a clip is now embedded whole (volume-normalised,
+untrimmed), as the paper's WavLM SIM embeds every clip: it gets a (low) similarity instead of none.
+Only audio that is empty, non-finite or digitally silent is NaN.
 
 Loading: the package's ``VoiceEncoder.__init__`` calls ``torch.load`` itself; here the same network
 is built by a subclass whose constructor reads ``pretrained.pt`` with ``torch.load(weights_only=True)``
@@ -35,6 +43,7 @@ from unimoe.io import sha256_file
 
 SAMPLE_RATE = 16000
 METRIC = "sim_resemblyzer"
+PROTOCOL = 2  # 2: a clip with no VAD-voiced region is embedded whole instead of failing (module docstring)
 
 
 def _import_resemblyzer() -> tuple[Any, Any, Any]:
@@ -98,7 +107,8 @@ class ResemblyzerSim(SpeakerSimilarityScorer):
             raise ScorerUnavailable(f"resemblyzer_sim: {self.weights_path} missing from the installed package")
         self.sha256 = sha256_file(self.weights_path)
         self.encoder = _Encoder.get()(self.weights_path)
-        self._version = f"resemblyzer {pkg_version('Resemblyzer')} (pretrained.pt sha256:{self.sha256[:12]})"
+        self._version = (f"resemblyzer {pkg_version('Resemblyzer')} (pretrained.pt sha256:{self.sha256[:12]}; "
+                         f"protocol {PROTOCOL})")
 
     @property
     def version(self) -> str:
@@ -112,19 +122,25 @@ class ResemblyzerSim(SpeakerSimilarityScorer):
                 "sha256": self.sha256,
                 "sample_rate": SAMPLE_RATE,
                 "protocol": "cosine(generated, prompt) of GE2E d-vectors; resemblyzer preprocess_wav + "
-                "embed_utterance (rate 1.3, min_coverage 0.75)",
+                "embed_utterance (rate 1.3, min_coverage 0.75); a clip with no VAD-voiced region is embedded "
+                "whole (volume-normalised, untrimmed)",
             }
         )
         return d
 
+    def preprocess(self, x: np.ndarray) -> np.ndarray:
+        """The package's ``preprocess_wav`` on 16 kHz audio (volume normalisation, then VAD trimming of
+        long silences); when the VAD keeps nothing, the volume-normalised clip untrimmed."""
+        x = self._audio.normalize_volume(x, self._audio.audio_norm_target_dBFS, increase_only=True)
+        trimmed = self._audio.trim_long_silences(x)
+        return trimmed if trimmed.size else x
+
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Unit-norm 256-d embedding of one clip (raises if it has no voiced audio)."""
+        """Unit-norm 256-d embedding of one clip (raises for empty, non-finite or silent audio)."""
         x = prepare_clip(wav, sample_rate, SAMPLE_RATE).astype(np.float64)
         if not np.any(x):
             raise ValueError("silent audio")
-        x = self._audio.preprocess_wav(x)
-        if x.size == 0:
-            raise ValueError("no voiced audio left after the VAD")
+        x = self.preprocess(x)
         e = self.encoder.embed_utterance(x.astype(np.float32))
         if not np.all(np.isfinite(e)):
             raise ValueError("embedding is not finite")

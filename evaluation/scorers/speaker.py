@@ -39,5 +39,6 @@ class SpeakerSimilarityScorer(Scorer):
                 out.append({self.metric: sim})
             except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
                 log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                self.note_failure(item.id, e)
                 out.append({self.metric: math.nan})
         return out

@@ -53,6 +53,7 @@ class TranscriptScorer(Scorer):
                 out.append(self.recognise(item))
             except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
                 log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                self.note_failure(item.id, e)
                 out.append(None)
         return out
 
@@ -66,8 +67,11 @@ class TranscriptScorer(Scorer):
                 ready.append(i)
             except ValueError as e:
                 log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                self.note_failure(item.id, e)
         for i, hyp in zip(ready, self.recognise_all([items[i] for i in ready])):
-            if hyp is not None:
+            if hyp is None:
+                self.note_failure(items[i].id, "recognition failed (see the log)")  # kept if a reason came first
+            else:
                 out[i] = self.score_transcript(items[i].text, hyp)
                 log.debug("%s: %r -> %r", self.name, items[i].id, hyp)
         return out
