@@ -44,6 +44,8 @@ def codec_train_cmd(
     batch_size: int = typer.Option(None),
     threads: int = typer.Option(None, help="torch threads (default: torch's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    init_from: str = typer.Option(None, help="Continue an exported codec (`demo` = the shipped demo codec, or a DAC "
+                                             ".safetensors from this command) when --out holds no checkpoint yet."),
 ):
     """Train (or resume) a DAC with the dac package's losses and discriminator, k-means codebook init and
     dead-code restarts; export it as a DAC safetensors file that the weights store and AudioCodec load."""
@@ -66,9 +68,24 @@ def codec_train_cmd(
     except ValueError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(2) from None
+    if init_from is not None:
+        from unimoe.codec import DEMO_CODEC_WEIGHTS
+        from unimoe.io import BUILTIN_PREFIX, builtin_asset
+
+        init_path = builtin_asset(DEMO_CODEC_WEIGHTS[len(BUILTIN_PREFIX):]) if init_from == "demo" else Path(init_from)
+        if not init_path.is_file():
+            typer.secho(f"error: --init-from {init_from}: {init_path} not found", fg="red", err=True)
+            raise typer.Exit(2)
+    else:
+        init_path = None
     command = "unimoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = train_codec(sources, corpus_hash, cfg, out or ws / "codec" / "run", export_path=export,
-                         command=command, device=device, log=lambda m: typer.echo(m, err=True))
+    try:
+        result = train_codec(sources, corpus_hash, cfg, out or ws / "codec" / "run", export_path=export,
+                             command=command, device=device, log=lambda m: typer.echo(m, err=True),
+                             init_from=init_path)
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps({k: result[k] for k in ("export", "sha256", "steps", "train_seconds", "corpus_hash")},
                           indent=2))
 

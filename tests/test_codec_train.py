@@ -141,3 +141,28 @@ def test_exported_codec_loads_through_the_weights_store(sources, tmp_path, monke
     bad = CodecConfig(variant="trained", weights_path="run/codec.safetensors", weights_sha256="0" * 64)
     with pytest.raises(ValueError, match="SHA-256"):
         AudioCodec.from_config(bad, num_codebooks=2, codebook_size=32)
+
+
+def test_warm_start_continues_an_exported_codec(sources, tmp_path):
+    cfg = tiny_cfg(steps=2)
+    first = train_codec(sources, "corpus-hash", cfg, tmp_path / "one", progress=False, log=lambda m: None)
+    parent = CodecTrainer(cfg, SegmentSampler(sources, cfg), tmp_path / "one", log=lambda m: None)
+    parent.load()
+    more = tiny_cfg(steps=3)
+    res = train_codec(sources, "corpus-hash", more, tmp_path / "two", progress=False, log=lambda m: None,
+                      init_from=first["export"])
+    assert res["steps"] == 3 and res["warm_start_from"]["sha256"] == first["sha256"]
+    assert res["warm_start_from"]["steps"] == 2 and res["train_seconds"] >= first["train_seconds"]
+    child = CodecTrainer(more, SegmentSampler(sources, more), tmp_path / "two", log=lambda m: None)
+    child.load()
+    assert child.parent["sha256"] == first["sha256"]
+    # one step on from the parent's weights, not from a fresh init: close to the parent, not equal
+    fresh = build_generator(more).state_dict()
+    w = "quantizer.quantizers.0.codebook.weight"
+    assert not torch.equal(child.generator.state_dict()[w], parent.generator.state_dict()[w])
+    d_parent = (child.generator.state_dict()[w] - parent.generator.state_dict()[w]).norm()
+    assert d_parent < (child.generator.state_dict()[w] - fresh[w]).norm()
+    # a codec of another shape is refused with the differing fields named
+    with pytest.raises(ValueError, match="decoder_dim"):
+        CodecTrainer(tiny_cfg(decoder_dim=32), SegmentSampler(sources, cfg), tmp_path / "three",
+                     log=lambda m: None).fit(init_from=first["export"])

@@ -100,8 +100,8 @@ def test_bad_items_are_nan(scorer, clips):
 
 
 def test_demo_codec_audio_without_vad_voice_is_scored_not_nan(scorer, clips):
-    """The demo benchmark's case: its generations and codec resyntheses are decoded by the offline demo's
-    random-init DAC, noise-like audio in which the package's VAD finds no voice, so ``preprocess_wav``
+    """The old demo benchmark's case: its generations and codec resyntheses were decoded by a
+    random-init DAC (today the tiny-random preset's), noise-like audio in which the package's VAD finds no voice, so ``preprocess_wav``
     drops every sample. Protocol 1 raised there (SIM NaN on every demo item); now such a clip is
     embedded whole and scored against the prompt, and it scores below a real same-speaker clip."""
     from resemblyzer import preprocess_wav
@@ -110,7 +110,7 @@ def test_demo_codec_audio_without_vad_voice_is_scored_not_nan(scorer, clips):
     from unimoe.config import CodecConfig
 
     (wa, sa), (wb, sb) = clips["kal_a"], clips["kal_b"]
-    # the tiny preset's random-init DAC (what the offline demo's benchmark decoded with)
+    # the tiny-random preset's random-init DAC (what the offline demo's benchmark once decoded with)
     codec = AudioCodec.from_config(CodecConfig(random_init=True, encoder_dim=8, decoder_dim=32, codebook_dim=8), 4)
     assert codec.is_random_init
     resynth = codec.decode([codec.encode([wa], sa)[0]])[0]

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from unimoe.audio_io import resample, to_mono
-from unimoe.config import CodecConfig
+from unimoe.config import DEMO_CODEC_WEIGHTS, CodecConfig
 from unimoe.io import atomic_path, resolve_weights, sha256_file
 
 # Official release files per DAC variant (what the local weights store should hold).
@@ -496,15 +496,8 @@ class AudioCodec:
 
 # ---- opening a codec by name or file, and resynthesising folders ------------------------------------
 
-# The shipped demo codec (trained by ``make demo-codec``; see configs/codec/demo.yaml).
-DEMO_CODEC_WEIGHTS = "builtin:codecs/demo-dac.safetensors"
 # What ``resynthesize_folder`` reads (soundfile / libsndfile decodes all four).
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-
-
-def demo_codec_config() -> CodecConfig:
-    """The demo codec: ``CodecConfig(variant="demo", weights_path="builtin:codecs/demo-dac.safetensors")``."""
-    return CodecConfig(variant="demo", weights_path=DEMO_CODEC_WEIGHTS)
 
 
 def open_codec(spec: str | Path, num_codebooks: int | None = None, device: str | torch.device = "cpu") -> AudioCodec:

@@ -451,6 +451,7 @@ class CodecTrainer:
         self.kmeans_perplexity: list[float] | None = None
         self.total_restarts = [0] * cfg.n_codebooks
         self.train_seconds = 0.0
+        self.parent: dict | None = None  # the codec a warm start began from (see warm_start)
 
     # ---- checkpointing ------------------------------------------------------------------------------
     @property
@@ -465,7 +466,8 @@ class CodecTrainer:
                 "usage": self.usage.state_dict(), "sampler": self.sampler.state_dict(),
                 "rng_torch": torch.get_rng_state(), "rng_restart": self.restart_rng.get_state(),
                 "kmeans_perplexity": json.dumps(self.kmeans_perplexity),
-                "total_restarts": json.dumps(self.total_restarts), "train_seconds": self.train_seconds}
+                "total_restarts": json.dumps(self.total_restarts), "train_seconds": self.train_seconds,
+                "parent": json.dumps(self.parent)}
 
     def save(self) -> Path:
         with atomic_path(self.checkpoint_path) as tmp:
@@ -498,7 +500,34 @@ class CodecTrainer:
         self.kmeans_perplexity = json.loads(st["kmeans_perplexity"])
         self.total_restarts = json.loads(st["total_restarts"])
         self.train_seconds = float(st["train_seconds"])
+        self.parent = json.loads(st.get("parent", "null"))
         return True
+
+    def warm_start(self, path: str | Path) -> dict:
+        """Continue training an exported codec (a DAC safetensors file from ``export_dac``, e.g. the
+        shipped demo codec): its generator weights and step count; the discriminator, optimiser
+        state and code-usage statistics start afresh, and k-means init is skipped (the codebooks are
+        trained). Its provenance JSON, when beside it, carries the training time forward."""
+        from unimoe.codec import load_dac_weights
+
+        path = Path(path)
+        model = load_dac_weights(path)
+        kwargs = model.metadata["kwargs"]
+        mine = self.cfg.dac_kwargs()
+        differ = sorted(k for k in mine if k in kwargs and kwargs[k] != mine[k])
+        if differ:
+            raise ValueError(f"{path}: cannot warm-start from it: its DAC shape differs from the config's in {differ}")
+        self.generator.load_state_dict(model.state_dict())
+        meta = model.metadata
+        self.step = int(json.loads(meta.get("steps", "0")))
+        prov_path = path.with_suffix(".json")
+        prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        self.train_seconds = float(prov.get("train_seconds", 0.0))
+        self.kmeans_perplexity = prov.get("kmeans_perplexity_at_init") or []
+        self.parent = {"path": str(path), "sha256": sha256_file(path), "steps": self.step,
+                       "corpus_hash": json.loads(meta["corpus_hash"]) if "corpus_hash" in meta else None,
+                       "train_seconds": self.train_seconds}
+        return self.parent
 
     # ---- one step -----------------------------------------------------------------------------------
     def _signals(self, audio: torch.Tensor):
@@ -558,13 +587,18 @@ class CodecTrainer:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def fit(self, steps: int | None = None, *, stop: Callable[[], bool] | None = None,
-            progress: Callable[[int, int, dict], None] | None = None) -> dict:
-        """Train to ``steps`` total (resuming from the checkpoint if there is one)."""
+            progress: Callable[[int, int, dict], None] | None = None, init_from: str | Path | None = None) -> dict:
+        """Train to ``steps`` total (resuming from the checkpoint if there is one; else, given
+        ``init_from``, continuing that exported codec: see ``warm_start``)."""
         cfg = self.cfg
         target = cfg.steps if steps is None else steps
         resumed = self.load()
         if resumed:
             self.log(f"resumed from {self.checkpoint_path} at step {self.step}")
+        elif init_from is not None:
+            parent = self.warm_start(init_from)
+            self.log(f"warm start from {init_from} (sha256 {parent['sha256'][:12]}) at step {self.step}")
+            self.save()
         if self.step == 0 and cfg.kmeans_init and self.kmeans_perplexity is None:
             batches = [self.sampler.batch().to(self.device) for _ in range(cfg.kmeans_batches)]
             if cfg.data_init:
@@ -591,15 +625,16 @@ class CodecTrainer:
             if self.step % cfg.save_every == 0 or self.step == target:
                 self.save()
         return {"step": self.step, "train_seconds": self.train_seconds, "kmeans_perplexity": self.kmeans_perplexity,
-                "dead_code_restarts": self.total_restarts}
+                "dead_code_restarts": self.total_restarts, "parent": self.parent}
 
 
 def train_codec(sources: Sequence[AudioSource], corpus_hash: str, cfg: CodecTrainConfig, out_dir: str | Path, *,
                 export_path: str | Path | None = None, command: str | None = None, device: str = "cpu",
-                progress: bool = True, log: Callable[[str], None] = print) -> dict:
+                progress: bool = True, log: Callable[[str], None] = print, init_from: str | Path | None = None) -> dict:
     """Train (or resume) a codec in ``out_dir`` to ``cfg.steps`` and export it as a DAC safetensors
     file (default ``<out_dir>/codec.safetensors``) with a provenance JSON beside it
-    (``<export>.json``: command, corpus hash, steps, wall time, config, checksum)."""
+    (``<export>.json``: command, corpus hash, steps, wall time, config, checksum). ``init_from``: an
+    exported codec to continue when ``out_dir`` holds no checkpoint yet (``CodecTrainer.warm_start``)."""
     from tqdm.auto import tqdm
 
     if cfg.threads:
@@ -625,7 +660,7 @@ def train_codec(sources: Sequence[AudioSource], corpus_hash: str, cfg: CodecTrai
                               refresh=False)
         steps_bar.update(0)
 
-    summary = trainer.fit(progress=on_step)
+    summary = trainer.fit(progress=on_step, init_from=init_from)
     steps_bar.close()
     export = Path(export_path) if export_path else out / "codec.safetensors"
     provenance = {"command": command, "corpus_hash": corpus_hash, "steps": trainer.step,
@@ -634,7 +669,7 @@ def train_codec(sources: Sequence[AudioSource], corpus_hash: str, cfg: CodecTrai
                   "training_clips": sampler.num_clips, "training_hours": round(sampler.seconds / 3600, 3),
                   "skipped_sources": len(sampler.skipped), "config": asdict(cfg),
                   "kmeans_perplexity_at_init": summary["kmeans_perplexity"],
-                  "dead_code_restarts": summary["dead_code_restarts"],
+                  "dead_code_restarts": summary["dead_code_restarts"], "warm_start_from": summary["parent"],
                   "final_log": (read_log(out) or [{}])[-1], "torch": torch.__version__, "device": str(device)}
     provenance["sha256"] = export_dac(trainer.generator, cfg, export, extra={"corpus_hash": corpus_hash,
                                                                               "steps": trainer.step})

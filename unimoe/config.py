@@ -291,8 +291,19 @@ def paper_preset() -> UniMoEConfig:
     ).validate()
 
 
+# The demo codec shipped in unimoe/assets/codecs/ (trained by `make demo-codec`; its provenance and
+# quality report lie beside it). The checksum pins the file: regenerating the codec updates it here.
+DEMO_CODEC_WEIGHTS = "builtin:codecs/demo-dac.safetensors"
+DEMO_CODEC_SHA256 = "0a7f73b3873e6efe4054bc34e1d4fccfda7a40307c8b32153a838b2e6fe6110b"
+
+
+def demo_codec_config() -> CodecConfig:
+    """The shipped demo codec (a 16 kHz-family DAC, 4 x 1024 codes, 50 frames/s)."""
+    return CodecConfig(variant="demo", weights_path=DEMO_CODEC_WEIGHTS, weights_sha256=DEMO_CODEC_SHA256)
+
+
 def tiny_preset() -> UniMoEConfig:
-    """Small enough to run the whole pipeline on two CPU cores in minutes."""
+    """Small enough to run the whole pipeline on two CPU cores in minutes; tokenises with the demo codec."""
     return UniMoEConfig(
         name="tiny",
         vocab_size=640,
@@ -305,7 +316,7 @@ def tiny_preset() -> UniMoEConfig:
         moe=MoEConfig(num_routed_experts=8, routed_intermediate=32, num_null_experts=1,
                       num_shared_experts=2, shared_intermediate=16),
         audio=AudioConfig(num_codebooks=4, codebook_size=1024),
-        codec=CodecConfig(random_init=True, encoder_dim=8, decoder_dim=32, codebook_dim=8),
+        codec=demo_codec_config(),
         vision=VisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
                             temporal_patch_size=2, spatial_merge_size=2, window_size=56,
                             fullatt_block_indexes=[1]),
