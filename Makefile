@@ -33,11 +33,14 @@ pipeline: setup
 # Regenerates the shipped demo codec (unimoe/assets/codecs/demo-dac.safetensors, its provenance JSON
 # and quality report): curate the demo corpus up to the quality filter, train the DAC on its train
 # split (resumable: re-running continues from workspace/codec/demo-run), export, report on held-out audio.
+# DEMO_CODEC_INIT=demo continues the shipped codec (warm start) instead of training from scratch.
+# After regenerating, set unimoe.config.DEMO_CODEC_SHA256 to the new file's checksum (a test checks it).
 DEMO_CODEC_STEPS ?= 3000
+DEMO_CODEC_INIT ?=
 DEMO_CODEC := unimoe/assets/codecs/demo-dac.safetensors
 demo-codec: setup
 	$(PY) -m flows.cli curate --until filter
 	$(PY) -m flows.cli codec train --config configs/codec/demo.yaml --steps $(DEMO_CODEC_STEPS) \
-		--out workspace/codec/demo-run --export $(DEMO_CODEC)
+		--out workspace/codec/demo-run --export $(DEMO_CODEC) $(if $(DEMO_CODEC_INIT),--init-from $(DEMO_CODEC_INIT))
 	$(PY) -m flows.cli codec report --codec $(DEMO_CODEC) --manifest workspace/curate/filtered.parquet \
 		--out unimoe/assets/codecs/demo-report --attach-to unimoe/assets/codecs/demo-dac.json

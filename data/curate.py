@@ -32,7 +32,7 @@ from data.balance import BalanceConfig, balance, write_subset
 from data.manifest import ManifestRecord, read_manifest, status_counts, write_manifest
 from data.quality import QualityConfig, filter_records, plan_scorers, quality_report
 from data.segment import segment_records
-from unimoe.config import UniMoEConfig, get_preset
+from unimoe.config import UniMoEConfig, get_preset, trained_codec_config
 from unimoe.io import atomic_write_json
 
 
@@ -53,6 +53,10 @@ class CurateConfig:
     quality: dict[str, Any] = field(default_factory=dict)   # QualityConfig fields
     balance: dict[str, Any] = field(default_factory=dict)   # BalanceConfig fields
     model_preset: str = "tiny"           # whose codec + tokenizer config tokenisation uses
+    # a DAC weights file to tokenise with instead of the preset's codec (what `unimoe codec train`
+    # exported), pinned by its SHA-256 (so a retrained file at the same path re-tokenises)
+    codec_weights: str | None = None
+    codec_sha256: str | None = None
     token_rows_per_shard: int = 256
     token_video_frames: bool = True      # store V2M video frames in the token shards (training reads them)
 
@@ -87,6 +91,8 @@ class CurateConfig:
             raise ValueError("demo_size must be 'default' or 'small'")
         if self.rows_per_shard < 1 or self.token_rows_per_shard < 1:
             raise ValueError("rows per shard must be >= 1")
+        if self.codec_sha256 and not self.codec_weights:
+            raise ValueError("codec_sha256 is set but codec_weights is not")
         self.quality_config()
         self.balance_config()
 
@@ -100,7 +106,10 @@ class CurateConfig:
         return BalanceConfig(**opts)
 
     def model_config(self) -> UniMoEConfig:
-        return get_preset(self.model_preset)
+        cfg = get_preset(self.model_preset)
+        if self.codec_weights:
+            cfg.codec = trained_codec_config(self.codec_weights, self.codec_sha256)
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +125,7 @@ STEP_FIELDS = {
     "caption": ("captioner", "caption_options"),
     "filter": ("quality",),
     "balance": ("balance",),
-    "tokenize": ("model_preset", "token_rows_per_shard", "token_video_frames"),
+    "tokenize": ("model_preset", "codec_weights", "codec_sha256", "token_rows_per_shard", "token_video_frames"),
 }
 
 

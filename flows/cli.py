@@ -171,6 +171,7 @@ def train_cmd(
     max_steps: int = typer.Option(None, help="Optimiser steps per stage (default: the stage configs')."),
     batch_size: int = typer.Option(None, help="Sequences per step per process."),
     nproc: int = typer.Option(1, help="Processes per stage: > 1 runs each stage under torchrun (data parallel)."),
+    lr_scale: float = typer.Option(None, help="Multiplier on the paper's per-stage learning rates (default 1)."),
 ):
     """Run the train flow: the variant's curriculum (stage 1 -> 2 -> 3) on the curated data."""
     if list_variants:
@@ -182,7 +183,7 @@ def train_cmd(
     from flows.train import train
 
     result = train(variant=variant, workspace=str(workspace) if workspace else None, preset=preset,
-                   max_steps=max_steps, batch_size=batch_size, nproc=nproc)
+                   max_steps=max_steps, batch_size=batch_size, nproc=nproc, lr_scale=lr_scale)
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
         max_steps: int = typer.Option(None, help="Optimiser steps per training stage (default: the demo's, "
                                                  "flows.pipeline.DEMO_MAX_STEPS)."),
         batch_size: int = typer.Option(None, help="Sequences per training step per process."),
+        lr_scale: float = typer.Option(None, help="Multiplier on the paper's per-stage learning rates (default: the "
+                                                  "demo's, flows.pipeline.DEMO_LR_SCALE; 1 = the paper's)."),
         seeds: str = typer.Option("0", help="Benchmark generation seeds, comma-separated."),
         benchmark: str = typer.Option("demo", help="Benchmark set."),
         baseline: str = typer.Option(None, help="Regression baseline run id or variant name for every variant "
@@ -41,6 +43,11 @@ def register(app: typer.Typer) -> None:
         nproc: int = typer.Option(1, help="Processes per training stage (> 1: torchrun)."),
         allow_failed_scorers: bool = typer.Option(False, "--allow-failed-scorers",
                                                   help="Do not fail when a scorer failed on every item of a task."),
+        codec_steps: int = typer.Option(None, help="Train the project's own codec on the curated corpus to this many "
+                                                   "steps first and tokenise with it (default: the preset's codec, "
+                                                   "the shipped demo codec for tiny)."),
+        codec_config: Path = typer.Option(None, help="YAML of CodecTrainConfig fields for --codec-steps "
+                                                     "(e.g. configs/codec/demo.yaml)."),
     ):
         """Run the pipeline flow: curate -> train (each variant) -> benchmark -> regression. Exit code 1 on a
         regression, 3 when a scorer failed on every item of a task (after every variant was benchmarked)."""
@@ -49,16 +56,18 @@ def register(app: typer.Typer) -> None:
         from flows.benchmark import RegressionFound, ScorersFailed
         from flows.cli_bench import _seeds
         from flows.common import workspace_root
-        from flows.pipeline import DEFAULT_VARIANTS, DEMO_MAX_STEPS, dashboard_command, pipeline
+        from flows.pipeline import DEFAULT_VARIANTS, DEMO_LR_SCALE, DEMO_MAX_STEPS, dashboard_command, pipeline
 
         ws = workspace_root(workspace)
         kwargs = dict(workspace=str(ws), demo_size="small" if small else "default",
                       variants=_list(variants, "variants") or list(DEFAULT_VARIANTS), preset=preset,
                       max_steps=DEMO_MAX_STEPS if max_steps is None else max_steps, batch_size=batch_size,
+                      lr_scale=DEMO_LR_SCALE if lr_scale is None else lr_scale,
                       seeds=_seeds(seeds), benchmark=benchmark, baseline_run=baseline, max_items=max_items,
                       max_seconds=max_seconds, scorers=_list(scorers, "scorers"),
                       curate_config=yaml.safe_load(config.read_text()) if config else None, dask=dask, nproc=nproc,
-                      allow_failed_scorers=allow_failed_scorers)
+                      allow_failed_scorers=allow_failed_scorers, codec_steps=codec_steps,
+                      codec_config=yaml.safe_load(codec_config.read_text()) if codec_config else None)
         t0 = time.perf_counter()
         code = 0
         try:

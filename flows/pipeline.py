@@ -22,13 +22,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from data.curate import CurateConfig
 from flows.benchmark import RegressionFound, ScorersFailed, benchmark as benchmark_flow
+from flows.codec import codec as codec_flow
 from flows.common import task_runner, workspace_root
 from flows.curate import curate as curate_flow
 from flows.train import train as train_flow
 
-# The demo's optimiser steps per training stage: enough to see the loss move, minutes on a CPU.
+# The demo's optimiser steps per training stage and learning-rate multiplier (on the paper's per-stage
+# rates, as `unimoe experiment replicate` uses): minutes on a CPU, enough for the tiny model to learn the
+# codes' statistics, so token NLL and the regression gate see a trained model rather than a uniform one.
 DEMO_MAX_STEPS = 20
+DEMO_LR_SCALE = 30.0
 DEFAULT_VARIANTS = ["unimoe-top-p0.7"]
 
 
@@ -40,16 +45,23 @@ def dashboard_command(ws: str | Path) -> str:
 def pipeline(workspace: str | None = None, demo_size: str = "default",
              variants: list[str] = DEFAULT_VARIANTS,  # noqa: B006 (Prefect copies parameters)
              preset: str = "tiny", max_steps: int | None = DEMO_MAX_STEPS, batch_size: int | None = None,
+             lr_scale: float | None = DEMO_LR_SCALE,
              seeds: list[int] = [0],  # noqa: B006
              benchmark: str = "demo", baseline_run: str | None = None, max_items: int | None = None,
              max_seconds: float | None = None, scorers: list[str] | None = None, curate_config: dict | None = None,
-             dask: str | None = None, nproc: int = 1, allow_failed_scorers: bool = False) -> dict:
+             dask: str | None = None, nproc: int = 1, allow_failed_scorers: bool = False,
+             codec_steps: int | None = None, codec_config: dict | None = None) -> dict:
     """Curate the corpus (the offline demo profile of ``demo_size`` unless ``curate_config``), train each of
-    ``variants`` on it (``max_steps`` optimiser steps per stage, ``None``: the stage configs'), benchmark each
+    ``variants`` on it (``max_steps`` optimiser steps per stage, ``None``: the stage configs'; ``lr_scale`` x the
+    paper's per-stage learning rates, ``None``: the paper's), benchmark each
     trained variant (kind ``pipeline``) and fail when any of them regressed.
 
     ``dask``: a Dask scheduler address (or ``"local"``) for curation's shard tasks and the benchmark's scorer
     tasks (flows.common.task_runner; default the thread pool or $UNIMOE_DASK_ADDRESS). ``nproc > 1`` trains each stage under torchrun.
+    ``codec_steps``: first train the project's own codec on the curated corpus (curate up to the filter,
+    then the codec flow for that many steps with ``codec_config``, CodecTrainConfig fields, resuming
+    ``<ws>/codec/run``) and tokenise with it instead of the preset's codec; the trained models decode
+    with it too (the train flow takes the codec the tokens were made with).
     Results: the Parquet tables under <workspace>/results; look at them with ``unimoe dashboard``."""
     from evaluation.runner import new_run_id, results_root
 
@@ -59,7 +71,7 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
     ws = workspace_root(workspace)
     root = results_root(ws)
     seconds: dict[str, float] = {}
-    n = 1 + 2 * len(variants)
+    n = 1 + 2 * len(variants) + (1 if codec_steps else 0)
     step = 0
 
     def stage(label: str) -> float:
@@ -73,8 +85,16 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
         print(f"[pipeline] {key} done in {seconds[key]:.1f} s")
 
     t_all = time.perf_counter()
-    t0 = stage(f"curate ({'config given' if curate_config else f'demo profile {demo_size!r}'}) in {ws}")
     cur = curate_flow if dask is None else curate_flow.with_options(task_runner=task_runner(dask))
+    if codec_steps:
+        t0 = stage(f"codec: curate up to the filter, then train the codec to step {codec_steps} in {ws}/codec/run")
+        cur(config=curate_config, workspace=str(ws), demo_size=demo_size, until="filter")
+        c = codec_flow(workspace=str(ws), config={**(codec_config or {}), "steps": int(codec_steps)},
+                       export=str(ws / "codec" / "codec.safetensors"))
+        curate_config = {**(curate_config or CurateConfig.demo(demo_size).to_dict()),
+                         "codec_weights": c["export"], "codec_sha256": c["sha256"]}
+        done("codec", t0)
+    t0 = stage(f"curate ({'config given' if curate_config else f'demo profile {demo_size!r}'}) in {ws}")
     curated = cur(config=curate_config, workspace=str(ws), demo_size=demo_size)
     done("curate", t0)
 
@@ -82,7 +102,7 @@ def pipeline(workspace: str | None = None, demo_size: str = "default",
     for v in variants:
         t0 = stage(f"train {v} (preset {preset}, max_steps {max_steps}, nproc {nproc})")
         r = train_flow(variant=v, workspace=str(ws), preset=preset, max_steps=max_steps, batch_size=batch_size,
-                       nproc=nproc)
+                       nproc=nproc, lr_scale=lr_scale)
         trained[v] = {"run_id": r["run_id"], "checkpoint": r["checkpoints"]["final"], "workdir": r["workdir"]}
         done(f"train {v}", t0)
 

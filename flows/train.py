@@ -56,14 +56,17 @@ def _curve_artifact(run_id: str, name: str, workdir: Path, title: str) -> None:
 def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset: str = "tiny",
           max_steps: int | None = None, batch_size: int | None = None, run_id: str | None = None,
           tokens: str | None = None, subset: str | None = None, warmup: str | None = None, nproc: int = 1,
-          fsdp: bool = False, expert_parallel: bool = False) -> dict:
+          fsdp: bool = False, expert_parallel: bool = False, lr_scale: float | None = None) -> dict:
     """Train ``variant`` on the curated data of ``workspace`` (outputs of the curate flow by default).
 
     ``max_steps``/``batch_size`` override every stage's (the demo uses a few steps per stage;
     ``batch_size`` is per process). ``nproc > 1`` runs every stage as a ``torchrun`` job of that many
     data-parallel processes (gloo on CPU, nccl on GPU), with FSDP2 and/or expert parallelism when
     ``fsdp`` / ``expert_parallel`` (TrainConfig fields; no effect in one process); 1 trains in process.
+    ``lr_scale`` multiplies every stage's paper learning rate (the demo's few steps need it).
     After each stage a markdown artifact shows its loss curve."""
+    from data.tokenize import TokenShardReader
+    from unimoe.config import codec_for_tokens
     from unimoe.training.curriculum import plan, step_overrides
 
     log = get_run_logger()
@@ -75,9 +78,11 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     for p in (tokens, subset, warmup):
         if not Path(p).exists():
             raise FileNotFoundError(f"{p} not found: run the curate flow first (unimoe curate)")
-    p = plan(variant, get_preset(preset))
+    # the model decodes with the codec its training tokens were made with (the preset's, or a trained one)
+    base_cfg = codec_for_tokens(get_preset(preset), TokenShardReader(tokens, verify="size").index["codec"])
+    p = plan(variant, base_cfg)
     model_cfg, curriculum, overlay = p["model_config"], p["curriculum"], p["train_overlay"]
-    overrides = step_overrides(max_steps, batch_size, fsdp=fsdp, expert_parallel=expert_parallel)
+    overrides = step_overrides(max_steps, batch_size, fsdp=fsdp, expert_parallel=expert_parallel, lr_scale=lr_scale)
     run_id = run_id or f"{variant}-{preset}"
     out = ws / "train" / run_id
     stages = curriculum["stages"]

@@ -80,3 +80,18 @@ def _prefect_console_on_an_open_stream():
                 if isinstance(h, PrefectConsoleHandler) and getattr(h.console.file, "closed", False):
                     h.console.file = sys.stderr
     yield
+
+
+def assert_processes_end(procs, timeout: float = 30.0) -> None:
+    """Every process in ``procs`` (psutil.Process, e.g. a killed run's descendants recorded before the
+    kill) has exited within ``timeout`` seconds; a survivor fails with its command line and is killed."""
+    import psutil
+
+    _, alive = psutil.wait_procs(list(procs), timeout=timeout)
+    for p in alive:
+        try:
+            cmd = " ".join(p.cmdline())[:300]
+            p.kill()
+        except psutil.Error:
+            continue
+        raise AssertionError(f"process {p.pid} of the killed run still alive {timeout:.0f} s later: {cmd}")

@@ -65,3 +65,36 @@ def test_balance_weight_decays_linearly_in_optimizer_steps():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("huge")
+
+
+def test_codec_for_tokens_follows_the_codec_the_tokens_were_made_with():
+    from unimoe.config import (DEMO_CODEC_SHA256, ConfigError, codec_for_tokens, tiny_preset,
+                               tiny_random_preset)
+
+    tiny = tiny_preset()
+    demo_info = {"is_random_init": False, "weights_path": "/x/demo-dac.safetensors", "weights_sha256": DEMO_CODEC_SHA256,
+                 "sample_rate": 16000, "frame_rate": 50.0}
+    assert codec_for_tokens(tiny, demo_info) is tiny  # already that codec
+    trained = dict(demo_info, weights_path="/ws/codec/codec.safetensors", weights_sha256="ab" * 32)
+    out = codec_for_tokens(tiny, trained)
+    assert (out.codec.variant, out.codec.weights_path, out.codec.weights_sha256) == \
+        ("trained", "/ws/codec/codec.safetensors", "ab" * 32)
+    assert tiny.codec.variant == "demo" and out.config_hash() != tiny.config_hash()  # a copy, and a new config
+    rand = tiny_random_preset()
+    assert codec_for_tokens(rand, {"is_random_init": True}) is rand
+    with pytest.raises(ConfigError, match="random-init"):
+        codec_for_tokens(tiny, {"is_random_init": True})
+    with pytest.raises(ConfigError, match="lacks weights"):
+        codec_for_tokens(tiny, {"is_random_init": False, "weights_sha256": None})
+
+
+def test_curate_config_tokenises_with_a_trained_codec_file():
+    from data.curate import STEP_FIELDS, CurateConfig
+
+    cfg = CurateConfig.from_dict({"codec_weights": "/ws/codec/codec.safetensors", "codec_sha256": "cd" * 32})
+    codec = cfg.model_config().codec
+    assert (codec.variant, codec.weights_path, codec.weights_sha256) == ("trained", "/ws/codec/codec.safetensors", "cd" * 32)
+    assert CurateConfig().model_config().codec.variant == "demo"
+    assert {"codec_weights", "codec_sha256"} <= set(STEP_FIELDS["tokenize"])  # a new codec re-tokenises
+    with pytest.raises(ValueError, match="codec_weights"):
+        CurateConfig.from_dict({"codec_sha256": "cd" * 32})

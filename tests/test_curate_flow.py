@@ -11,8 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import assert_processes_end
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIMOE = [sys.executable, "-m", "flows.cli"]
@@ -176,8 +179,11 @@ def test_killed_run_resumes_to_identical_outputs(clean_run):
     for line in proc.stdout:
         if "caption-shard" in line or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGKILL)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert any("uvicorn" in " ".join(c.cmdline()) for c in children)  # the embedded Prefect server
+    proc.send_signal(signal.SIGKILL)  # the CLI process alone, as `kill -9 PID` does: its children must follow
     proc.wait()
+    assert_processes_end(children)
     assert not (ws / "curate" / "curated.parquet").exists()
     resumed = _curate(ws, tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

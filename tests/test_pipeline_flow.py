@@ -145,3 +145,33 @@ def test_a_regression_fails_the_pipeline_after_every_variant_is_benchmarked(runs
     reg = R.read_table(root, "regression", baseline_run_id="better-baseline")
     flagged = reg[reg["regressed"]]
     assert ("en_tts", "dnsmos_ovrl") in set(zip(flagged["task"], flagged["metric"]))
+
+
+# A codec of the tiny preset's audio shape (4 x 1024 codes, 50 frames/s), trained for two steps: the
+# test is about the wiring (curate to the filter -> codec flow -> tokenise and decode with its export).
+TINY_CODEC = {"encoder_dim": 4, "decoder_dim": 16, "n_codebooks": 4, "codebook_size": 1024, "batch_size": 2,
+              "segment_seconds": 0.1, "kmeans_batches": 2, "kmeans_iters": 2, "disc_fft_sizes": [256, 128],
+              "mel_window_lengths": [64, 256], "mel_n_mels": [10, 40], "save_every": 1, "log_every": 1}
+
+
+def test_codec_steps_train_the_codec_first_and_everything_downstream_uses_it(runs):
+    """Runs last: ``--codec-steps`` on the module's workspace (the built corpus is reused)."""
+    import yaml
+
+    from unimoe.checkpoint import load_checkpoint
+
+    tmp, ws, _, _ = runs
+    cfg = tmp / "codec.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_CODEC))
+    out, _ = _pipeline(ws, tmp, "--codec-steps", "2", "--codec-config", str(cfg))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = _result(out)
+    assert "codec" in result["seconds"]
+    export = ws / "codec" / "codec.safetensors"
+    prov = json.loads(export.with_suffix(".json").read_text())
+    assert prov["steps"] == 2 and prov["config"]["encoder_dim"] == 4
+    index = json.loads((ws / "curate" / "tokens" / "index.json").read_text())
+    assert index["codec"]["weights_sha256"] == prov["sha256"] and "codec.safetensors" in index["codec_label"]
+    _, model_cfg, _ = load_checkpoint(result["train"][VARIANT]["checkpoint"])
+    assert (model_cfg.codec.variant, model_cfg.codec.weights_sha256) == ("trained", prov["sha256"])
+    assert model_cfg.codec.weights_path == str(export.resolve())

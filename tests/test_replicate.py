@@ -101,7 +101,7 @@ def test_miniature_experiment_end_to_end_and_resume(tok, tmp_path):
         x.split = "test" if (i // 4) % 4 == 0 else "train"  # two held-out items per task
     train_ids = [x.id for x in data if x.split == "train"]
     cfg = rep.ReplicateConfig(seeds=[0, 1], stage1_steps=2, stage2_steps=1, stage3_steps=2, joint_steps=2,
-                              batch_size=2, max_frames=8)
+                              batch_size=2, max_frames=8, curve_points=2)
     lines = []
     # a subset that wrongly names test ids: no stage trains on them (Trainer guard + train_stage filter)
     result = rep.run_replicate(data, tok, train_ids + [data[0].id], train_ids[:8], tmp_path, cfg,
@@ -129,6 +129,23 @@ def test_miniature_experiment_end_to_end_and_resume(tok, tmp_path):
     assert [c["verdict"] for c in written] == [c["verdict"] for c in rep.evaluate_claims(nll)]
     report = (tmp_path / "report.md").read_text()
     assert all(c["verdict"] in report for c in written) and "Student-t" in report
+    # the specialists' held-out curves: one point per kept step checkpoint, the last = the specialist row
+    curves = pq.read_table(tmp_path / "specialist_curves.parquet").to_pandas()
+    assert len(curves) == 2 * len(TASKS) * 2 and set(curves.step) == {1, 2}
+    last = curves[(curves.step == 2) & (curves.seed == 1) & (curves.task == "t2m")].nll.iloc[0]
+    assert last == pytest.approx(nll[(nll.model == "specialist") & (nll.seed == 1) & (nll.task == "t2m")
+                                     & (nll.codebook == "mean")].nll.iloc[0])
+    assert "held-out NLL by training step" in report and "plateau" in report
+    # routing of every MoE variant's final stage: experts per token by layer, task share per expert
+    routing = json.loads((tmp_path / "routing.json").read_text())
+    assert set(routing) == {"unify-moe-top2", "wo-init", "unimoe-top-p0.7"}
+    top_p = routing["unimoe-top-p0.7"]
+    assert set(top_p["layers"]) == {"0", "1"} and all(1 <= d["mean_experts_per_token"] <= 9
+                                                       for d in top_p["layers"].values())
+    assert routing["unify-moe-top2"]["layers"]["0"]["mean_experts_per_token"] == pytest.approx(2.0)
+    for e in top_p["experts"]:
+        assert sum(e[f"share_{t}"] for t in TASKS) == pytest.approx(1.0) and 0 <= e["specialisation"] <= 1
+    assert "Routing in the final stage" in report
     # stage 1 ran once per seed (4 specialists shared by Top-P and Top-2): 2 * (4 + 6) stage runs
     assert sum(line.startswith("[") for line in lines) == 20
     run = tmp_path / "runs" / cfg.run_key()
@@ -154,3 +171,12 @@ def test_missing_held_out_split_is_an_error(tok, tmp_path):
     data = synthetic_dataset(8, 4, seed=0, tasks=TASKS)
     with pytest.raises(ValueError, match="held-out"):
         rep.run_replicate(data, tok, [x.id for x in data], [], tmp_path, rep.ReplicateConfig(seeds=[0]))
+
+
+def test_curve_summary_plateau_rule():
+    curves = pd.DataFrame([{"seed": s, "task": t, "step": st, "nll": v}
+                           for s in (0, 1) for t, vals in (("t2m", [5.0, 4.0, 3.99]), ("en_tts", [5.0, 4.0, 3.0]))
+                           for st, v in zip((10, 20, 30), vals)])
+    out = rep.curve_summary(curves, tolerance=0.01).set_index("task")
+    assert out.loc["t2m", "plateaued"] and not out.loc["en_tts", "plateaued"]
+    assert out.loc["en_tts", "last_interval_gain"] == pytest.approx(0.25) and out.loc["t2m", "steps"] == [10, 20, 30]

@@ -45,7 +45,9 @@ def test_two_process_torchrun_stage_matches_one_process(tokenizer, tmp_path, mon
 
 def test_launch_command_and_errors(tmp_path, tokenizer):
     cmd = torchrun_command(tmp_path / "s.json", 4)
-    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "4" in cmd
+    # under the parent watchdog (unimoe.procguard): a killed run's job stops with it
+    assert cmd[1:3] == ["-m", "unimoe.procguard"] and cmd[3] == str(os.getpid())
+    assert cmd[4:7] == ["-m", "torch.distributed.run", "--standalone"] and "4" in cmd
     assert cmd[-3:] == ["-m", "unimoe.training.launch", str(tmp_path / "s.json")]
     with pytest.raises(ValueError, match="nproc"):
         run_stage({}, nproc=0)
@@ -105,3 +107,11 @@ def test_step_overrides_scale_warmup_and_checkpoints_with_the_step_cap():
     assert step_overrides(20, 4, fsdp=True) == {"max_steps": 20, "batch_size": 4, "fsdp": True, "warmup_steps": 2,
                                                 "checkpoint_every": 10, "log_every": 1}
     assert step_overrides(1)["warmup_steps"] == 1 and step_overrides(1)["checkpoint_every"] == 1
+    # lr_scale multiplies each stage's paper rate; an explicit lr wins
+    from unimoe.training.config import STAGE_LR
+    from unimoe.training.curriculum import stage_train_config
+
+    ov = step_overrides(20, lr_scale=30.0)
+    assert [stage_train_config(s, ov, {}).lr for s in (1, 2, 3, "joint")] == pytest.approx(
+        [30 * STAGE_LR[1], 30 * STAGE_LR[2], 30 * STAGE_LR[3], 30 * STAGE_LR[1]])
+    assert stage_train_config(2, {**ov, "lr": 0.5}, {}).lr == 0.5 and stage_train_config(3, {}, {}).lr == STAGE_LR[3]

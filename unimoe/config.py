@@ -302,6 +302,30 @@ def demo_codec_config() -> CodecConfig:
     return CodecConfig(variant="demo", weights_path=DEMO_CODEC_WEIGHTS, weights_sha256=DEMO_CODEC_SHA256)
 
 
+def trained_codec_config(weights_path: str, weights_sha256: str | None) -> CodecConfig:
+    """A codec ``unimoe codec train`` exported (a DAC safetensors file, pinned by its checksum)."""
+    return CodecConfig(variant="trained", weights_path=str(weights_path), weights_sha256=weights_sha256)
+
+
+def codec_for_tokens(cfg: UniMoEConfig, codec_info: dict) -> UniMoEConfig:
+    """``cfg`` with the codec the token shards were made with (``codec_info``: the ``codec`` record of
+    their index, ``AudioCodec.info()``), so a model trained on them decodes with that codec. Unchanged
+    when the config's codec is already that one; a ``ConfigError`` when it cannot be rebuilt from the
+    record (tokens of a random-init codec, but a config whose codec is another)."""
+    sha = codec_info.get("weights_sha256")
+    if codec_info.get("is_random_init"):
+        _check(cfg.codec.random_init, "the token shards were made with a random-init codec but the model config's "
+               "codec is not random-init: re-tokenise, or train with the preset the tokens were made with")
+        return cfg
+    if sha and sha == cfg.codec.weights_sha256:
+        return cfg
+    _check(bool(codec_info.get("weights_path")) and bool(sha), f"token shards' codec record lacks weights: {codec_info}")
+    out = copy.deepcopy(cfg)
+    out.codec = dataclasses.replace(trained_codec_config(codec_info["weights_path"], sha),
+                                    sample_rate=int(codec_info["sample_rate"]), frame_rate=float(codec_info["frame_rate"]))
+    return out.validate()
+
+
 def tiny_preset() -> UniMoEConfig:
     """Small enough to run the whole pipeline on two CPU cores in minutes; tokenises with the demo codec."""
     return UniMoEConfig(

@@ -23,7 +23,7 @@ from unimoe.checkpoint import load_checkpoint
 from unimoe.config import TASKS, UniMoEConfig
 from unimoe.io import atomic_write_json
 from unimoe.model import UniMoEAudio
-from unimoe.training.config import TrainConfig
+from unimoe.training.config import STAGE_LR, TrainConfig
 from unimoe.training.stages import build_moe_from_specialists, specialist_config, trainable_predicate
 from unimoe.training.trainer import train_stage
 from unimoe.training.variants import apply_variant
@@ -48,10 +48,13 @@ def plan(variant: str, base_cfg: UniMoEConfig) -> dict[str, Any]:
 
 
 def step_overrides(max_steps: int | None = None, batch_size: int | None = None, *, fsdp: bool = False,
-                   expert_parallel: bool = False) -> dict[str, Any]:
+                   expert_parallel: bool = False, lr_scale: float | None = None) -> dict[str, Any]:
     """Training-config overrides for a run capped at ``max_steps`` optimiser steps per stage: the LR
-    warm-up (a tenth), checkpointing (twice) and logging (every step) scale with the cap."""
-    out: dict[str, Any] = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size}.items() if v is not None}
+    warm-up (a tenth), checkpointing (twice) and logging (every step) scale with the cap. ``lr_scale``
+    multiplies each stage's paper learning rate (``stage_train_config``): a tiny model trained for a few
+    steps barely moves at the paper's rates, which were set for a 3B model trained for days."""
+    out: dict[str, Any] = {k: v for k, v in {"max_steps": max_steps, "batch_size": batch_size,
+                                              "lr_scale": lr_scale}.items() if v is not None}
     out.update({k: True for k, on in (("fsdp", fsdp), ("expert_parallel", expert_parallel)) if on})
     if max_steps is not None:
         out.update(warmup_steps=max(1, max_steps // 10), checkpoint_every=max(1, max_steps // 2), log_every=1)
@@ -59,7 +62,14 @@ def step_overrides(max_steps: int | None = None, batch_size: int | None = None, 
 
 
 def stage_train_config(stage: int | str, overrides: dict[str, Any] | None, variant_overlay: dict[str, Any]) -> TrainConfig:
-    return TrainConfig.for_stage(STAGE_FOR_LR[stage], **{**variant_overlay, **(overrides or {})})
+    """The stage's TrainConfig: the paper's defaults for the stage, the variant's overlay, then
+    ``overrides`` (whose ``lr_scale``, if any, multiplies the stage's paper learning rate unless an
+    explicit ``lr`` is given)."""
+    merged = {**variant_overlay, **(overrides or {})}
+    scale = merged.pop("lr_scale", None)
+    if scale is not None and "lr" not in merged:
+        merged["lr"] = STAGE_LR[STAGE_FOR_LR[stage]] * float(scale)
+    return TrainConfig.for_stage(STAGE_FOR_LR[stage], **merged)
 
 
 def train_specialist(model_cfg: UniMoEConfig, task: str, dataset, tokenizer, workdir: str | Path, *, run_id: str,

@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unimoe.procguard import guarded_command
+
 KINDS = ("specialist", "warmup", "joint")
 RESULT = "launch-result.json"
 
@@ -84,8 +86,10 @@ def execute(spec: dict[str, Any]) -> Path:
 
 
 def torchrun_command(spec_path: str | Path, nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc)),
-            "-m", "unimoe.training.launch", str(spec_path)]
+    """The torchrun job, under a watchdog that stops it if this process dies (unimoe.procguard): a
+    killed run must not leave a job writing the stage's checkpoints while its resumption starts."""
+    return guarded_command([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                            str(int(nproc)), "-m", "unimoe.training.launch", str(spec_path)])
 
 
 def run_stage(spec: dict[str, Any], nproc: int = 1, *, env: dict[str, str] | None = None,

@@ -89,6 +89,10 @@ class ReplicateConfig:
     lr_scale: float = 30.0
     warmup_fraction: float = 0.1
     match_tolerance: float = 0.01  # claim 2: "matches" = within 1 % of the specialist's NLL
+    # held-out NLL of each specialist at this many evenly spaced steps (its learning curve), and the
+    # plateau rule: the last interval improved it by less than ``plateau_tolerance`` (relative)
+    curve_points: int = 5
+    plateau_tolerance: float = 0.01
 
     def validate(self) -> "ReplicateConfig":
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -96,21 +100,26 @@ class ReplicateConfig:
         for k in ("stage1_steps", "stage2_steps", "stage3_steps", "joint_steps", "batch_size", "max_frames"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"replicate.{k} must be >= 1")
+        if int(self.curve_points) < 2 or self.stage1_steps % int(self.curve_points):
+            raise ConfigError(f"replicate.curve_points must be >= 2 and divide stage1_steps ({self.stage1_steps})")
         if self.lr_scale <= 0 or not 0 <= self.warmup_fraction < 1 or self.match_tolerance < 0:
             raise ConfigError("replicate: lr_scale > 0, warmup_fraction in [0, 1), match_tolerance >= 0")
         return self
 
     def run_key(self) -> str:
         """Hash of everything that changes what a seed trains (not the seeds, not the claim tolerance)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("seeds", "match_tolerance")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("seeds", "match_tolerance", "plateau_tolerance")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def overrides(self, stage: int | str, seed: int) -> dict[str, Any]:
         steps = {1: self.stage1_steps, 2: self.stage2_steps, 3: self.stage3_steps, "joint": self.joint_steps}[stage]
         lr_stage = 1 if stage == "joint" else int(stage)  # as curriculum.STAGE_FOR_LR
-        return {"max_steps": steps, "batch_size": self.batch_size, "max_frames": self.max_frames, "seed": int(seed),
-                "lr": STAGE_LR[lr_stage] * self.lr_scale, "warmup_steps": max(1, int(steps * self.warmup_fraction)),
-                "log_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 2), "keep_last": 1}
+        out = {"max_steps": steps, "batch_size": self.batch_size, "max_frames": self.max_frames, "seed": int(seed),
+               "lr": STAGE_LR[lr_stage] * self.lr_scale, "warmup_steps": max(1, int(steps * self.warmup_fraction)),
+               "log_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 2), "keep_last": 1}
+        if stage == 1:  # every curve point's checkpoint is kept for the specialists' held-out curves
+            out.update(checkpoint_every=steps // int(self.curve_points), keep_last=0)
+        return out
 
 
 # ---- held-out NLL ------------------------------------------------------------------------------------------
@@ -274,6 +283,52 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def curve_summary(curves: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """Per task: the specialists' held-out NLL (codebook mean) at each curve step, mean over seeds, and
+    whether it plateaued (the last interval improved it by less than ``tolerance``, relative)."""
+    m = curves.groupby(["task", "step"], as_index=False)["nll"].mean().sort_values(["task", "step"])
+    rows = []
+    for task, g in m.groupby("task", sort=False):
+        v = g["nll"].to_numpy()
+        last_gain = float((v[-2] - v[-1]) / v[-2]) if len(v) > 1 else math.nan
+        rows.append({"task": task, "steps": [int(x) for x in g["step"]], "nll": [float(x) for x in v],
+                     "last_interval_gain": last_gain, "plateaued": bool(last_gain < tolerance)})
+    return pd.DataFrame(rows)
+
+
+def routing_summary(workdirs: dict[str, Sequence[Path]]) -> dict[str, Any]:
+    """From each MoE variant's final-stage routing tables (``unimoe.training.metrics``), summed over its
+    seeds' whole final stage: mean dynamic experts per token by layer (the paper's fig. 3), and per
+    expert its task distribution with a specialisation score ``1 - H(task share) / ln(#tasks)`` (0 =
+    used equally by every task, 1 = used by one task only; the paper's figs. 4-5)."""
+    from unimoe.training.metrics import read_metrics
+
+    out: dict[str, Any] = {}
+    for variant, dirs in workdirs.items():
+        hist = pd.concat([read_metrics(d, "routing_hist") for d in dirs], ignore_index=True)
+        tasks = pd.concat([read_metrics(d, "routing_tasks") for d in dirs], ignore_index=True)
+        if hist.empty or tasks.empty:
+            continue
+        dyn = hist[hist["kind"] == "dynamic"]
+        per_layer = {}
+        for layer, g in dyn.groupby("layer"):
+            tok = g.groupby("num_experts")["count"].sum()
+            per_layer[int(layer)] = {"mean_experts_per_token": float((tok.index * tok).sum() / tok.sum()),
+                                     "histogram": {int(k): int(v) for k, v in tok.items()}}
+        experts = []
+        for (layer, expert), g in tasks.groupby(["layer", "expert"]):
+            c = g.groupby("task")["count"].sum().reindex(list(TASKS), fill_value=0).astype(float)
+            total = c.sum()
+            share = c / total if total > 0 else c
+            p = share[share > 0].to_numpy()
+            spec = float(1 - (-(p * np.log(p)).sum()) / math.log(len(TASKS))) if total > 0 else math.nan
+            experts.append({"layer": int(layer), "expert": int(expert), "is_null": bool(g["is_null"].any()),
+                            "selections": int(total), "specialisation": spec,
+                            **{f"share_{t}": float(share[t]) for t in TASKS}})
+        out[variant] = {"layers": per_layer, "experts": experts}
+    return out
+
+
 def report_markdown(cfg: ReplicateConfig, agg: pd.DataFrame, claims: list[dict], info: dict[str, Any]) -> str:
     f = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"  # noqa: E731
     lines = ["# Replication of the UniMoE-Audio ablation claims (demo corpus, tiny preset)", "",
@@ -309,7 +364,31 @@ def report_markdown(cfg: ReplicateConfig, agg: pd.DataFrame, claims: list[dict],
     lines += ["Verdicts: *holds* = every difference in the claimed direction with its interval excluding the "
               "other side; *holds (not significant)* = directions right, some interval crosses the bound; "
               "*does not hold* = some direction wrong. Tables: `nll.parquet` (model, seed, task, codebook), "
-              "`nll_aggregate.parquet`.", ""]
+              "`nll_aggregate.parquet`, `specialist_curves.parquet`, `routing.json`.", ""]
+    curves = info.get("curves")
+    if curves is not None and len(curves):
+        lines += ["## Specialists' held-out NLL by training step (mean over seeds)", "",
+                  f"Plateau: the last interval improved the NLL by less than {cfg.plateau_tolerance:.0%}.", "",
+                  "| task | " + " | ".join(f"step {s}" for s in curves.iloc[0]["steps"]) + " | last gain | plateau |",
+                  "|---" * (len(curves.iloc[0]["steps"]) + 3) + "|"]
+        for _, r in curves.iterrows():
+            lines.append(f"| {r['task']} | " + " | ".join(f"{v:.4f}" for v in r["nll"])
+                         + f" | {r['last_interval_gain']:+.2%} | {'yes' if r['plateaued'] else 'no'} |")
+        lines.append("")
+    routing = info.get("routing") or {}
+    if routing:
+        lines += ["## Routing in the final stage (all seeds)", "",
+                  "Dynamic experts per token (routed + null selected) by layer; expert specialisation = "
+                  "1 - H(task share) / ln 4 (0: every task uses the expert equally, 1: one task only).", "",
+                  "| variant | layer | experts / token | mean specialisation (routed) | max specialisation (routed) |",
+                  "|---|---|---|---|---|"]
+        for variant, r in routing.items():
+            for layer, d in sorted(r["layers"].items()):
+                spec = [e["specialisation"] for e in r["experts"] if e["layer"] == layer and not e["is_null"]
+                        and not math.isnan(e["specialisation"])]
+                lines.append(f"| {variant} | {layer} | {d['mean_experts_per_token']:.2f} | "
+                             f"{np.mean(spec) if spec else math.nan:.3f} | {max(spec) if spec else math.nan:.3f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -380,7 +459,7 @@ def run_replicate(dataset: Any, tokenizer, subset_ids: Sequence[str], warmup_ids
         write_parquet(items, cache)
         return items
 
-    rows, item_frames, timings = [], [], {}
+    rows, item_frames, timings, curve_rows = [], [], {}, []
     for seed in cfg.seeds:
         t_seed = time.perf_counter()
         sdir = run / f"seed{seed}"
@@ -423,6 +502,13 @@ def run_replicate(dataset: Any, tokenizer, subset_ids: Sequence[str], warmup_ids
             rows += nll_rows(items, variant, seed, {t: str(final) for t in TASKS})
         # Each task's own specialist on its task (the default variant's specialists: trained above).
         spec = get_specialists(UniMoEConfig.from_dict(plans[DEFAULT_VARIANT]["model_config"]))
+        for t, final in spec.items():  # its held-out curve: every kept step checkpoint of the stage
+            for ck in sorted(Path(final).parent.glob("step-*")):
+                step = int(ck.name.split("-")[1])
+                items = evaluate(f"{SPECIALIST}-{t}-step{step}", seed, {t: ck})
+                g = items.groupby("codebook")[["nll_sum", "tokens"]].sum()
+                curve_rows.append({"seed": int(seed), "task": t, "step": step,
+                                   "nll": float((g["nll_sum"] / g["tokens"]).mean())})
         items = evaluate(SPECIALIST, seed, spec)
         item_frames.append(items)
         rows += nll_rows(items, SPECIALIST, seed, {t: str(c) for t, c in spec.items()})
@@ -433,13 +519,21 @@ def run_replicate(dataset: Any, tokenizer, subset_ids: Sequence[str], warmup_ids
     agg = aggregate(nll)
     claims = evaluate_claims(nll, cfg.match_tolerance)
     seconds = time.perf_counter() - t_start
+    curves = pd.DataFrame(curve_rows, columns=["seed", "task", "step", "nll"])
+    routing = routing_summary({v: [run / f"seed{s}" / v / "stage3" for s in cfg.seeds]
+                               for v in VARIANTS if UniMoEConfig.from_dict(plan(v, base_cfg)["model_config"]).is_moe})
     info = {"seconds": seconds, "timings": timings, "run_dir": str(run),
-            "held_out_items": {t: len(v) for t, v in held.items()}}
+            "held_out_items": {t: len(v) for t, v in held.items()},
+            "curves": curve_summary(curves, cfg.plateau_tolerance) if len(curves) else None, "routing": routing}
     paths = {"nll": write_parquet(nll, out / "nll.parquet"),
              "aggregate": write_parquet(agg, out / "nll_aggregate.parquet"),
-             "items": write_parquet(pd.concat(item_frames, ignore_index=True), out / "nll_items.parquet")}
-    atomic_write_json(out / "claims.json", {"config": asdict(cfg), "claims": claims, "info": info})
+             "items": write_parquet(pd.concat(item_frames, ignore_index=True), out / "nll_items.parquet"),
+             "curves": write_parquet(curves, out / "specialist_curves.parquet")}
+    atomic_write_json(out / "routing.json", routing)
+    paths["routing"] = out / "routing.json"
     report = report_markdown(cfg, agg, claims, info)
+    info = {**info, "curves": None if info["curves"] is None else info["curves"].to_dict("records")}
+    atomic_write_json(out / "claims.json", {"config": asdict(cfg), "claims": claims, "info": info})
     paths["report"] = out / "report.md"
     atomic_write_text(paths["report"], report)
     return {"paths": {k: str(v) for k, v in paths.items()}, "claims": claims, "info": info, "report": report}
