@@ -15,8 +15,9 @@ What is done, exactly
    random init, on the corpus's TRAIN split encoded with the model's codec; a raised learning rate so a
    few dozen CPU steps move the model). It checkpoints every ``--early-step`` steps: the last checkpoint
    is the "current" model, ``step-<early-step>`` is "an earlier checkpoint of the same training".
-   The demo codec is the project's random-init DAC (no trained codec weights in the store yet), so the
-   audio and every score are those of an untrained system.
+   The codec is the tiny preset's: the shipped demo codec (``unimoe/assets/codecs/demo-dac.safetensors``),
+   so the token NLL is measured on real codes; the generated audio is still that of a barely trained
+   language model.
 2. Benchmark items: the demo benchmark set (``evaluation.sets.load_benchmark("demo", ws)``: the TEST split,
    voice prompts = other train utterances of the speaker), at most ``--max-items`` per task (en_tts,
    zh_tts, t2m). Voice-prompt codes are encoded once per item and cut to ``--prompt-seconds`` (the

@@ -3,11 +3,19 @@
 Which benchmark/metric fills which cell (the newest run of each variant on each benchmark; one row
 per variant; a cell is ``value (95% CI)``, or ``–`` when that variant has no such result):
 
-Table 3 (speech)   Seed-TTS test-en: WER (benchmark ``seedtts-en``, task en_tts, metric ``wer``, x100 = %),
-                   SIM (``sim``), UTMOS (``utmos``); Seed-TTS test-zh: CER (``seedtts-zh``/zh_tts ``cer``, %),
-                   SIM, UTMOS.
-Table 4 (music)    T2M on MusicCaps (``musiccaps``/t2m): PC, PQ, CE (``pc``, ``pq``, ``ce``), CLAP (``clap``),
-                   FAD (``fad``), KL (``kl``); V2M on V2M-bench (``v2m-bench``/v2m): the same columns.
+Table 3 (speech)   four blocks, as in the paper (arXiv 2510.13344): Seed-TTS test-en (benchmark ``seedtts-en``)
+                   and LibriSpeech test-clean (``librispeech-test-clean``), task en_tts: WER (``wer`` of
+                   whisper_wer, x100 = %), SIM (``sim`` of wavlm_sim), UTMOS (``utmos`` of utmos22_strong);
+                   Seed-TTS test-zh (``seedtts-zh``) and AISHELL-3 test (``aishell3-test``), task zh_tts: CER
+                   (``cer`` of paraformer_cer, %), SIM, UTMOS.
+Table 4 (music)    three blocks: T2M on MusicCaps (``musiccaps``/t2m), T2M on V2M-bench (``v2m-bench``/t2m) and
+                   V2M on V2M-bench (``v2m-bench``/v2m), each with PC, PQ, CE (audiobox_aesthetics' ``PC``,
+                   ``PQ``, ``CE``), CLAP (``clap``), CLaMP3 (``clamp3``), FAD (``fad`` of openl3_fad), KL and IS
+                   (``kl``, ``is`` of passt). The T2M (V2M-bench) block is filled by t2m rows of benchmark
+                   ``v2m-bench`` (its captions as text prompts); the ``v2m-bench`` set currently yields v2m
+                   items only, so that block reads ``–`` until it also yields t2m items.
+Cell metric names are the scorers' own (``Cell.scorer``'s ``metrics``); tests/test_report_tables.py checks
+every paper cell against the scorer classes, so a renamed metric fails there instead of leaving cells empty.
 Table 5 (ablation) variants side by side (columns), one row per cell of Tables 3 and 4 that any variant has.
 Demo               the offline ``demo`` benchmark, one row per variant, columns ``task/metric`` under the
                    demo metrics' OWN names (wer_pocketsphinx, sim_resemblyzer, dnsmos_*, tempo/key
@@ -38,21 +46,34 @@ class Cell:
     label: str
     benchmark: str
     task: str
-    metric: str
+    metric: str   # the metric name exactly as ``scorer`` writes it (its ``metrics`` / ``compare`` keys)
     scale: float = 1.0
+    scorer: str = ""  # the registered scorer that writes ``metric`` (tests check the name against it)
 
 
-TABLE3 = [
-    Cell("Seed-TTS test-en", "WER (%) ↓", "seedtts-en", "en_tts", "wer", 100.0),
-    Cell("Seed-TTS test-en", "SIM ↑", "seedtts-en", "en_tts", "sim"),
-    Cell("Seed-TTS test-en", "UTMOS ↑", "seedtts-en", "en_tts", "utmos"),
-    Cell("Seed-TTS test-zh", "CER (%) ↓", "seedtts-zh", "zh_tts", "cer", 100.0),
-    Cell("Seed-TTS test-zh", "SIM ↑", "seedtts-zh", "zh_tts", "sim"),
-    Cell("Seed-TTS test-zh", "UTMOS ↑", "seedtts-zh", "zh_tts", "utmos"),
-]
-_MUSIC = [("PC ↑", "pc"), ("PQ ↑", "pq"), ("CE ↑", "ce"), ("CLAP ↑", "clap"), ("FAD ↓", "fad"), ("KL ↓", "kl")]
-TABLE4 = ([Cell("T2M (MusicCaps)", lab, "musiccaps", "t2m", m) for lab, m in _MUSIC]
-          + [Cell("V2M (V2M-bench)", lab, "v2m-bench", "v2m", m) for lab, m in _MUSIC])
+def _speech(group: str, benchmark: str, task: str) -> list[Cell]:
+    err = ("WER (%) ↓", "wer", "whisper_wer") if task == "en_tts" else ("CER (%) ↓", "cer", "paraformer_cer")
+    return [Cell(group, err[0], benchmark, task, err[1], 100.0, err[2]),
+            Cell(group, "SIM ↑", benchmark, task, "sim", scorer="wavlm_sim"),
+            Cell(group, "UTMOS ↑", benchmark, task, "utmos", scorer="utmos22_strong")]
+
+
+# Table 3: the paper's English (Seed-TTS test-en, LibriSpeech test-clean) and Mandarin (Seed-TTS test-zh,
+# AISHELL-3) blocks.
+TABLE3 = (_speech("Seed-TTS test-en", "seedtts-en", "en_tts")
+          + _speech("LibriSpeech test-clean", "librispeech-test-clean", "en_tts")
+          + _speech("Seed-TTS test-zh", "seedtts-zh", "zh_tts")
+          + _speech("AISHELL-3 test", "aishell3-test", "zh_tts"))
+# Table 4 columns: (label, metric, scorer). audiobox-aesthetics writes its axes in upper case (CE/CU/PC/PQ).
+MUSIC_COLUMNS = [("PC ↑", "PC", "audiobox_aesthetics"), ("PQ ↑", "PQ", "audiobox_aesthetics"),
+                 ("CE ↑", "CE", "audiobox_aesthetics"), ("CLAP ↑", "clap", "clap"),
+                 ("CLaMP3 ↑", "clamp3", "clamp3"), ("FAD ↓", "fad", "openl3_fad"), ("KL ↓", "kl", "passt"),
+                 ("IS ↑", "is", "passt")]
+# Table 4 blocks: T2M on MusicCaps and on V2M-bench (its captions as prompts), V2M on V2M-bench.
+MUSIC_BLOCKS = [("T2M (MusicCaps)", "musiccaps", "t2m"), ("T2M (V2M-bench)", "v2m-bench", "t2m"),
+                ("V2M (V2M-bench)", "v2m-bench", "v2m")]
+TABLE4 = [Cell(group, lab, bench, task, m, scorer=sc) for group, bench, task in MUSIC_BLOCKS
+          for lab, m, sc in MUSIC_COLUMNS]
 DEMO = "demo"
 
 
@@ -119,8 +140,8 @@ def build_tables(root: str | Path) -> dict[str, dict]:
         return [[R.SYSTEM_LABELS[sys_]] + [_cell_text(tops.get((sys_, b, t, m)), sc) for b, t, m, sc in cells]
                 for sys_ in TOPLINES if any((sys_, b, t, m) in tops for b, t, m, _ in cells)]
 
-    for key, title, cells in (("table3", "Table 3: speech generation (Seed-TTS eval)", TABLE3),
-                              ("table4", "Table 4: music generation (T2M on MusicCaps, V2M on V2M-bench)", TABLE4)):
+    for key, title, cells in (("table3", "Table 3: speech generation (Seed-TTS eval, LibriSpeech test-clean, AISHELL-3)", TABLE3),
+                              ("table4", "Table 4: music generation (T2M on MusicCaps and V2M-bench, V2M on V2M-bench)", TABLE4)):
         have = [v for v in variants if any((v, c.benchmark, c.task, c.metric) in look for c in cells)]
         rows = [[v] + [_cell_text(look.get((v, c.benchmark, c.task, c.metric)), c.scale) for c in cells] for v in have]
         top = topline_rows([(c.benchmark, c.task, c.metric, c.scale) for c in cells]) if rows else []

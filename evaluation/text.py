@@ -1,22 +1,27 @@
 """Transcript normalisation before WER/CER (the Seed-TTS-eval rules).
 
-Reference: ``BytedanceSpeech/seed-tts-eval`` ``run_wer.py`` (``process_one``), which
+Reference: ``BytedanceSpeech/seed-tts-eval`` ``run_wer.py``. For Mandarin it first converts the
+Paraformer HYPOTHESIS (only) to simplified characters (``zhconv.convert(text, "zh-cn")``); then
+``process_one``, on both sides,
 
 1. removes every character of ``zhon.hanzi.punctuation + string.punctuation`` except the ASCII
-   apostrophe ``'`` from both reference and hypothesis;
+   apostrophe ``'``;
 2. replaces double spaces by single ones;
-3. English: lowercases; Mandarin: ``" ".join(chars)`` (one token per character); the Paraformer
-   hypothesis was first converted to simplified characters (``zhconv.convert(text, "zh-cn")``).
+3. English: lowercases; Mandarin: ``" ".join(chars)`` — one token per character, Latin letters and
+   digits included, case kept (so "NBA" against "nba" is three substitutions).
 
-Here, for ``lang="zh"``:
+Mandarin rules (``zh_rule``; the scorer records the one it used in its version string):
 
-- traditional -> simplified with OpenCC ``t2s`` (``opencc-python-reimplemented``) on BOTH sides (the
-  reference converts only the hypothesis; the Seed-TTS references are already simplified, so this
-  changes nothing there and makes traditional references usable);
-- runs of Latin letters (with apostrophes) are kept as one lowercased word instead of being split
-  into letters (the reference splits them; with this rule an English word in a Mandarin sentence is
-  one token, as a human would count it). Everything else, digits included, is one token per
-  character, as in the reference.
+- ``"seed-tts-eval"`` (:data:`DEFAULT_ZH_RULE`): the reference rule above. The reference text is scored
+  as written; only the hypothesis is converted to simplified characters (:func:`normalize_pair`), with
+  zhconv's ``zh-cn`` table as the reference does. "我在NBA打球。" against "我在nba打球" is 3 errors in 7
+  characters.
+- ``"t2s-both-latin-words"``: this project's earlier rule, kept as an option. Both sides are converted
+  with OpenCC ``t2s`` (so traditional references are usable) and a run of Latin letters (with
+  apostrophes) is one lower-cased word instead of one token per letter (an English word in a Mandarin
+  sentence counts as one token, as a human would count it). "我在NBA打球。" against "我在nba打球" is
+  0 errors in 5 tokens. It lowers CER on mixed-script lines, so it is not comparable with published
+  Seed-TTS-eval numbers.
 
 Whitespace (any run, including the ideographic space, which is in zhon's punctuation) becomes one
 ASCII space and the result is stripped; ``jiwer`` splits on whitespace, so this does not change any
@@ -57,10 +62,14 @@ PUNCTUATION = "".join(sorted(set(ZH_PUNCTUATION + string.punctuation) - {"'"}))
 
 _STRIP_TABLE = str.maketrans("", "", PUNCTUATION)
 _SPACES = re.compile(r"\s+")
-# zh tokens: a run of ASCII letters/apostrophes is a word; any other non-space character is a token.
+# zh tokens under "t2s-both-latin-words": a run of ASCII letters/apostrophes is a word; any other
+# non-space character is a token.
 _ZH_TOKENS = re.compile(r"[A-Za-z']*[A-Za-z][A-Za-z']*|\S")
 
 LANGUAGES = ("en", "zh")
+#: Mandarin CER rules (see the module doc); the first is the default.
+ZH_RULES = ("seed-tts-eval", "t2s-both-latin-words")
+DEFAULT_ZH_RULE = ZH_RULES[0]
 
 
 @lru_cache(maxsize=1)
@@ -71,8 +80,16 @@ def _t2s():
 
 
 def to_simplified(text: str) -> str:
-    """Traditional -> simplified Chinese (OpenCC ``t2s``); other characters pass through."""
+    """Traditional -> simplified Chinese (OpenCC ``t2s``, the ``"t2s-both-latin-words"`` rule); other
+    characters pass through."""
     return _t2s().convert(text)
+
+
+def to_zh_cn(text: str) -> str:
+    """``zhconv.convert(text, "zh-cn")``: what seed-tts-eval applies to the Mandarin hypothesis."""
+    import zhconv
+
+    return zhconv.convert(text, "zh-cn")
 
 
 def strip_punctuation(text: str) -> str:
@@ -80,15 +97,39 @@ def strip_punctuation(text: str) -> str:
     return text.translate(_STRIP_TABLE)
 
 
-def normalize(text: str, lang: str) -> str:
-    """Normalise a transcript for WER (``lang="en"``) or CER (``lang="zh"``); see the module doc."""
+def check_zh_rule(zh_rule: str) -> str:
+    if zh_rule not in ZH_RULES:
+        raise ValueError(f"unknown Mandarin CER rule {zh_rule!r}; expected one of {ZH_RULES}")
+    return zh_rule
+
+
+def normalize(text: str, lang: str, *, zh_rule: str = DEFAULT_ZH_RULE, simplify: bool = True) -> str:
+    """Normalise ONE transcript for WER (``lang="en"``) or CER (``lang="zh"``); see the module doc.
+
+    ``simplify`` (Mandarin, ``"seed-tts-eval"`` rule): convert traditional -> simplified first, what the
+    reference does to the hypothesis only; :func:`normalize_pair` passes False for the reference text.
+    The ``"t2s-both-latin-words"`` rule always converts."""
     if lang not in LANGUAGES:
         raise ValueError(f"unsupported language {lang!r}; expected one of {LANGUAGES}")
+    check_zh_rule(zh_rule)
     if text is None:
         return ""
-    if lang == "zh":
+    words = lang == "zh" and zh_rule == "t2s-both-latin-words"
+    if lang == "zh" and words:
         text = to_simplified(text)
+    elif lang == "zh" and simplify:
+        text = to_zh_cn(text)
     text = _SPACES.sub(" ", strip_punctuation(text)).strip()
     if lang == "en":
         return text.lower()
-    return " ".join(tok.lower() for tok in _ZH_TOKENS.findall(text))
+    if words:
+        return " ".join(tok.lower() for tok in _ZH_TOKENS.findall(text))
+    return " ".join(text.replace(" ", ""))  # every character one token, case kept (seed-tts-eval)
+
+
+def normalize_pair(ref: str | None, hyp: str | None, lang: str, *,
+                   zh_rule: str = DEFAULT_ZH_RULE) -> tuple[str, str]:
+    """``(reference, hypothesis)`` normalised for scoring. Under the ``"seed-tts-eval"`` rule only the
+    hypothesis is converted to simplified characters, as the reference tool converts the ASR output."""
+    return (normalize(ref or "", lang, zh_rule=zh_rule, simplify=False),
+            normalize(hyp or "", lang, zh_rule=zh_rule, simplify=True))

@@ -135,7 +135,7 @@ def test_miniature_experiment_end_to_end_and_resume(tok, tmp_path):
     last = curves[(curves.step == 2) & (curves.seed == 1) & (curves.task == "t2m")].nll.iloc[0]
     assert last == pytest.approx(nll[(nll.model == "specialist") & (nll.seed == 1) & (nll.task == "t2m")
                                      & (nll.codebook == "mean")].nll.iloc[0])
-    assert "held-out NLL by training step" in report and "plateau" in report
+    assert "held-out NLL by training step" in report and "best step" in report
     # routing of every MoE variant's final stage: experts per token by layer, task share per expert
     routing = json.loads((tmp_path / "routing.json").read_text())
     assert set(routing) == {"unify-moe-top2", "wo-init", "unimoe-top-p0.7"}
@@ -175,8 +175,11 @@ def test_missing_held_out_split_is_an_error(tok, tmp_path):
 
 def test_curve_summary_plateau_rule():
     curves = pd.DataFrame([{"seed": s, "task": t, "step": st, "nll": v}
-                           for s in (0, 1) for t, vals in (("t2m", [5.0, 4.0, 3.99]), ("en_tts", [5.0, 4.0, 3.0]))
+                           for s in (0, 1) for t, vals in (("t2m", [5.0, 4.0, 3.99]), ("en_tts", [5.0, 4.0, 3.0]),
+                                                           ("v2m", [5.0, 4.0, 4.4]))
                            for st, v in zip((10, 20, 30), vals)])
     out = rep.curve_summary(curves, tolerance=0.01).set_index("task")
     assert out.loc["t2m", "plateaued"] and not out.loc["en_tts", "plateaued"]
+    assert list(out.loc[["t2m", "en_tts", "v2m"], "trend"]) == ["plateau", "falling", "rising"]
+    assert out.loc["v2m", "best_step"] == 20 and out.loc["en_tts", "best_step"] == 30
     assert out.loc["en_tts", "last_interval_gain"] == pytest.approx(0.25) and out.loc["t2m", "steps"] == [10, 20, 30]

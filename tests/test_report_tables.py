@@ -18,7 +18,7 @@ def test_tables_cells_and_layouts(tmp_path):
     _write(tmp_path, "r1", 2, "moe", "seedtts-en", "en_tts", {"wer": 0.0215, "sim": 0.61, "utmos": 3.9})
     _write(tmp_path, "r2", 2, "moe", "seedtts-zh", "zh_tts", {"cer": 0.031})
     _write(tmp_path, "r3", 2, "dense", "seedtts-en", "en_tts", {"wer": 0.04})
-    _write(tmp_path, "r4", 2, "moe", "musiccaps", "t2m", {"pc": 5.5, "fad": 3.25, "kl": 1.5})
+    _write(tmp_path, "r4", 2, "moe", "musiccaps", "t2m", {"PC": 5.5, "fad": 3.25, "kl": 1.5})
     _write(tmp_path, "r5", 2, "moe", "demo", "en_tts", {"wer_pocketsphinx": 0.7, "dnsmos_ovrl": 2.5})
     t = P.build_tables(tmp_path)
     t3 = {r[0]: r for r in t["table3"]["rows"]}
@@ -29,6 +29,7 @@ def test_tables_cells_and_layouts(tmp_path):
     assert t3["dense"][hdr.index("Seed-TTS test-en: SIM ↑")] == "–"
     t4 = {r[0]: r for r in t["table4"]["rows"]}
     assert t4["moe"][t["table4"]["header"].index("T2M (MusicCaps): FAD ↓")].startswith("3.25")
+    assert t4["moe"][t["table4"]["header"].index("T2M (MusicCaps): PC ↑")].startswith("5.50")
     assert t4["moe"][t["table4"]["header"].index("V2M (V2M-bench): PC ↑")] == "–"
     # ablations: variants as columns
     assert t["table5"]["header"] == ["metric", "dense", "moe"]
@@ -40,6 +41,65 @@ def test_tables_cells_and_layouts(tmp_path):
     assert "## Table 3" in md and "| moe |" in md and "0.700 (0.690–0.710)" in md
     html = P.render(tmp_path, "html")
     assert html.startswith("<!doctype html>") and "<th>metric</th>" in html and "&lt;" not in html
+
+
+def _paper_scorer_classes() -> dict:
+    """Registered scorer name -> its class: the metric names the paper cells must use come from here."""
+    from evaluation.scorers.aesthetics import AudioboxAesthetics
+    from evaluation.scorers.clamp3 import ClaMP3Score
+    from evaluation.scorers.clap import ClapScore
+    from evaluation.scorers.openl3_fad import OpenL3FAD
+    from evaluation.scorers.paraformer_cer import ParaformerCER
+    from evaluation.scorers.passt import PaSSTKL
+    from evaluation.scorers.utmos import UTMOSScorer
+    from evaluation.scorers.wavlm_sim import WavLMSim
+    from evaluation.scorers.whisper_wer import WhisperWER
+
+    classes = (AudioboxAesthetics, ClaMP3Score, ClapScore, OpenL3FAD, ParaformerCER, PaSSTKL, UTMOSScorer, WavLMSim,
+               WhisperWER)
+    return {c.name: c for c in classes}
+
+
+def test_paper_cells_name_the_scorers_metrics():
+    """Every Table 3/4 cell looks up a metric its scorer really writes (audiobox-aesthetics writes "PC", not
+    "pc": a lower-case lookup left every aesthetics cell empty)."""
+    classes = _paper_scorer_classes()
+    for c in P.TABLE3 + P.TABLE4:
+        assert c.metric in classes[c.scorer].metrics, (c.group, c.label, c.scorer, c.metric)
+
+
+def test_paper_blocks_and_columns(tmp_path):
+    """The paper's (arXiv 2510.13344) blocks: speech on Seed-TTS test-en/zh, LibriSpeech test-clean and
+    AISHELL-3; music T2M on MusicCaps and V2M-bench and V2M on V2M-bench, each with PC/PQ/CE, CLAP, CLaMP3,
+    FAD, KL and IS. Rows are written under each scorer's OWN metric names (taken from the scorer classes),
+    so every cell must be filled."""
+    classes = _paper_scorer_classes()
+    runs: dict[tuple[str, str], dict[str, float]] = {}  # (benchmark, task) -> {metric: value}
+    for c in P.TABLE3 + P.TABLE4:
+        got = runs.setdefault((c.benchmark, c.task), {})
+        for metric in classes[c.scorer].metrics:  # every metric the scorer writes, e.g. CE, CU, PC, PQ
+            got.setdefault(metric, 2.0 + len(runs) + len(got) / 100)  # distinct values
+    rows = [agg_row(f"run-{b}", variant="moe", benchmark=b, task=task, metric=m, value=v, higher_is_better=True)
+            for (b, task), metrics in runs.items() for m, v in metrics.items()]
+    for b in {b for b, _ in runs}:  # one run per benchmark (v2m-bench: its t2m and v2m rows together)
+        R.write_rows(tmp_path, "aggregate", [r for r in rows if r["benchmark"] == b], run_id=f"run-{b}",
+                     when=datetime(2024, 1, 2, tzinfo=timezone.utc))
+    t = P.build_tables(tmp_path)
+    for key, cells in (("table3", P.TABLE3), ("table4", P.TABLE4)):
+        row = {r[0]: r for r in t[key]["rows"]}["moe"]
+        hdr = t[key]["header"]
+        for c in cells:
+            v = runs[(c.benchmark, c.task)][c.metric] * c.scale
+            assert row[hdr.index(f"{c.group}: {c.label}")].startswith(f"{v:.2f} ("), (c.group, c.label)
+    h3, h4 = t["table3"]["header"], t["table4"]["header"]
+    for block in ("Seed-TTS test-en", "LibriSpeech test-clean"):
+        assert {f"{block}: {m}" for m in ("WER (%) ↓", "SIM ↑", "UTMOS ↑")} <= set(h3)
+    for block in ("Seed-TTS test-zh", "AISHELL-3 test"):
+        assert {f"{block}: {m}" for m in ("CER (%) ↓", "SIM ↑", "UTMOS ↑")} <= set(h3)
+    for block in ("T2M (MusicCaps)", "T2M (V2M-bench)", "V2M (V2M-bench)"):
+        assert [h for h in h4 if h.startswith(block)] == [f"{block}: {m}" for m in (
+            "PC ↑", "PQ ↑", "CE ↑", "CLAP ↑", "CLaMP3 ↑", "FAD ↓", "KL ↓", "IS ↑")]
+    assert len(t["table5"]["rows"]) == len(P.TABLE3) + len(P.TABLE4)  # every paper cell is an ablation row
 
 
 def test_empty_results_render(tmp_path):

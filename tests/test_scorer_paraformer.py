@@ -92,7 +92,8 @@ def test_registered_version_and_weights(scorer, model_dir):
 
     assert "paraformer_cer" in available_scorers()
     assert isinstance(scorer, ParaformerCER) and scorer.metrics == {METRIC: "lower"}
-    assert scorer.version == f"funasr {version('funasr')} SeacoParaformer (model.pt sha256:{model_dir[1][:12]})"
+    assert scorer.version == (f"funasr {version('funasr')} SeacoParaformer (model.pt sha256:{model_dir[1][:12]}) "
+                              "cer-rule=seed-tts-eval")
     loaded = scorer.am.model.state_dict()
     for k, v in model_dir[2].items():
         torch.testing.assert_close(loaded[k], v, rtol=0, atol=0, msg=k)
@@ -118,6 +119,31 @@ def test_cer_math_with_fixed_hypothesis():
     assert ParaformerCER.score_transcript("今天天气很好。", "今 天 天 氣 不 好") == {
         METRIC: 1 / 6, f"{METRIC}_errors": 1.0, f"{METRIC}_ref_len": 6.0
     }
+
+
+def test_cer_follows_seed_tts_eval_on_mixed_script():
+    """seed-tts-eval (run_wer.py) splits Latin letters like hanzi and keeps their case, and converts only
+    the hypothesis to simplified characters: "NBA" vs "nba" is 3 substitutions in 7 characters."""
+    assert ParaformerCER.score_transcript("我在NBA打球。", "我在nba打球") == {
+        METRIC: 3 / 7, f"{METRIC}_errors": 3.0, f"{METRIC}_ref_len": 7.0
+    }
+    # a traditional character in the REFERENCE is scored as written (the hypothesis is simplified)
+    assert ParaformerCER.score_transcript("我們", "我們")[METRIC] == 1 / 2
+
+
+def test_cer_latin_words_rule_is_an_option_recorded_in_version(scorer, model_dir):
+    rule = "t2s-both-latin-words"
+    assert ParaformerCER.score_transcript("我在NBA打球。", "我在nba打球", zh_rule=rule) == {
+        METRIC: 0.0, f"{METRIC}_errors": 0.0, f"{METRIC}_ref_len": 5.0
+    }
+    other = load_scorer("paraformer_cer", model_dir=str(model_dir[0]), sha256=model_dir[1], device="cpu", zh_rule=rule)
+    assert other.version.endswith("cer-rule=t2s-both-latin-words") and other.version != scorer.version
+    items = [AudioItem("a", _noise(16000), 16000, text="今天NBA好", language="zh")]
+    hyp = other.transcribe([items[0].wav])[0]
+    assert other.score(items)[0] == ParaformerCER.score_transcript("今天NBA好", hyp, zh_rule=rule)
+    assert scorer.score(items)[0] == ParaformerCER.score_transcript("今天NBA好", hyp)
+    with pytest.raises(ValueError, match="unknown Mandarin CER rule"):
+        load_scorer("paraformer_cer", model_dir=str(model_dir[0]), zh_rule="words")
 
 
 def test_bad_items_are_nan(scorer):

@@ -150,6 +150,35 @@ def test_strip_pinyin():
     )
 
 
+def test_strip_pinyin_keeps_latin_words():
+    # AISHELL-3's pinyin is tone-numbered (1-5, 5 = neutral); a Latin word such as "OK" or "KTV" stands in
+    # a character position without a tone digit and is part of the transcript, not pinyin
+    assert strip_pinyin("我 wo3 们 men5 去 qu4 KTV 唱 chang4 歌 ge1 OK".split()) == (
+        "我们去KTV唱歌OK",
+        "wo3 men5 qu4 chang4 ge1",
+    )
+    # ü written v, ü or u:
+    assert strip_pinyin("律 lv4 女 nü3 绿 lu:4".split()) == ("律女绿", "lv4 nü3 lu:4")
+
+
+def test_aishell3_training_and_benchmark_texts_agree(tmp_path):
+    """One parser per corpus layout: the training adapter and the aishell3-test benchmark set read the same
+    content.txt line into the same text (they used to differ on Latin words: dropped in training only)."""
+    from evaluation.sets import load_benchmark
+    from evaluation.sets.aishell3 import strip_pinyin as bench_strip_pinyin
+
+    assert bench_strip_pinyin is strip_pinyin
+    root = tmp_path / "AISHELL-3"
+    lines = "SSB00050001.wav\t去 qu4 KTV 唱 chang4 歌 ge1\nSSB00050002.wav\t好 hao3 的 de5 OK\n"
+    for split in ("train", "test"):
+        for utt in ("SSB00050001", "SSB00050002"):
+            tone(root / split / "wav" / "SSB0005" / f"{utt}.wav", seconds=1.0)
+        write(root / split / "content.txt", lines)
+    train = {r.id: r.text for r in scan("aishell3", root) if r.split == "train"}
+    bench = {it.id: it.text for it in load_benchmark("aishell3-test", root).items}
+    assert train == bench == {"SSB00050001": "去KTV唱歌", "SSB00050002": "好的OK"}
+
+
 def test_aishell3_layout(tmp_path):
     root = tmp_path / "AISHELL-3"
     a = tone(root / "train" / "wav" / "SSB0005" / "SSB00050001.wav", sr=44100)

@@ -7,14 +7,14 @@ Layout (``root`` holds ``train/`` and/or ``test/``, or is one of them)::
     AISHELL-3/spk-info.txt               (optional) "SSB0005<TAB>A<TAB>female<TAB>north"
 
 ``content.txt`` interleaves each character with its tone-numbered pinyin; the transcript is the
-characters alone (:func:`strip_pinyin`); the pinyin is kept in ``meta["pinyin"]``. Every
+characters alone, Latin words such as "KTV" kept; the pinyin is kept in ``meta["pinyin"]``. Lines are
+parsed by :mod:`unimoe.corpora.aishell3`, the parser the benchmark set ``aishell3-test`` uses too. Every
 content line and every wav file is an input row (a wav without a line: ``missing_text``; a line
 without a wav: ``missing_file``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterator
 
@@ -29,15 +29,9 @@ from data.sources.base import (
     read_text_lines,
     rel,
 )
+from unimoe.corpora.aishell3 import parse_content_line, strip_pinyin
 
-_PINYIN = re.compile(r"^[a-zA-ZüÜ:]+[0-6]?$")
-
-
-def strip_pinyin(tokens: list[str]) -> tuple[str, str]:
-    """(characters, pinyin) from AISHELL-3's interleaved tokens ``['广', 'guang3', '州', 'zhou1']``."""
-    chars = [t for t in tokens if not _PINYIN.match(t)]
-    pinyin = [t for t in tokens if _PINYIN.match(t)]
-    return "".join(chars), " ".join(pinyin)
+__all__ = ["AIShell3Adapter", "strip_pinyin"]
 
 
 class AIShell3Adapter(Adapter):
@@ -79,27 +73,22 @@ class AIShell3Adapter(Adapter):
                 if not line.strip():
                     continue
                 ref = f"{rel(content, self.root)}:{i}"
-                fname, _, rest = line.strip().partition("\t")
-                if not rest and " " in fname:  # space-separated variant
-                    fname, _, rest = fname.partition(" ")
-                fname = fname.strip()
-                utt = fname[: -len(Path(fname).suffix)] if Path(fname).suffix else fname
-                listed.add(utt)
-                spk = utt[:7]
-                chars, pinyin = strip_pinyin(rest.split())
-                audio = split_dir / "wav" / spk / (fname if Path(fname).suffix else f"{fname}.wav")
+                row = parse_content_line(line)  # TAB- or space-separated; ".wav" optional
+                listed.add(row.utt)
+                spk = row.speaker
+                audio = split_dir / "wav" / spk / row.file
                 used.add(audio)
                 yield Item(
                     source_ref=ref,
-                    id=utt,
+                    id=row.utt,
                     audio=audio,  # a missing file is quarantined by the probe with the path it looked for
                     task="zh_tts",
                     language="zh",
-                    text=chars,
+                    text=row.text,
                     require_text=True,
                     speaker=spk,
                     split=split,
-                    meta={"pinyin": pinyin, **speakers.get(spk, {})},
+                    meta={"pinyin": row.pinyin, **speakers.get(spk, {})},
                 )
             for audio in find_audio_files(split_dir / "wav", (".wav",)):
                 if audio in used:

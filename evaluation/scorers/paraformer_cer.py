@@ -1,7 +1,7 @@
 """Mandarin CER with FunASR Paraformer-zh (the paper's CER; Seed-TTS-eval protocol).
 
 Reference: Seed-TTS-eval's ``run_wer.py`` calls ``funasr.AutoModel(model="paraformer-zh")`` and
-``model.generate(input=wav_path, batch_size_s=300)``, converts the text to simplified characters
+``model.generate(input=wav_path, batch_size_s=300)``, converts the hypothesis (only) to simplified characters
 (``zhconv``), strips punctuation, splits characters and scores with jiwer. On ModelScope (FunASR's
 default hub) ``paraformer-zh`` is
 ``iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch`` — the SeACo-Paraformer
@@ -16,8 +16,13 @@ so FunASR itself reads no weights; ``model.pt`` is then read here with ``torch.l
 and loaded with ``strict=True``. Decoding is FunASR's own ``AutoModel.generate`` (WavFrontend fbank +
 LFR + CMVN, CIF predictor, non-autoregressive decoder), on 16 kHz mono arrays, ``batch_size_s=300``.
 
-Per item: ``cer`` (utterance CER after ``evaluation.text.normalize(.., "zh")``: traditional ->
-simplified, punctuation removed, one token per character), ``cer_errors`` and ``cer_ref_len``.
+Per item: ``cer`` (utterance CER), ``cer_errors`` and ``cer_ref_len``, after
+``evaluation.text.normalize_pair(.., "zh", zh_rule=...)``. Default rule ``"seed-tts-eval"``, as
+``run_wer.py``: the hypothesis (only) converted to simplified characters, punctuation removed, one token
+per character with Latin letters split into letters and case kept ("我在NBA打球。" vs "我在nba打球":
+3/7). Option ``zh_rule="t2s-both-latin-words"``: both sides simplified, a Latin run one lower-cased word
+(0/5 there). The rule is part of ``version`` (``cer-rule=...``), so results under different rules are
+never compared as equal.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 from evaluation.scorers.base import AudioItem, ScorerUnavailable, prepare_clip, register
 from evaluation.scorers.transcript import TranscriptScorer
+from evaluation.text import DEFAULT_ZH_RULE, check_zh_rule
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
 
@@ -107,9 +113,11 @@ class ParaformerCER(TranscriptScorer):
     language = "zh"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
 
-    def __init__(self, automodel: Any, *, sha256: str, model_dir: Path, batch_size_s: int = 300) -> None:
+    def __init__(self, automodel: Any, *, sha256: str, model_dir: Path, batch_size_s: int = 300,
+                 zh_rule: str = DEFAULT_ZH_RULE) -> None:
         from importlib.metadata import version as pkg_version
 
+        self.zh_rule = check_zh_rule(zh_rule)
         self.am = automodel
         self.sha256 = sha256
         self.model_dir = Path(model_dir)
@@ -118,7 +126,8 @@ class ParaformerCER(TranscriptScorer):
 
     @property
     def version(self) -> str:
-        return f"funasr {self.funasr_version} {type(self.am.model).__name__} (model.pt sha256:{self.sha256[:12]})"
+        model = type(self.am.model).__name__
+        return f"funasr {self.funasr_version} {model} (model.pt sha256:{self.sha256[:12]}) cer-rule={self.zh_rule}"
 
     def info(self) -> dict[str, Any]:
         d = super().info()
@@ -129,7 +138,7 @@ class ParaformerCER(TranscriptScorer):
                 "model_class": type(self.am.model).__name__,
                 "sample_rate": SAMPLE_RATE,
                 "batch_size_s": self.batch_size_s,
-                "normalisation": "seed-tts-eval (evaluation.text.normalize, zh: t2s, chars)",
+                "normalisation": f"evaluation.text.normalize_pair zh_rule={self.zh_rule}",
             }
         )
         return d
@@ -152,10 +161,12 @@ class ParaformerCER(TranscriptScorer):
 @register("paraformer_cer")
 def make_paraformer_cer(
     *, model_dir: str | Path = DEFAULT_MODEL_DIR, sha256: str | None = None, device: str | None = None,
-    batch_size_s: int = 300,
+    batch_size_s: int = 300, zh_rule: str = DEFAULT_ZH_RULE,
 ) -> ParaformerCER:
-    """Load Paraformer-zh from a ModelScope-layout folder in the weights store."""
+    """Load Paraformer-zh from a ModelScope-layout folder in the weights store. ``zh_rule``: the CER
+    normalisation (``evaluation.text.ZH_RULES``; default seed-tts-eval's)."""
+    check_zh_rule(zh_rule)
     d, pt = resolve_model_dir(model_dir, sha256)
     digest = sha256.lower() if sha256 is not None else sha256_file(pt)
     am = load_paraformer(d, pt, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return ParaformerCER(am, sha256=digest, model_dir=d, batch_size_s=batch_size_s)
+    return ParaformerCER(am, sha256=digest, model_dir=d, batch_size_s=batch_size_s, zh_rule=zh_rule)

@@ -2,7 +2,9 @@
 item, the per-item metric dict, and scoring a batch so that one bad clip is NaN and the others count.
 
 A subclass sets ``metric`` and ``language`` (the normaliser's language, and the only item language it
-accepts) and implements ``recognise`` (one clip) or, to batch, ``recognise_all``.
+accepts) and implements ``recognise`` (one clip) or, to batch, ``recognise_all``. Mandarin scorers also
+carry ``zh_rule`` (``evaluation.text.ZH_RULES``; default the seed-tts-eval rule: reference as written,
+hypothesis converted to simplified characters, one token per character, Latin letters included).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import logging
 import math
 from typing import ClassVar
 
-from evaluation.metrics import edit_counts, utterance_rate
+from evaluation.metrics import utterance_rate
 from evaluation.scorers.base import AudioItem, Scorer
+from evaluation.text import DEFAULT_ZH_RULE, check_zh_rule, normalize_pair
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +26,26 @@ class TranscriptScorer(Scorer):
 
     metric: ClassVar[str]
     language: ClassVar[str]  # "en" | "zh"
+    zh_rule: str = DEFAULT_ZH_RULE  # Mandarin CER rule (evaluation.text); an instance may override it
 
     @classmethod
-    def score_transcript(cls, ref: str, hyp: str) -> dict[str, float]:
-        """The per-item metric dict for a given hypothesis (separate from recognition, for testing)."""
-        errors, n = edit_counts(ref, hyp, cls.language)
+    def edit_counts(cls, ref: str, hyp: str | None, zh_rule: str | None = None) -> tuple[int, int]:
+        """``(S + D + I, reference tokens)`` after :func:`evaluation.text.normalize_pair`, aligned with
+        jiwer (as seed-tts-eval's ``process_words``)."""
+        r, h = (x.split() for x in normalize_pair(ref, hyp, cls.language,
+                                                  zh_rule=check_zh_rule(zh_rule or cls.zh_rule)))
+        if not r or not h:
+            return max(len(r), len(h)), len(r)
+        import jiwer
+
+        out = jiwer.process_words(" ".join(r), " ".join(h))
+        return int(out.substitutions + out.deletions + out.insertions), len(r)
+
+    @classmethod
+    def score_transcript(cls, ref: str, hyp: str, *, zh_rule: str | None = None) -> dict[str, float]:
+        """The per-item metric dict for a given hypothesis (separate from recognition, for testing).
+        ``zh_rule``: the Mandarin rule (default: the class's, seed-tts-eval)."""
+        errors, n = cls.edit_counts(ref, hyp, zh_rule)
         if n == 0:
             raise ValueError("reference transcript is empty after normalisation")
         m = cls.metric
@@ -39,7 +57,8 @@ class TranscriptScorer(Scorer):
             raise ValueError("no reference transcript (AudioItem.text)")
         if item.language not in (None, self.language):
             raise ValueError(f"language {item.language!r}: {self.name} scores {self.language!r} only")
-        self.score_transcript(item.text, "")  # rejects references that normalise to nothing
+        # rejects references that normalise to nothing
+        self.score_transcript(item.text, "", zh_rule=self.zh_rule)
 
     def recognise(self, item: AudioItem) -> str:
         """The raw transcript of one clip."""
@@ -72,6 +91,6 @@ class TranscriptScorer(Scorer):
             if hyp is None:
                 self.note_failure(items[i].id, "recognition failed (see the log)")  # kept if a reason came first
             else:
-                out[i] = self.score_transcript(items[i].text, hyp)
+                out[i] = self.score_transcript(items[i].text, hyp, zh_rule=self.zh_rule)
                 log.debug("%s: %r -> %r", self.name, items[i].id, hyp)
         return out

@@ -6,7 +6,9 @@ Layout (``root`` = the ``AISHELL-3`` folder holding ``test/``, or ``test/`` itse
     AISHELL-3/test/wav/<speaker>/<file>.wav    e.g. wav/SSB0005/SSB00050001.wav
 
 ``content.txt`` interleaves each character with its tone-numbered pinyin; the target text is the
-characters alone (pinyin kept in ``meta["pinyin"]``). The speaker is the wav's folder name.
+characters alone, Latin words such as "KTV" kept (pinyin kept in ``meta["pinyin"]``). Lines are parsed by
+:mod:`unimoe.corpora.aishell3`, the parser the training adapter ``data.sources.aishell3`` uses too, so
+training and reference texts follow one rule. The speaker is the wav's folder name.
 
 Protocol (deterministic): every usable utterance is a target (optionally limited to
 ``min_duration``..``max_duration``; out-of-range ones go to ``info["excluded"]``); its voice prompt
@@ -18,7 +20,6 @@ or unreadable, wavs without a line (``missing_text``).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from evaluation.sets.base import (
@@ -34,20 +35,14 @@ from evaluation.sets.base import (
     text_rows,
     voice_cloning_items,
 )
+from unimoe.corpora.aishell3 import parse_content_line, speaker_of, strip_pinyin
+
+__all__ = ["load_aishell3_test", "strip_pinyin"]
 
 LAYOUT = (
     "  <root>/test/content.txt   '<file>.wav<TAB>广 guang3 州 zhou1 ...' per line\n"
     "  <root>/test/wav/<speaker>/<file>.wav"
 )
-# tone-numbered pinyin syllable (tone 5 = neutral); "ü" may be written v, u: or ü
-_PINYIN = re.compile(r"^[a-zA-ZüÜv:]+[1-5]$")
-
-
-def strip_pinyin(tokens: list[str]) -> tuple[str, str]:
-    """(characters, pinyin) from interleaved tokens ``['广', 'guang3', '州', 'zhou1']``."""
-    chars = [t for t in tokens if not _PINYIN.match(t)]
-    pinyin = [t for t in tokens if _PINYIN.match(t)]
-    return "".join(chars), " ".join(pinyin)
 
 
 def _split_dir(root: Path, split: str) -> Path:
@@ -75,21 +70,19 @@ def load_aishell3_test(
     used: set[Path] = set()
     pool: dict[str, Utterance] = {}
     for ref, line in text_rows(content, ledger):
-        fname, *tokens = line.split()
-        if not fname.lower().endswith(".wav"):
-            fname += ".wav"
-        utt = fname[:-4]
+        row = parse_content_line(line)
+        fname, utt = row.file, row.utt
         found = wavs.get(fname, [])
         used.update(found)
         if utt in pool:
             ledger.reject(ref, utt, "duplicate_id", f"utterance {utt!r} already listed")
             continue
-        chars, pinyin = strip_pinyin(tokens)
+        chars, pinyin = row.text, row.pinyin
         if not chars:
             ledger.reject(ref, utt, "empty_text", "no characters after stripping pinyin")
             continue
         if not found:
-            ledger.reject(ref, utt, "missing_file", f"expected wav/{utt[:7]}/{fname} under {sdir}")
+            ledger.reject(ref, utt, "missing_file", f"expected wav/{speaker_of(utt)}/{fname} under {sdir}")
             continue
         if len(found) > 1:
             ledger.reject(ref, utt, "duplicate_id",
