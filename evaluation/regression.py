@@ -23,10 +23,15 @@ Rules (``rule`` column):
    narrow for small n (the bootstrap's plug-in variance divides by n and the normal tails are too
    light); the expansion corrects both and vanishes as n grows (n = 8: alpha' = 1.1%; n = 40: 4.0%).
    Per-item pairing removes the item-difficulty variance, which dominates the unpaired CI: a shift that
-   is small against the spread of items but consistent per item is detected. Seeds are treated as
-   fixed: a generation-seed effect shared by all items of a run (the generation RNG is seeded per
-   batch) cancels in the paired difference when both runs use the same seeds, as the nightly does, but
-   not when they differ (``benchmarks/regression_power.py`` measures the consequence).
+   is small against the spread of items but consistent per item is detected. With two or more seeds the
+   bootstrap also resamples SEEDS (independently of the items, the same seed labels on both sides: the
+   two-way "pigeonhole" bootstrap of a crossed items x seeds design, Owen 2007, conservative by
+   construction): the generation RNG is seeded per batch, so a seed's draw is shared by every item of a
+   run, and a new checkpoint generates different audio from the same seed, so that seed-level variance
+   does not cancel between two nightly runs. Resampling items alone treated seeds as fixed and raised
+   false alarms on metrics with a strong seed effect (measured by ``benchmarks/regression_power.py``:
+   21% of null pairs with items alone on the demo codec's audio). Metrics that do not depend on the
+   seed (token NLL) get the same interval as before.
 2. ``paired-subsample``: set-level metrics computed from the whole set, not as a mean of per-item
    values (``aggregate_set``: FAD, KL over the set, IS; and the corpus error rates ``*_corpus`` =
    sum of errors / sum of reference lengths). A bootstrap WITH replacement is biased for these:
@@ -64,7 +69,11 @@ Rules (``rule`` column):
 Decision (every rule). A metric REGRESSES when it is worse than the baseline in its own direction
 (``higher_is_better``) by MORE than its threshold AND the 95% interval of the difference lies
 entirely on the worse side of 0 (both conditions: a large move inside the noise, or a significant
-move smaller than what we care about, are not regressions). Without an interval (too few items) the
+move smaller than what we care about, are not regressions). A paired rule with fewer than
+``MIN_PAIRED_ITEMS`` common items decides nothing: the row is flagged not comparable ("too few paired
+items") and does not fail the gate -- two or three items cannot tell a regression from noise, and on the
+demo's few music clips (tempo unestimable on many generations) that rule alone caused most false alarms
+measured by ``benchmarks/regression_power.py``. Without an interval in the unpaired fallback the
 threshold alone decides. Thresholds are absolute (``{abs: x}``) or relative to |baseline| (``{rel: y}``)
 per metric, in ONE reviewed file, ``configs/regression_thresholds.yaml`` (``load_thresholds``: exact
 name, then longest prefix ``name_``, then ``"*"``), with a second file and a dict as overrides.
@@ -114,6 +123,7 @@ N_SUB = 500          # paired half-subsamples (rule 2)
 ALPHA = 0.05         # two-sided level of the intervals: 95%
 BOOT_SEED = 0
 MIN_SUBSAMPLE_ITEMS = 4
+MIN_PAIRED_ITEMS = 5  # fewer common items: the paired rules flag the metric instead of deciding
 GATED_SYSTEM = "model"
 
 RULE_PAIRED = "paired-item-bootstrap"
@@ -204,11 +214,12 @@ def decide(delta: float, lo: float, hi: float, higher_is_better: bool, threshold
 
 
 def paired_item_interval(baseline: np.ndarray, candidate: np.ndarray, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
-                         seed: int = BOOT_SEED) -> dict[str, Any]:
+                         seed: int = BOOT_SEED, resample_seeds: bool = True) -> dict[str, Any]:
     """Rule 1 on two ``[items, seeds]`` matrices aligned by item and seed (NaN = no score). Only the
     cells finite on both sides are used. Returns delta (mean over seeds of the per-seed mean item
-    difference), its percentile-bootstrap interval (items resampled with replacement, seeds kept
-    together), the baseline mean over the same pairs, n_items and n_pairs."""
+    difference), its percentile-bootstrap interval (items resampled with replacement, and with two or
+    more seeds and ``resample_seeds`` the seed columns too, independently: see the module docstring),
+    the baseline mean over the same pairs, n_items and n_pairs."""
     b, c = np.asarray(baseline, np.float64), np.asarray(candidate, np.float64)
     if b.shape != c.shape or b.ndim != 2:
         raise ValueError(f"baseline {b.shape} and candidate {c.shape} must be the same [items, seeds] shape")
@@ -222,13 +233,56 @@ def paired_item_interval(baseline: np.ndarray, candidate: np.ndarray, *, n_boot:
         return out
     diff = c - b
     out.update(delta=A.seed_mean(diff), baseline_mean=A.seed_mean(b), candidate_mean=A.seed_mean(c))
-    if n_items >= 2:
+    if n_items >= 2 and resample_seeds and diff.shape[1] >= 2:
+        n_eff = effective_n(diff)
+        out["lo"], out["hi"] = two_way_bootstrap_ci(diff, n_boot=n_boot, alpha=expanded_alpha(alpha, n_eff), seed=seed)
+    elif n_items >= 2:
         out["lo"], out["hi"] = bootstrap_ci(diff, statistic=A.seed_mean, n_boot=n_boot,
                                             alpha=expanded_alpha(alpha, n_items), seed=seed)
     return out
 
 
-def expanded_alpha(alpha: float, n: int) -> float:
+def effective_n(matrix: np.ndarray) -> float:
+    """The sample size that sets the interval's tails for ``seed_mean`` of ``[items, seeds]``: 1 +
+    Welch-Satterthwaite degrees of freedom of its variance, item part var(row means)/n (n - 1 df) plus
+    seed part var(column means)/S (S - 1 df). Seed-independent scores give n (as items alone); a seed
+    effect that dominates gives about S, so 3 seeds cannot make a seed-sized change look significant."""
+    m = np.asarray(matrix, np.float64)
+    rows, cols = np.nanmean(m, axis=1), np.nanmean(m, axis=0)
+    rows, cols = rows[np.isfinite(rows)], cols[np.isfinite(cols)]
+    n, s = rows.size, cols.size
+    if n < 2:
+        return float(n)
+    v_i = float(np.var(rows, ddof=1)) / n
+    v_s = float(np.var(cols, ddof=1)) / s if s >= 2 else 0.0
+    if v_s <= 0 or s < 2:
+        return float(n)
+    if v_i <= 0:
+        return float(s)
+    df = (v_i + v_s) ** 2 / (v_i ** 2 / (n - 1) + v_s ** 2 / (s - 1))
+    return 1.0 + float(df)
+
+
+def two_way_bootstrap_ci(matrix: np.ndarray, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
+                         seed: int = BOOT_SEED) -> tuple[float, float]:
+    """Percentile interval of ``seed_mean`` over ``[items, seeds]`` when each resample draws the items
+    and, independently, the seed columns with replacement (the pigeonhole bootstrap, Owen 2007)."""
+    m = np.asarray(matrix, np.float64)
+    n, s = m.shape
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for start in range(0, n_boot, 256):  # chunks bound the [chunk, items, seeds] gather's memory
+        k = min(256, n_boot - start)
+        ii, ss = rng.integers(0, n, (k, n)), rng.integers(0, s, (k, s))
+        stats[start:start + k] = A.seed_mean.batched(m[ii[:, :, None], ss[:, None, :]])
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def expanded_alpha(alpha: float, n: float) -> float:
     """The percentile level of Hesterberg's expanded percentile interval for ``n`` items: alpha' with
     z(1 - alpha'/2) = sqrt(n / (n - 1)) * t(n - 1, 1 - alpha/2) (``alpha`` itself for n < 2)."""
     from scipy import stats
@@ -473,13 +527,17 @@ def _decide_one(b: dict, c: dict | None, b_items: pd.DataFrame, c_items: pd.Data
             rule, base_ref = RULE_SUBSAMPLE, res["baseline_value"]
         if res["n_items"] > 0 and math.isfinite(res["delta"]):
             thr = threshold_for(metric, base_ref, thresholds)
-            if not (math.isfinite(res["lo"]) and math.isfinite(res["hi"])):
-                flagged.append(f"only {res['n_items']} paired item(s): no interval, the threshold alone decides")
+            decided = res["n_items"] >= MIN_PAIRED_ITEMS
+            if not decided:
+                flagged.append(f"only {res['n_items']} paired item(s) (< {MIN_PAIRED_ITEMS}): too few to decide")
+            elif not (math.isfinite(res["lo"]) and math.isfinite(res["hi"])):
+                flagged.append("no interval, the threshold alone decides")
             if flagged:
                 flagged.append(f"decided on the {res['n_items']} common items ({res['n_pairs']} pairs)")
             return {**row, "rule": rule, "threshold": thr, "delta": res["delta"], "delta_ci_low": res["lo"],
                     "delta_ci_high": res["hi"], "n_items": res["n_items"], "n_pairs": res["n_pairs"],
-                    "regressed": decide(res["delta"], res["lo"], res["hi"], hib, thr), "comparable": not flagged,
+                    "regressed": decided and decide(res["delta"], res["lo"], res["hi"], hib, thr),
+                    "comparable": not flagged,
                     "reason": "; ".join(flagged)}
         flagged.append("no (item, seed) pair is scored in both runs")
         why = "no common pairs"

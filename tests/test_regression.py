@@ -97,6 +97,50 @@ def test_paired_pairs_only_and_seeds_kept_together():
     assert res["delta"] == pytest.approx(((0.5 + 6.0) / 2 + 0.5) / 2)
 
 
+def test_seed_level_effects_are_resampled_not_treated_as_fixed():
+    """Null pairs whose generation seeds each shift every item (a seed's draw is shared by the whole run):
+    the items-only bootstrap flags many of them; resampling the seeds too keeps false alarms near nominal,
+    and a consistent per-item shift larger than the seed spread is still detected."""
+    alarms = alarms_items_only = detected = 0
+    for k in range(120):
+        g = np.random.default_rng(5000 + k)
+        d = g.normal(0, 1, size=(20, 1))
+        run = lambda shift=0.0: d + shift + g.normal(0, 0.3, (1, 3)) + g.normal(0, 0.2, (20, 3))  # noqa: E731
+        base, cand = run(), run()
+        res = G.paired_item_interval(base, cand, n_boot=300, seed=k)
+        alarms += G.decide(res["delta"], res["lo"], res["hi"], True, 0.0)
+        fixed = G.paired_item_interval(base, cand, n_boot=300, seed=k, resample_seeds=False)
+        alarms_items_only += G.decide(fixed["delta"], fixed["lo"], fixed["hi"], True, 0.0)
+        worse = G.paired_item_interval(base, run(-1.5), n_boot=300, seed=k)
+        detected += G.decide(worse["delta"], worse["lo"], worse["hi"], True, 0.0)
+    assert alarms_items_only >= 30, alarms_items_only  # the old rule: most seed draws look like a change
+    assert alarms <= 10, alarms
+    assert detected >= 100, detected
+    # seed-independent scores (token NLL): resampling seeds changes nothing
+    d = np.random.default_rng(7).normal(0, 1, (20, 1))
+    same = np.repeat(d, 3, axis=1)
+    a = G.paired_item_interval(same, same + 0.1, n_boot=300)
+    b = G.paired_item_interval(same, same + 0.1, n_boot=300, resample_seeds=False)
+    assert (a["lo"], a["hi"]) == pytest.approx((b["lo"], b["hi"]))
+
+
+def test_too_few_paired_items_are_flagged_not_decided():
+    base = np.array([[0.9, 0.8], [0.7, 0.9], [0.8, 0.85]])
+    cand = base - 0.5  # much worse, but on three items only
+    bi, ci = items_frame(base, "tempo_adherence"), items_frame(cand, "tempo_adherence")
+    rows, _ = G.compare_frames(agg_frame(bi, {"tempo_adherence": True}), agg_frame(ci, {"tempo_adherence": True}),
+                               bi, ci, thresholds=THR)
+    r = one(rows, "tempo_adherence")
+    assert r["rule"] == G.RULE_PAIRED and not r["regressed"] and not r["comparable"]
+    assert "too few to decide" in r["reason"] and r["n_items"] == 3 < G.MIN_PAIRED_ITEMS
+    # the same shift on enough items is a regression
+    base5 = np.vstack([base, [[0.75, 0.8], [0.85, 0.9]]])
+    bi, ci = items_frame(base5, "tempo_adherence"), items_frame(base5 - 0.5, "tempo_adherence")
+    rows, _ = G.compare_frames(agg_frame(bi, {"tempo_adherence": True}), agg_frame(ci, {"tempo_adherence": True}),
+                               bi, ci, thresholds=THR)
+    assert one(rows, "tempo_adherence")["regressed"]
+
+
 # ---- rule 2: paired subsample interval for set-level metrics ----------------------------------------
 
 def _fad_sets(seed, n=30, d=8, cand_noise=1.0):
