@@ -11,9 +11,8 @@ Table 3 (speech)   four blocks, as in the paper (arXiv 2510.13344): Seed-TTS tes
 Table 4 (music)    three blocks: T2M on MusicCaps (``musiccaps``/t2m), T2M on V2M-bench (``v2m-bench``/t2m) and
                    V2M on V2M-bench (``v2m-bench``/v2m), each with PC, PQ, CE (audiobox_aesthetics' ``PC``,
                    ``PQ``, ``CE``), CLAP (``clap``), CLaMP3 (``clamp3``), FAD (``fad`` of openl3_fad), KL and IS
-                   (``kl``, ``is`` of passt). The T2M (V2M-bench) block is filled by t2m rows of benchmark
-                   ``v2m-bench`` (its captions as text prompts); the ``v2m-bench`` set currently yields v2m
-                   items only, so that block reads ``–`` until it also yields t2m items.
+                   (``kl``, ``is`` of passt). The T2M (V2M-bench) block is filled by the t2m rows of benchmark
+                   ``v2m-bench`` (each captioned clip's caption as the text prompt, ids ``t2m/<clip>``).
 Cell metric names are the scorers' own (``Cell.scorer``'s ``metrics``); tests/test_report_tables.py checks
 every paper cell against the scorer classes, so a renamed metric fails there instead of leaving cells empty.
 Table 5 (ablation) variants side by side (columns), one row per cell of Tables 3 and 4 that any variant has.

@@ -78,7 +78,8 @@ DEFAULT_SCORERS: dict[str, dict[str, list[str]]] = {
     "librispeech-test-clean": {"en_tts": ["whisper_wer", "wavlm_sim", "utmos22_strong"]},
     "aishell3-test": {"zh_tts": ["paraformer_cer", "wavlm_sim", "utmos22_strong"]},
     "musiccaps": {"t2m": ["audiobox_aesthetics", "clap", "openl3_fad", "passt", "clamp3"]},
-    "v2m-bench": {"v2m": ["audiobox_aesthetics", "clap", "openl3_fad", "passt", "clamp3"]},
+    "v2m-bench": {"t2m": ["audiobox_aesthetics", "clap", "openl3_fad", "passt", "clamp3"],
+                  "v2m": ["audiobox_aesthetics", "clap", "openl3_fad", "passt", "clamp3"]},
 }
 # Which tasks a scorer can judge (an explicit ``scorers`` list is applied where it makes sense).
 SCORER_TASKS: dict[str, tuple[str, ...]] = {

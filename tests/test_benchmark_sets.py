@@ -350,6 +350,37 @@ def test_musiccaps_missing_csv_and_columns(tmp_path):
         load_benchmark("musiccaps", tmp_path / "mc")
 
 
+def test_shared_corpus_line_rules():
+    """The LibriSpeech and MusicCaps rules the benchmark sets share with the training adapters
+    (unimoe.corpora): one transcript/caption rule, the folder rule for ids, clip names, refusal order."""
+    from unimoe.corpora import librispeech as LS
+    from unimoe.corpora import musiccaps as MC
+
+    assert LS.parse_trans_line("1089-134686-0000  HE HOPED THERE'S STEW ") == LS.TransLine(
+        "1089-134686-0000", "HE HOPED THERE'S STEW")
+    assert LS.parse_trans_line("  \t ") is None and LS.parse_trans_line("1089-134686-0010").text == ""
+    assert LS.folder_problem("1089-134686-0000", "1089", "134686") is None
+    assert "1089/134686" in LS.folder_problem("9999-1-0001", "1089", "134686")
+    assert LS.folder_problem("1089_134686_000001_000001", "1089", "134686")  # LibriTTS id: not a LibriSpeech line
+    assert [LS.split_of(n) for n in ("test-clean", "train-other-500", "LibriSpeech")] == ["test", "train", None]
+    assert LS.audio_names("1-2-3") == ["1-2-3.flac", "1-2-3.wav"]
+    assert MC.clip_stems("abc", "30.0", 30.0) == ["abc", "abc_30.0", "abc_30"]
+    assert MC.clip_stems("abc", "30", 30.0) == ["abc", "abc_30"]
+    ok = MC.parse_row({"ytid": " x ", "start_s": "30", "end_s": "40", "caption": "\ufeff Soft \ufffd hiss. ",
+                       "is_balanced_subset": "True", "is_audioset_eval": "", "aspect_list": "['hiss']"})
+    assert (ok.problem, ok.ytid, ok.caption, ok.start, ok.end) == (None, "x", "Soft \ufffd hiss.", 30.0, 40.0)
+    assert ok.meta == {"aspect_list": "['hiss']", "audioset_positive_labels": None, "author_id": None,
+                       "is_balanced_subset": True, "is_audioset_eval": None}
+    # the first reason refuses the row: id, encoding, caption, span
+    def reason(**row):
+        return MC.parse_row(row).problem[0]
+
+    assert reason(ytid="", start_s="x", caption="") == "missing_id"
+    assert reason(ytid="y", start_s="1", end_s="2", caption="caf\udce9") == "non_utf8_text"  # undecodable byte
+    assert reason(ytid="y", start_s="20", end_s="10", caption=" ") == "empty_text"
+    assert reason(ytid="y", start_s="20", end_s="10", caption="a") == "bad_segment"
+
+
 # ---------------------------------------------------------------- V2M-bench
 
 needs_ffmpeg = pytest.mark.skipif(
@@ -379,7 +410,8 @@ def test_v2m_bench(tmp_path):
     write(root / "metadata.csv", "id,caption,genre\ngood.mp4,Upbeat synth pop.,pop\nghost,No such clip.,x\nplain,,\n")
     bset = load_benchmark("v2m-bench", root)
     items = by_id(bset)
-    assert sorted(items) == ["good", "plain"]
+    assert sorted(items) == ["good", "plain", "t2m/good"]  # + a T2M item for the captioned clip
+    assert items["t2m/good"].text == "Upbeat synth pop." and items["t2m/good"].video is None
     g = items["good"]
     assert (g.task, g.text, g.language, g.meta["genre"]) == ("v2m", "Upbeat synth pop.", "en", "pop")
     assert Path(g.video).name == "good.mp4" and Path(g.reference_audio).name == "good.wav"
@@ -392,6 +424,39 @@ def test_v2m_bench(tmp_path):
     assert abs(rej["short"]["duration"] - 3.0) < 0.5 and rej["ghost"]["line"] == 3
     loose = load_benchmark("v2m-bench", root, tolerance=8.0)
     assert "short" in by_id(loose)
+
+
+def test_v2m_bench_t2m_items(tmp_path):
+    """The paper's Table 4 has a T2M block on V2M-bench beside V2M: each captioned clip is also a text-to-music
+    item (its caption as the prompt, id "t2m/<id>"), scored against the same clip's audio."""
+    from evaluation.runner import DEFAULT_SCORERS
+
+    root = tmp_path / "v2m"
+    for vid in ("a", "b", "c"):
+        write(root / "videos" / f"{vid}.mp4", b"\x00\x00\x00\x18ftypisom" + b"\x00" * 32)
+    tone(root / "audio" / "a.wav", 1.0)
+    write(root / "metadata.jsonl", "\n".join(json.dumps(r) for r in [
+        {"id": "a", "caption": "  Calm piano over rain.  ", "genre": "ambient"},
+        {"id": "b", "caption": "Driving rock drums."},  # no reference audio
+        {"id": "c", "caption": ""},  # no caption: a v2m item only
+    ]) + "\n")
+    bset = load_benchmark("v2m-bench", root, check_duration=False)
+    items = by_id(bset)
+    assert [it.id for it in bset.items] == ["a", "b", "c", "t2m/a", "t2m/b"]  # v2m first, then t2m, by id
+    assert bset.info["counts"]["items"] == {"t2m": 2, "v2m": 3}
+    t = items["t2m/a"]
+    assert (t.task, t.language, t.text, t.video, t.prompt_audio) == ("t2m", "en", "Calm piano over rain.", None, None)
+    assert t.reference_audio == items["a"].reference_audio and Path(t.reference_audio).name == "a.wav"
+    assert t.meta["clip_id"] == "a" and t.meta["genre"] == "ambient"
+    assert items["t2m/b"].reference_audio is None and items["t2m/b"].text == items["b"].text
+    assert bset.info["protocol"]["t2m"]
+    # the manifest round trip keeps the "t2m/<id>" ids
+    assert read_manifest(write_manifest(tmp_path / "m.jsonl", bset)).items == bset.items
+    # v2m only on request
+    only = load_benchmark("v2m-bench", root, check_duration=False, t2m=False)
+    assert {it.task for it in only.items} == {"v2m"} and only.info["protocol"]["t2m"] is None
+    # the runner scores the t2m items with the same music scorers as MusicCaps' T2M
+    assert DEFAULT_SCORERS["v2m-bench"]["t2m"] == DEFAULT_SCORERS["musiccaps"]["t2m"]
 
 
 def test_v2m_bench_missing_videos_folder(tmp_path):

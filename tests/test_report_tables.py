@@ -160,3 +160,14 @@ def test_topline_rows_beside_the_model_rows(tmp_path):
     assert demo["moe"][2].startswith("6.50") and demo["ground truth"][2] == "–"  # token NLL: model only
     md = P.render(tmp_path, "md")
     assert "| ground truth | " in md and "| codec resynthesis | " in md
+
+
+def test_default_scorers_fill_every_paper_cell():
+    """A default `unimoe bench` run of each paper benchmark writes every Table 3/4 cell: the cell's scorer is in
+    the runner's DEFAULT_SCORERS for its (benchmark, task) — the T2M (V2M-bench) block needs v2m-bench's t2m
+    items scored like MusicCaps' T2M."""
+    from evaluation.runner import DEFAULT_SCORERS
+
+    unscored = sorted({(c.benchmark, c.task, c.scorer) for c in P.TABLE3 + P.TABLE4
+                       if c.scorer not in DEFAULT_SCORERS.get(c.benchmark, {}).get(c.task, [])})
+    assert unscored == []

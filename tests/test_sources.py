@@ -140,6 +140,41 @@ def test_libritts_layout_and_text_variant(tmp_path):
     assert orig["1089_134686_000001_000001"].text.endswith("dinner,")
 
 
+def test_librispeech_training_and_benchmark_texts_agree(tmp_path):
+    """One parser per corpus layout: the training adapter and the librispeech-test-clean benchmark set read the
+    same trans.txt into the same texts. They used to differ on a line whose id is not <speaker>-<chapter>-<n> of
+    its folder (kept in training, refused in the benchmark) and on a repeated id (training took the first line,
+    the benchmark the first *usable* one)."""
+    from evaluation.sets import load_benchmark
+    from evaluation.sets.librispeech import scan_subset  # noqa: F401  (public name kept)
+
+    root = tmp_path / "LibriSpeech"
+    ch = root / "test-clean" / "1089" / "134686"
+    for n in ("0000", "0001", "0002"):
+        tone(ch / f"1089-134686-{n}.flac", seconds=0.5)
+    tone(ch / "9999-1-0001.flac", seconds=0.5)  # a file of another chapter, misplaced here
+    write(ch / "1089-134686.trans.txt", "\n".join([
+        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER",
+        "1089-134686-0001   STUFF IT INTO YOU  ",  # extra spaces around the text
+        "9999-1-0001 WRONG CHAPTER",
+        "1089-134686-0002",  # no transcript: the utterance's line, so it has no text ...
+        "1089-134686-0002 A SECOND LINE FOR IT",  # ... and a second line does not replace it
+        "",
+    ]) + "\n")
+
+    recs = scan("librispeech", root)
+    train = {r.id: r.text for r in recs if r.status == "kept"}
+    bench = {it.id: it.text for it in load_benchmark("librispeech-test-clean", root, min_duration=None,
+                                                      max_duration=None).items}
+    assert train == bench == {"1089-134686-0000": "HE HOPED THERE WOULD BE STEW FOR DINNER",
+                              "1089-134686-0001": "STUFF IT INTO YOU"}
+    refused = sorted((r.id, r.reason) for r in recs if r.status != "kept")
+    assert refused == [("1089-134686-0002", "duplicate_id"), ("1089-134686-0002", "empty_text"),
+                       ("9999-1-0001", "bad_row"), ("9999-1-0001", "missing_text")]
+    rejected = load_benchmark("librispeech-test-clean", root, min_duration=None, max_duration=None).info["rejected"]
+    assert sorted((r["id"], r["reason"]) for r in rejected) == refused
+
+
 # ---------------------------------------------------------------- AISHELL-3
 
 
@@ -351,6 +386,44 @@ def test_musiccaps_spans_of_full_recordings(tmp_path):
     assert reasons(recs) == {"short": "bad_segment"}
 
 
+def test_musiccaps_training_and_benchmark_captions_agree(tmp_path):
+    """One parser per corpus layout: the training adapter and the musiccaps benchmark set read the same CSV
+    row into the same caption and find the same clip. They used to differ on a clip saved as
+    <ytid>_<start>.wav (found by the benchmark only), on a caption holding a real U+FFFD character
+    (refused by the benchmark as undecodable) and on which reason refuses an empty caption with a bad span."""
+    from evaluation.sets import load_benchmark
+
+    root = tmp_path / "musiccaps"
+    tone(root / "audio" / "aaa.wav", seconds=1.0)
+    tone(root / "audio" / "bbb_10.wav", seconds=1.0)  # clip named with its start second
+    tone(root / "audio" / "ccc.flac", seconds=1.0, fmt="FLAC")
+    tone(root / "audio" / "ddd.wav", seconds=1.0)
+    head = "ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,is_balanced_subset,is_audioset_eval"
+    rows = [
+        'aaa,30,40,/m/04rlf,"[\'piano\']","  A calm piano piece, slow.  ",4,True,False',
+        "bbb,10.0,20.0,/m/0,[],Fast drums.,1,False,True",
+        "ccc,0,10,/m/0,[],Lo-fi hiss \ufffd and vinyl crackle.,2,False,False",  # a real U+FFFD character
+        "eee,20,10,/m/0,[],,2,False,False",  # empty caption and a backwards span
+    ]
+    data = (head + "\n" + "\n".join(rows) + "\n").encode("utf-8")
+    data += b"ddd,0,10,/m/0,[],Caf\xe9 jazz.,2,False,False\n"  # Latin-1 byte: not UTF-8
+    write(root / "musiccaps-public.csv", data)
+
+    recs = scan("musiccaps", root)
+    train = {r.id: (r.text, Path(r.audio_path).name) for r in recs if r.status == "kept"}
+    bset = load_benchmark("musiccaps", root)
+    bench = {it.id: (it.text, Path(it.reference_audio).name) for it in bset.items}
+    assert train == bench == {"aaa": ("A calm piano piece, slow.", "aaa.wav"), "bbb": ("Fast drums.", "bbb_10.wav"),
+                              "ccc": ("Lo-fi hiss \ufffd and vinyl crackle.", "ccc.flac")}
+    refused = {r.id: r.reason for r in recs if r.status != "kept"}
+    assert refused == {r["id"]: r["reason"] for r in bset.info["rejected"]} == {
+        "eee": "empty_text", "ddd": "non_utf8_text"}
+    # the same flags and aspect list in both
+    mc = by_id(recs)["aaa"].meta
+    assert (mc["is_balanced_subset"], mc["aspect_list"]) == (True, "['piano']") == (
+        bset.items[0].meta["is_balanced_subset"], bset.items[0].meta["aspect_list"])
+
+
 # ---------------------------------------------------------------- V2M pairs
 
 
@@ -476,6 +549,33 @@ def test_demo_corpus(tmp_path):
         "signal 11" in r["demo-failure-00002"].detail
         and r["demo-failure-00002"].meta["source"] == "fluidsynth:song3"
     )
+
+
+def test_demo_training_and_benchmark_texts_agree(tmp_path):
+    """One reader of the demo corpus rows: the training adapter and the demo benchmark set give the same test
+    rows the same texts. They used to differ on a byte-order mark inside a text (removed in training only), an
+    audio path written with surrounding spaces (found in training only) and a numeric id (benchmark: no id)."""
+    from evaluation.sets import load_benchmark
+
+    root = tmp_path / "demo"
+
+    def row(rid, task, split, text, speaker=None, audio=None):
+        name = f"audio/{rid}.wav"
+        tone(root / name, seconds=0.5)
+        return {"id": rid, "task": task, "language": "en", "audio": audio or name, "text": text,
+                "speaker": speaker, "video": None, "split": split}
+
+    rows = [row("en-a-1", "en_tts", "train", "Train one.", "a"),
+            row("en-a-2", "en_tts", "test", "\ufeffTest two.  ", "a"),
+            row("en-a-3", "en_tts", "test", "Test three.", "a", audio=" audio/en-a-3.wav "),
+            row("t2m-1", "t2m", "test", "  Piano at 120 BPM."),
+            row(7, "t2m", "test", "Drums.")]  # audio/7.wav
+    write(root / "metadata.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    recs = scan("demo", root)
+    train = {r.id: r.text for r in recs if r.status == "kept" and r.split == "test"}
+    bench = {it.id: it.text for it in load_benchmark("demo", root, curated=False).items}
+    assert train == bench == {"en-a-2": "Test two.", "en-a-3": "Test three.", "t2m-1": "Piano at 120 BPM.",
+                              "7": "Drums."}
 
 
 def test_ingest_writes_a_readable_manifest(tmp_path):

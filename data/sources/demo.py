@@ -11,7 +11,8 @@ Each metadata line is checked like any corpus row (the declared ``sample_rate``/
 match the file); each failures line becomes a quarantined row (reason: the builder's reason when
 it is a short code, else ``build_failed``; the full text is in ``detail``). ``source``, ``midi``,
 ``instruments``, ``tempo_bpm`` and ``key`` go into ``meta`` (``midi`` as an absolute path when it
-is inside the root).
+is inside the root). Row fields (id, text, paths, speaker) are read by :mod:`unimoe.corpora.demo`, the
+reader the ``demo`` benchmark set uses too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from data.sources.base import (
     iter_jsonl,
     rel,
 )
+from unimoe.corpora.demo import row_id, row_path, row_speaker, row_text
 
 _META_KEYS = ("source", "midi", "instruments", "tempo_bpm", "key")
 
@@ -81,22 +83,20 @@ class DemoAdapter(Adapter):
             except ValueError as e:
                 sr = dur = None
                 problem = QuarantineReason("bad_row", f"sample_rate/duration: {e}")
-            audio = row.get("audio")
-            if problem is None and not (isinstance(audio, str) and audio.strip()):
+            audio = row_path(row, "audio")
+            if problem is None and audio is None:
                 problem = QuarantineReason("bad_row", "no audio path")
-            video = row.get("video")
-            text = row.get("text")
             yield Item(
                 source_ref=ref,
-                id=row.get("id") if row.get("id") not in ("", None) else None,
-                audio=audio.strip() if isinstance(audio, str) and audio.strip() else None,
+                id=row_id(row),
+                audio=audio,
                 task=row.get("task"),
                 language=row.get("language"),
-                text=text if text is None or isinstance(text, str) else str(text),
-                speaker=row.get("speaker"),
+                text=row_text(row),
+                speaker=row_speaker(row),
                 split=row.get("split"),
                 licence=row.get("licence") or row.get("license"),
-                video=video if isinstance(video, str) and video.strip() else None,
+                video=row_path(row, "video"),
                 declared_sample_rate=sr,
                 declared_duration=dur,
                 meta=meta,

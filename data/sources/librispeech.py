@@ -11,20 +11,39 @@ Layouts (``root`` is the corpus folder holding the subsets, or one subset folder
 ``subset`` is e.g. ``train-clean-100`` / ``dev-clean`` / ``test-clean``; the split is its prefix
 (``train`` / ``dev`` / ``test``) and the subset name is kept in ``meta["subset"]``. Every audio
 file and every transcript line is an input row: audio without a transcript is quarantined
-``missing_text``, a transcript line without audio ``missing_file``.
+``missing_text``, a transcript line without audio ``missing_file``, a ``.trans.txt`` line whose id is
+not ``<speaker>-<chapter>-<n>`` of its folder ``bad_row`` and a second line for the same utterance
+``duplicate_id``. Lines, ids and texts are parsed by :mod:`unimoe.corpora.librispeech`, the parser the
+benchmark set ``librispeech-test-clean`` uses too.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
 from data.manifest import ManifestRecord
-from data.sources.base import Adapter, Item, find_audio_files, read_bytes, read_text_lines, rel
-
-_SUBSET = re.compile(r"^(train|dev|test)([-_].*)?$", re.IGNORECASE)
+from data.sources.base import (
+    Adapter,
+    Item,
+    QuarantineReason,
+    find_audio_files,
+    read_bytes,
+    read_text_lines,
+    rel,
+)
+from unimoe.corpora.librispeech import (
+    AUDIO_SUFFIXES,
+    TEXT_VARIANTS,
+    TRANS_SUFFIX,
+    folder_problem,
+    parse_trans_line,
+    parse_trans_tsv_line,
+    speaker_of,
+    split_of,
+    text_file_name,
+)
 
 
 class LibriSpeechAdapter(Adapter):
@@ -37,7 +56,7 @@ class LibriSpeechAdapter(Adapter):
 
     def __init__(self, root, *, text_variant: str = "normalized", **common) -> None:
         super().__init__(root, **common)
-        if text_variant not in ("normalized", "original"):
+        if text_variant not in TEXT_VARIANTS:
             raise ValueError(f"text_variant must be 'normalized' or 'original', got {text_variant!r}")
         self.text_variant = text_variant
 
@@ -45,37 +64,60 @@ class LibriSpeechAdapter(Adapter):
         parts = Path(rel(chapter_dir, self.root)).parts
         candidates = list(parts) + [self.root.name]
         for part in candidates:
-            m = _SUBSET.match(part)
-            if m:
-                return m.group(1).lower(), part
+            split = split_of(part)
+            if split:
+                return split, part
         return None, None
 
-    def _transcripts(self, chapter_dir: Path) -> dict[str, tuple[str, str]]:
-        """utt-id -> (text, source_ref) from the chapter's ``*.trans.txt`` / ``*.trans.tsv``."""
+    def _transcripts(
+        self, chapter_dir: Path
+    ) -> tuple[dict[str, tuple[str, str]], list[tuple[str, str, QuarantineReason]]]:
+        """utt-id -> (text, source_ref) from the chapter's ``*.trans.txt`` / ``*.trans.tsv``, and
+        (source_ref, id, reason) for each ``.trans.txt`` line that is refused."""
         out: dict[str, tuple[str, str]] = {}
-        for tf in sorted(chapter_dir.glob("*.trans.txt")):
+        bad: list[tuple[str, str, QuarantineReason]] = []
+        for tf in sorted(chapter_dir.glob(f"*{TRANS_SUFFIX}")):
             for i, line in read_text_lines(tf):
-                if not line.strip():
+                row = parse_trans_line(line)
+                if row is None:
                     continue
-                utt, _, text = line.strip().partition(" ")
-                out.setdefault(utt, (text, f"{rel(tf, self.root)}:{i}"))
+                ref = f"{rel(tf, self.root)}:{i}"
+                why = folder_problem(row.utt, chapter_dir.parent.name, chapter_dir.name)
+                if why is not None:
+                    bad.append((ref, row.utt, QuarantineReason("bad_row", why)))
+                elif row.utt in out:
+                    bad.append((ref, row.utt, QuarantineReason(
+                        "duplicate_id", f"utterance {row.utt!r} already listed at {out[row.utt][1]}")))
+                else:
+                    out[row.utt] = (row.text, ref)
         for tf in sorted(chapter_dir.glob("*.trans.tsv")):  # LibriTTS: utt \t original \t normalized
             for i, line in read_text_lines(tf):
-                cols = line.split("\t")
-                if len(cols) >= 2 and cols[0].strip():
-                    text = cols[2] if self.text_variant == "normalized" and len(cols) >= 3 else cols[1]
-                    out.setdefault(cols[0].strip(), (text, f"{rel(tf, self.root)}:{i}"))
-        return out
+                row = parse_trans_tsv_line(line, self.text_variant)
+                if row is not None:
+                    out.setdefault(row.utt, (row.text, f"{rel(tf, self.root)}:{i}"))
+        return out, bad
 
     def items(self) -> Iterator[Item | ManifestRecord]:
         by_dir: dict[Path, list[Path]] = defaultdict(list)
-        for p in find_audio_files(self.root, (".flac", ".wav")):
+        for p in find_audio_files(self.root, AUDIO_SUFFIXES):
             by_dir[p.parent].append(p)
-        for tf in list(self.root.rglob("*.trans.txt")) + list(self.root.rglob("*.trans.tsv")):
+        for tf in list(self.root.rglob(f"*{TRANS_SUFFIX}")) + list(self.root.rglob("*.trans.tsv")):
             by_dir.setdefault(tf.parent, [])
         for chapter_dir in sorted(by_dir):
             split, subset = self._subset(chapter_dir)
-            transcripts = self._transcripts(chapter_dir)
+            transcripts, bad = self._transcripts(chapter_dir)
+            for ref, utt, problem in bad:
+                yield Item(
+                    source_ref=ref,
+                    id=utt or None,
+                    audio=None,
+                    task="en_tts",
+                    language="en",
+                    speaker=speaker_of(utt) if utt else None,
+                    split=split,
+                    meta={"subset": subset, "chapter": chapter_dir.name},
+                    problem=problem,
+                )
             seen: set[str] = set()
             for audio in by_dir[chapter_dir]:
                 utt = audio.name[: -len(audio.suffix)]
@@ -83,7 +125,7 @@ class LibriSpeechAdapter(Adapter):
                 ref = rel(audio, self.root)
                 text: str | bytes | None = None
                 problem = None
-                per_utt = audio.with_name(f"{utt}.{self.text_variant}.txt")
+                per_utt = audio.with_name(text_file_name(utt, self.text_variant))
                 if per_utt.is_file():
                     text, problem = read_bytes(per_utt)
                     ref = rel(per_utt, self.root)
@@ -97,7 +139,7 @@ class LibriSpeechAdapter(Adapter):
                     language="en",
                     text=text,
                     require_text=True,
-                    speaker=re.split(r"[-_]", utt)[0],
+                    speaker=speaker_of(utt),
                     split=split,
                     meta={"subset": subset, "chapter": chapter_dir.name},
                     problem=problem,
@@ -113,7 +155,7 @@ class LibriSpeechAdapter(Adapter):
                     task="en_tts",
                     language="en",
                     text=text,
-                    speaker=re.split(r"[-_]", utt)[0],
+                    speaker=speaker_of(utt),
                     split=split,
                     meta={"subset": subset, "chapter": chapter_dir.name},
                 )

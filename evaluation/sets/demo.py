@@ -20,6 +20,8 @@ out a test split are refused with a clear error).
 - v2m: video = the row's video, reference_audio = its soundtrack, text = caption as for t2m.
 ``max_items_per_task`` keeps the first N usable test items of each task by id (the rest:
 ``info["excluded"]``).
+Row fields (id, text, paths, speaker) are read by :mod:`unimoe.corpora.demo`, the reader the training
+adapter ``data.sources.demo`` uses too.
 Rejected: unparsable lines, rows without id/valid task, duplicate ids, test rows whose audio (or
 video, v2m) is missing or unreadable, TTS test rows without text. Unusable train-split utterances of
 a speaker who needs a prompt are listed in ``info["excluded"]`` (``unusable_prompt``).
@@ -49,6 +51,7 @@ from evaluation.sets.base import (
     voice_cloning_items,
 )
 from unimoe.config import TASKS
+from unimoe.corpora.demo import row_id, row_path, row_speaker, row_text
 
 LAYOUT = (
     "  <corpus>/metadata.jsonl  (demo corpus: id, task, audio, text, speaker, video, split, ...)\n"
@@ -148,8 +151,8 @@ def load_demo(
     has_split = False
     for ref, row in jsonl_rows(meta_file, ledger):
         has_split = has_split or "split" in row
-        rid = row.get("id")
-        if not isinstance(rid, str) or not rid.strip():
+        rid = row_id(row)  # the training adapter's rule too (unimoe.corpora.demo)
+        if rid is None:
             ledger.reject(ref, None, "missing_id", "row has no id")
             continue
         if row.get("task") not in TASKS:
@@ -172,12 +175,12 @@ def load_demo(
         ref, r = rows[rid]
         report = ledger.exclude if for_prompt else ledger.reject
         why_prefix = "prompt candidate: " if for_prompt else ""
-        text = r.get("text")
-        if r["task"] in TTS_LANGUAGE and not (isinstance(text, str) and text.strip()):
+        text = row_text(r)
+        if r["task"] in TTS_LANGUAGE and not text:
             report(ref, rid, "unusable_prompt" if for_prompt else "empty_text", f"{why_prefix}no transcript")
             return None
-        audio = r.get("audio")
-        if not (isinstance(audio, str) and audio.strip()):
+        audio = row_path(r, "audio")
+        if audio is None:
             report(ref, rid, "unusable_prompt" if for_prompt else "missing_file", f"{why_prefix}no audio path")
             return None
         chk = check_audio(resolve(audio, corpus))
@@ -185,8 +188,8 @@ def load_demo(
             report(ref, rid, "unusable_prompt" if for_prompt else chk.reason, f"{why_prefix}{chk.detail}")
             return None
         meta = {k: r[k] for k in _META_KEYS if r.get(k) is not None}
-        return Utterance(rid, str(r.get("speaker") or ""), resolve(audio, corpus).resolve(),
-                         (text or "").strip() if isinstance(text, str) else "", chk.duration, ref, meta)
+        return Utterance(rid, row_speaker(r) or "", resolve(audio, corpus).resolve(), text or "", chk.duration,
+                         ref, meta)
 
     curated_path = _find_curated(curated, workspaces)
     captions = _curated_captions(curated_path) if curated_path else {}
@@ -200,7 +203,7 @@ def load_demo(
             speakers = {u.speaker for u in targets}
             train = [u for u in (
                 usable(rid, True) for rid, (_, r) in sorted(rows.items())
-                if r["task"] == task and r.get("split") == "train" and str(r.get("speaker") or "") in speakers
+                if r["task"] == task and r.get("split") == "train" and (row_speaker(r) or "") in speakers
             ) if u is not None]  # fmt: skip
             items += voice_cloning_items(targets, train, task=task, seed=seed, ledger=ledger,
                                          fallback=targets, primary_note="train", fallback_note="test")
@@ -212,8 +215,8 @@ def load_demo(
             ref, r = rows[rid]
             video = None
             if task == "v2m":
-                v = r.get("video")
-                vpath = resolve(v, corpus) if isinstance(v, str) and v.strip() else None
+                v = row_path(r, "video")
+                vpath = resolve(v, corpus) if v is not None else None
                 if vpath is None or not vpath.is_file() or vpath.stat().st_size == 0:
                     ledger.reject(ref, rid, "missing_video", f"video {v!r} not found (or empty) under {corpus}")
                     continue

@@ -18,14 +18,15 @@ Protocol (deterministic; recorded in ``info["protocol"]``):
   ``ref_utt ref_dur ref_txt gen_utt gen_dur gen_txt``, e.g. its
   ``librispeech_pc_test_clean_cross_sentence.lst``): targets, prompts and both texts come from the list.
 
-Text is LibriSpeech's (upper case, no punctuation); the WER normaliser lower-cases it. Rejected:
+Text is LibriSpeech's (upper case, no punctuation); the WER normaliser lower-cases it. Lines, ids and
+texts are parsed by :mod:`unimoe.corpora.librispeech`, the parser the training adapter
+``data.sources.librispeech`` uses too, so training and reference texts follow one rule. Rejected:
 unparsable or duplicate transcript lines, lines without audio (``missing_file``), audio without a
 line (``missing_text``), unreadable audio, ids that do not match their chapter folder.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from evaluation.sets.base import (
@@ -42,46 +43,54 @@ from evaluation.sets.base import (
     text_rows,
     voice_cloning_items,
 )
+from unimoe.corpora.librispeech import (
+    AUDIO_SUFFIXES,
+    TRANS_SUFFIX,
+    audio_names,
+    folder_problem,
+    parse_trans_line,
+)
 
 LAYOUT = (
     "  <root>/test-clean/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt  ('<utt-id> <TEXT>' per line)\n"
     "  <root>/test-clean/<speaker>/<chapter>/<utt-id>.flac"
 )
-_UTT = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 
 
 def _subset_dir(root: Path, subset: str) -> Path:
     root = require_dir(root, f"librispeech-{subset}", LAYOUT)
-    if root.name == subset or (not (root / subset).is_dir() and any(root.glob("*/*/*.trans.txt"))):
+    if root.name == subset or (not (root / subset).is_dir() and any(root.glob(f"*/*/*{TRANS_SUFFIX}"))):
         return root
     return require_dir(root / subset, f"librispeech-{subset}", LAYOUT)
 
 
 def scan_subset(sub: Path, ledger: Ledger) -> dict[str, Utterance]:
     """All usable utterances of one LibriSpeech subset folder; every bad row goes to ``ledger``."""
-    trans = sorted(sub.glob("*/*/*.trans.txt"))
+    trans = sorted(sub.glob(f"*/*/*{TRANS_SUFFIX}"))
     if not trans:
         raise MissingBenchmarkError(
             f"librispeech: no <speaker>/<chapter>/*.trans.txt under {sub}; expected layout:\n{LAYOUT}"
         )
     pool: dict[str, Utterance] = {}
+    seen: set[str] = set()  # every id a line has claimed, usable or not
     listed: set[Path] = set()
     for tf in trans:
         chapter_dir = tf.parent
+        speaker, chapter = chapter_dir.parent.name, chapter_dir.name
         for ref, line in text_rows(tf, ledger, tf.relative_to(sub).as_posix()):
-            utt, _, text = line.strip().partition(" ")
-            text = text.strip()
-            m = _UTT.match(utt)
-            if not m or (m.group(1), m.group(2)) != (chapter_dir.parent.name, chapter_dir.name):
-                where = f"{chapter_dir.parent.name}/{chapter_dir.name}"
-                ledger.reject(ref, utt or None, "bad_row", f"id {utt!r} is not <speaker>-<chapter>-<n> of {where}")
+            row = parse_trans_line(line)  # text_rows skips blank lines: never None here
+            utt, text = row.utt, row.text
+            why = folder_problem(utt, speaker, chapter)
+            if why is not None:
+                ledger.reject(ref, utt or None, "bad_row", why)
                 continue
-            if utt in pool:
+            if utt in seen:  # the first line of an utterance is its line, usable or not (as in training)
                 ledger.reject(ref, utt, "duplicate_id", f"utterance {utt!r} already listed")
                 continue
-            audio = chapter_dir / f"{utt}.flac"
-            if not audio.is_file() and (chapter_dir / f"{utt}.wav").is_file():
-                audio = chapter_dir / f"{utt}.wav"
+            seen.add(utt)
+            names = audio_names(utt)  # the FLAC unless only the .wav exists
+            found = [chapter_dir / n for n in names if (chapter_dir / n).is_file()]
+            audio = found[0] if found else chapter_dir / names[0]
             listed.add(audio)
             if not text:
                 ledger.reject(ref, utt, "empty_text", "empty transcript")
@@ -90,9 +99,9 @@ def scan_subset(sub: Path, ledger: Ledger) -> dict[str, Utterance]:
             if not chk.ok:
                 ledger.reject(ref, utt, chk.reason, chk.detail)
                 continue
-            pool[utt] = Utterance(utt, m.group(1), audio.resolve(), text, chk.duration, ref,
-                                  {"chapter": m.group(2)})
-    reject_unlisted([*sub.glob("*/*/*.flac"), *sub.glob("*/*/*.wav")], listed, sub, ledger,
+            pool[utt] = Utterance(utt, speaker, audio.resolve(), text, chk.duration, ref,
+                                  {"chapter": chapter})
+    reject_unlisted([p for ext in AUDIO_SUFFIXES for p in sub.glob(f"*/*/*{ext}")], listed, sub, ledger,
                     "its chapter's .trans.txt")
     return pool
 

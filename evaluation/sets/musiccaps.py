@@ -14,8 +14,10 @@ whose clip is missing or unreadable stays an item with ``reference_audio=None`` 
 ``info["missing"]`` with the paths looked for — unless ``require_audio=True``, which leaves it out
 (still listed there). ``subset``: ``None`` (all rows), ``"balanced"`` (``is_balanced_subset``, the
 genre-balanced 1k) or ``"audioset_eval"`` (``is_audioset_eval``); rows outside it go to
-``info["excluded"]``. Rejected: rows with the wrong number of fields, no ytid, an empty caption,
-unparsable start/end, or a ytid already listed.
+``info["excluded"]``. Rows, captions and clip names are parsed by :mod:`unimoe.corpora.musiccaps`, the
+parser the training adapter ``data.sources.musiccaps`` uses too, so training and reference captions
+follow one rule. Rejected: rows with the wrong number of fields, then (first that applies) no ytid,
+bytes that are not UTF-8, an empty caption, unparsable start/end; then a ytid already listed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import csv
 from pathlib import Path
 
 from evaluation.sets.base import (
-    AUDIO_EXTENSIONS,
     BenchItem,
     BenchmarkError,
     BenchmarkSet,
@@ -35,33 +36,19 @@ from evaluation.sets.base import (
     require_file,
     resolve,
 )
+from unimoe.corpora.musiccaps import AUDIO_SUFFIXES, CSV_NAME, FLAGS, REQUIRED, SUBSETS, parse_row, repaired
 
 LAYOUT = (
     "  <root>/musiccaps-public.csv  (ytid,start_s,end_s,audioset_positive_labels,aspect_list,caption,author_id,"
     "is_balanced_subset,is_audioset_eval)\n"
     "  <audio_dir>/<ytid>.wav or <ytid>_<start>.wav   (audio_dir defaults to <root>/audio)"
 )
-REQUIRED = ("ytid", "start_s", "end_s", "caption")
-SUBSETS = {None: None, "balanced": "is_balanced_subset", "audioset_eval": "is_audioset_eval"}
-
-
-def _flag(v: str | None) -> bool | None:
-    if v is None or not str(v).strip():
-        return None
-    return str(v).strip().lower() in ("true", "1", "yes")
-
-
-def _stems(ytid: str, start_raw: str, start: float) -> list[str]:
-    stems = [ytid, f"{ytid}_{start_raw}"]
-    if float(start).is_integer():
-        stems.append(f"{ytid}_{int(start)}")
-    return list(dict.fromkeys(stems))
 
 
 def load_musiccaps(
     root: str | Path,
     *,
-    csv_name: str = "musiccaps-public.csv",
+    csv_name: str = CSV_NAME,
     audio_dir: str | Path = "audio",
     subset: str | None = None,
     require_audio: bool = False,
@@ -78,7 +65,8 @@ def load_musiccaps(
     ledger = Ledger()
     items: list[BenchItem] = []
     seen: set[str] = set()
-    with open(table, encoding="utf-8", errors="replace", newline="") as f:
+    # surrogateescape, not replace: bytes that are not UTF-8 are then told apart from a real U+FFFD
+    with open(table, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.lstrip("\ufeff").strip() for h in next(reader)]
@@ -102,43 +90,32 @@ def load_musiccaps(
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
-                ledger.reject(ref, row[0].strip() or None, "bad_row",
+                ledger.reject(ref, repaired(row[0].strip()) or None, "bad_row",
                               f"{len(row)} fields, the header has {len(header)} (unquoted comma?)")
                 continue
             r = dict(zip(header, row))
-            ytid, caption = r["ytid"].strip(), r["caption"].strip()
-            if not ytid:
-                ledger.reject(ref, None, "missing_id", "empty ytid")
-                continue
-            if "\ufffd" in caption or "\ufffd" in ytid:
-                ledger.reject(ref, ytid, "non_utf8_text", "row is not valid UTF-8")
+            parsed = parse_row(r)
+            ytid, caption = parsed.ytid, parsed.caption
+            if parsed.problem is not None:
+                code, detail = parsed.problem
+                ledger.reject(ref, repaired(ytid) or None, code, detail)
                 continue
             if ytid in seen:
                 ledger.reject(ref, ytid, "duplicate_id", f"ytid {ytid!r} already listed")
                 continue
-            if not caption:
-                ledger.reject(ref, ytid, "empty_text", "empty caption")
-                continue
-            try:
-                start, end = float(r["start_s"]), float(r["end_s"])
-                if not 0 <= start < end:
-                    raise ValueError
-            except ValueError:
-                ledger.reject(ref, ytid, "bad_segment",
-                              f"start_s={r['start_s']!r}, end_s={r['end_s']!r} is not a span")
-                continue
-            flags = {k: _flag(r.get(k)) for k in ("is_balanced_subset", "is_audioset_eval")}
+            start, end = parsed.start, parsed.end
+            flags = {k: parsed.meta[k] for k in FLAGS}
             if SUBSETS[subset] and not flags[SUBSETS[subset]]:
                 ledger.exclude(ref, ytid, "not_in_subset", f"{SUBSETS[subset]} is not true")
                 continue
             seen.add(ytid)
-            stems = _stems(ytid, r["start_s"].strip(), start)
+            stems = parsed.stems
             audio, meta_audio = None, {}
             if adir_note is not None:
                 ledger.miss(ref, ytid, "missing_file", adir_note)
             else:
                 for stem in stems:
-                    for ext in AUDIO_EXTENSIONS:
+                    for ext in AUDIO_SUFFIXES:
                         if (adir / f"{stem}{ext}").is_file():
                             audio = adir / f"{stem}{ext}"
                             break
@@ -167,10 +144,7 @@ def load_musiccaps(
                         "source_ref": ref,
                         "start_s": start,
                         "end_s": end,
-                        "aspect_list": r.get("aspect_list") or None,
-                        "audioset_positive_labels": r.get("audioset_positive_labels") or None,
-                        "author_id": r.get("author_id") or None,
-                        **flags,
+                        **parsed.meta,  # aspect_list, audioset_positive_labels, author_id and the two flags
                         **meta_audio,
                     },
                 )

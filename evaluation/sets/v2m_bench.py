@@ -13,7 +13,14 @@ duration is not ``clip_seconds`` +- ``tolerance`` (10 +- 0.5 s), that has no vid
 ffprobe cannot read is rejected with the measured value. A metadata row naming no existing clip, an
 unparsable row or a duplicate row is rejected; a clip without metadata is still an item (no caption).
 A missing or unreadable reference audio keeps the item (``reference_audio=None``) and is listed in
-``info["missing"]``. Items are sorted by id.
+``info["missing"]``.
+
+Two tasks, as in the paper's Table 4 (a T2M block and a V2M block on V2M-bench):
+- ``v2m``: one item per usable clip, id = the clip id, video = the clip, text = its caption if any;
+- ``t2m`` (``t2m=True``, the default): one more item per usable clip *with a caption*: id ``t2m/<id>``
+  (ids stay unique within the set), text = the caption, no video, reference audio = the same clip's
+  (so FAD/KL compare against the same reference set as V2M); ``meta["clip_id"]`` names the clip.
+The v2m items come first, sorted by id, then the t2m items in the same order.
 """
 
 from __future__ import annotations
@@ -130,6 +137,7 @@ def load_v2m_bench(
     clip_seconds: float = 10.0,
     tolerance: float = 0.5,
     check_duration: bool = True,
+    t2m: bool = True,
 ) -> BenchmarkSet:
     root = require_dir(Path(root), "v2m-bench", LAYOUT)
     vdir = require_dir(resolve(video_dir, root), "v2m-bench", LAYOUT)
@@ -169,6 +177,7 @@ def load_v2m_bench(
                 captions[vid] = (_text_of(row), ref, extra)
 
     items: list[BenchItem] = []
+    t2m_items: list[BenchItem] = []
     for vid, paths in sorted(videos.items()):
         for dup in paths[1:]:
             ledger.reject(dup.relative_to(root).as_posix(), vid, "duplicate_id",
@@ -211,6 +220,18 @@ def load_v2m_bench(
                 meta=meta,
             )
         )
+        if t2m and caption:
+            t2m_items.append(
+                BenchItem(
+                    id=f"t2m/{vid}",
+                    task="t2m",
+                    language="en",
+                    text=caption,
+                    reference_audio=items[-1].reference_audio,
+                    meta={**meta, "clip_id": vid},
+                )
+            )
+    items += t2m_items
     return finish(
         "v2m-bench",
         items,
@@ -222,5 +243,7 @@ def load_v2m_bench(
             "clip_seconds": clip_seconds,
             "tolerance": tolerance,
             "duration_checked": check_duration,
+            "t2m": ("each captioned clip's caption as a text-to-music prompt, id 't2m/<id>', reference audio "
+                    "the same clip's" if t2m else None),
         },
     )
