@@ -67,7 +67,7 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     After each stage a markdown artifact shows its loss curve."""
     from data.tokenize import TokenShardReader
     from unimoe.config import codec_for_tokens
-    from unimoe.training.curriculum import plan, step_overrides
+    from unimoe.training.curriculum import claim_run_dir, plan, step_overrides
 
     log = get_run_logger()
     ws = workspace_root(workspace)
@@ -85,6 +85,10 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     overrides = step_overrides(max_steps, batch_size, fsdp=fsdp, expert_parallel=expert_parallel, lr_scale=lr_scale)
     run_id = run_id or f"{variant}-{preset}"
     out = ws / "train" / run_id
+    moved = claim_run_dir(out, {"model_config": model_cfg, "curriculum": curriculum, "overlay": overlay,
+                                "overrides": overrides, "tokens": str(tokens)}, archive=ws / "superseded" / "train")
+    if moved is not None:
+        log.warning(f"{out} held a run of another configuration: moved to {moved}; training afresh")
     stages = curriculum["stages"]
     log.info(f"variant {variant}: stages {stages}, init {curriculum.get('init')}")
     if nproc < 1:

@@ -115,3 +115,18 @@ def test_step_overrides_scale_warmup_and_checkpoints_with_the_step_cap():
     assert [stage_train_config(s, ov, {}).lr for s in (1, 2, 3, "joint")] == pytest.approx(
         [30 * STAGE_LR[1], 30 * STAGE_LR[2], 30 * STAGE_LR[3], 30 * STAGE_LR[1]])
     assert stage_train_config(2, {**ov, "lr": 0.5}, {}).lr == 0.5 and stage_train_config(3, {}, {}).lr == STAGE_LR[3]
+
+
+def test_claim_run_dir_moves_a_run_of_another_config_aside(tmp_path):
+    from unimoe.training.curriculum import RUN_KEY_FILE, claim_run_dir
+
+    out, archive = tmp_path / "train" / "v-tiny", tmp_path / "superseded"
+    assert claim_run_dir(out, {"lr": 1}, archive) is None and (out / RUN_KEY_FILE).is_file()
+    (out / "stage1").mkdir()
+    assert claim_run_dir(out, {"lr": 1}, archive) is None and (out / "stage1").is_dir()  # same spec: resume
+    moved = claim_run_dir(out, {"lr": 2}, archive)  # another spec: the old run is kept aside, a fresh one starts
+    assert moved is not None and (moved / "stage1").is_dir() and not (out / "stage1").exists()
+    assert moved.parent == archive and moved.name.startswith("v-tiny.") and (out / RUN_KEY_FILE).is_file()
+    legacy = tmp_path / "train" / "old"
+    (legacy / "stage3").mkdir(parents=True)  # a run from before run keys existed
+    assert claim_run_dir(legacy, {"lr": 1}, archive).name == "old.unkeyed"

@@ -61,6 +61,39 @@ def step_overrides(max_steps: int | None = None, batch_size: int | None = None, 
     return out
 
 
+RUN_KEY_FILE = "run-key.json"
+
+
+def claim_run_dir(out: str | Path, spec: dict[str, Any], archive: str | Path) -> Path | None:
+    """Make ``out`` the run directory of ``spec`` (everything that decides what its stages train: model
+    config, curriculum, overrides). A directory left by a run of ANOTHER spec (e.g. after a change of
+    learning rate or steps) cannot be resumed -- its checkpoints refuse the new config -- so it is moved
+    to ``<archive>/<out name>.<its key>`` (kept, never deleted; outside the training root, so the
+    dashboard's metrics do not mix the two runs) and the new run starts fresh. Returns where the old
+    run went, or None."""
+    import hashlib
+    import json
+
+    out = Path(out)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    marker = out / RUN_KEY_FILE
+    moved = None
+    if out.exists():
+        old = json.loads(marker.read_text()).get("key") if marker.is_file() else "unkeyed"
+        if old != key:
+            archive = Path(archive)
+            archive.mkdir(parents=True, exist_ok=True)
+            moved = archive / f"{out.name}.{old}"
+            n = 1
+            while moved.exists():
+                moved, n = archive / f"{out.name}.{old}.{n}", n + 1
+            out.rename(moved)
+    out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        atomic_write_json(marker, {"key": key, "spec": spec})
+    return moved
+
+
 def stage_train_config(stage: int | str, overrides: dict[str, Any] | None, variant_overlay: dict[str, Any]) -> TrainConfig:
     """The stage's TrainConfig: the paper's defaults for the stage, the variant's overlay, then
     ``overrides`` (whose ``lr_scale``, if any, multiplies the stage's paper learning rate unless an
