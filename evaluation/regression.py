@@ -63,8 +63,9 @@ Rules (``rule`` column):
    (set-level metrics from embeddings, or a run recorded before per-item rows existed).
    ``delta = value - baseline_value``; its interval is ``delta +- sqrt(h_c^2 + h_b^2)`` with ``h`` the
    half-widths of the two runs' own 95% bootstrap CIs (independent runs, normal approximation; just
-   the candidate's half-width when the baseline has no CI). These CIs come from the aggregate step's
-   with-replacement bootstrap and inherit its bias for set-level statistics.
+   the candidate's half-width when the baseline has no CI). For set-level statistics these CIs come
+   from the aggregate step's half-subsample interval (``evaluation.metrics.subsample_ci``, which
+   contains the point value); runs recorded before it carry the biased with-replacement bootstrap.
 
 Decision (every rule). A metric REGRESSES when it is worse than the baseline in its own direction
 (``higher_is_better``) by MORE than its threshold AND the 95% interval of the difference lies
@@ -479,6 +480,18 @@ def _decide_one(b: dict, c: dict | None, b_items: pd.DataFrame, c_items: pd.Data
                item_set_hash=item_set_hash(c_rows) if c_kind else None)
     thr = threshold_for(metric, bv if math.isfinite(bv) else 0.0, thresholds)
     row["threshold"] = thr
+    # Runs of another scorer version or model config measured something else: nothing is decided,
+    # not even a NaN or failed metric (a new codec may make a scorer fail where the old one did not).
+    refused = []
+    bver, cver = instrument_version(b.get("scorer_version")), instrument_version(c.get("scorer_version"))
+    if bver is not None and cver is not None and bver != cver:
+        refused.append(f"scorer version differs ({bver} -> {cver})")
+    bcfg, ccfg = _s(b.get("config_hash")), _s(c.get("config_hash"))
+    if bcfg is not None and ccfg is not None and bcfg != ccfg:
+        refused.append(f"config differs (hash {bcfg} -> {ccfg})")
+    if refused:
+        return {**row, "rule": RULE_NOT_COMPARED, "comparable": False,
+                "reason": "; ".join(refused) + ": not compared"}
     if not math.isfinite(cv):
         inputs = c_rows if c_kind else c_items[c_items["metric"] == metric]
         all_failed = not inputs.empty and not np.isfinite(inputs["value"].to_numpy(np.float64)).any()
@@ -490,16 +503,7 @@ def _decide_one(b: dict, c: dict | None, b_items: pd.DataFrame, c_items: pd.Data
     if not math.isfinite(bv):
         return {**row, "rule": RULE_NOT_COMPARED, "comparable": False, "reason": "baseline value is NaN"}
 
-    refused, flagged = [], []
-    bver, cver = instrument_version(b.get("scorer_version")), instrument_version(c.get("scorer_version"))
-    if bver is not None and cver is not None and bver != cver:
-        refused.append(f"scorer version differs ({bver} -> {cver})")
-    bcfg, ccfg = _s(b.get("config_hash")), _s(c.get("config_hash"))
-    if bcfg is not None and ccfg is not None and bcfg != ccfg:
-        refused.append(f"config differs (hash {bcfg} -> {ccfg})")
-    if refused:
-        return {**row, "rule": RULE_NOT_COMPARED, "comparable": False,
-                "reason": "; ".join(refused) + ": not compared"}
+    flagged: list[str] = []
     bn, cn = b.get("n"), c.get("n")
     if _finite(bn) and _finite(cn) and int(bn) != int(cn):
         flagged.append(f"n differs ({int(bn)} -> {int(cn)})")

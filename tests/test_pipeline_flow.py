@@ -155,12 +155,15 @@ TINY_CODEC = {"encoder_dim": 4, "decoder_dim": 16, "n_codebooks": 4, "codebook_s
 
 
 def test_codec_steps_train_the_codec_first_and_everything_downstream_uses_it(runs):
-    """Runs last: ``--codec-steps`` on the module's workspace (the built corpus is reused)."""
+    """``--codec-steps`` in a fresh workspace holding a copy of the module's built corpus (so nothing is
+    rebuilt, and there is no earlier run to compare with: the 2-step codec's audio is not the point)."""
     import yaml
 
     from unimoe.checkpoint import load_checkpoint
 
-    tmp, ws, _, _ = runs
+    tmp, module_ws, _, _ = runs
+    ws = tmp / "ws-codec"
+    shutil.copytree(module_ws / "corpus", ws / "corpus")
     cfg = tmp / "codec.yaml"
     cfg.write_text(yaml.safe_dump(TINY_CODEC))
     out, _ = _pipeline(ws, tmp, "--codec-steps", "2", "--codec-config", str(cfg))

@@ -100,8 +100,8 @@ class ReplicateConfig:
         for k in ("stage1_steps", "stage2_steps", "stage3_steps", "joint_steps", "batch_size", "max_frames"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"replicate.{k} must be >= 1")
-        if int(self.curve_points) < 2 or self.stage1_steps % int(self.curve_points):
-            raise ConfigError(f"replicate.curve_points must be >= 2 and divide stage1_steps ({self.stage1_steps})")
+        if int(self.curve_points) < 2:
+            raise ConfigError("replicate.curve_points must be >= 2")
         if self.lr_scale <= 0 or not 0 <= self.warmup_fraction < 1 or self.match_tolerance < 0:
             raise ConfigError("replicate: lr_scale > 0, warmup_fraction in [0, 1), match_tolerance >= 0")
         return self
@@ -118,7 +118,7 @@ class ReplicateConfig:
                "lr": STAGE_LR[lr_stage] * self.lr_scale, "warmup_steps": max(1, int(steps * self.warmup_fraction)),
                "log_every": max(1, steps // 20), "checkpoint_every": max(1, steps // 2), "keep_last": 1}
         if stage == 1:  # every curve point's checkpoint is kept for the specialists' held-out curves
-            out.update(checkpoint_every=steps // int(self.curve_points), keep_last=0)
+            out.update(checkpoint_every=max(1, steps // int(self.curve_points)), keep_last=0)
         return out
 
 
