@@ -13,13 +13,21 @@ Rules (also in the README; every aggregate row records its scorer, scorer versio
    ``wer_pocketsphinx_corpus``); the count columns themselves are not aggregates.
 3. Set-level metrics (FAD, KL, IS: ``SetScorer.compare`` over per-item embeddings/posteriors):
    value = mean over seeds of compare(generated set of that seed, reference set). Generated and
-   reference rows are aligned by item (paired KL).
-4. 95% CI: percentile bootstrap over ITEMS (``evaluation.metrics.bootstrap_ci``): items are resampled
-   with replacement (the same items for every seed, and for the paired reference rows) and the whole
-   aggregate of rule 1/2/3 is recomputed on each resample. Seeds are not resampled: they are averaged,
-   as in the paper. ``n_boot`` resamples (1000 for per-item metrics; set-level metrics default to
-   fewer, ``SET_N_BOOT``, because every resample refits the set statistic), fixed RNG seed, so CIs are
-   reproducible.
+   reference entries are aligned by item (paired KL). An item's entry is a vector (PaSST posteriors:
+   the set is an ``[items, D]`` array) or an array of frame embeddings (OpenL3: an object array of
+   ``[frames, D]`` arrays, pooled by ``compare``); see :func:`item_rows`.
+4. 95% CI. Per-item metrics (rules 1 and 2): percentile bootstrap over ITEMS
+   (``evaluation.metrics.bootstrap_ci``): items are resampled with replacement (the same items for
+   every seed) and the whole aggregate is recomputed on each resample, ``n_boot`` resamples.
+   Set-level metrics (rule 3): half-sample interval over ITEMS (``evaluation.metrics.subsample_ci``):
+   ``n_boot`` subsets of n // 2 distinct items (the same items for every seed and for the paired
+   reference entries), the rule-3 value recomputed on each, deviations from their median scaled by
+   sqrt(m / (n - m)) and placed around the full-set value. A bootstrap WITH replacement is biased for
+   these statistics (duplicated items shrink a covariance, so resampled FAD is inflated; its interval
+   could exclude the point value), the half-sample interval always contains it. Fewer than 4 items:
+   no interval (NaN). Set-level metrics default to fewer resamples (``SET_N_BOOT``) because every one
+   refits the set statistic. Seeds are not resampled: they are averaged, as in the paper. Fixed RNG
+   seed, so CIs are reproducible.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from evaluation.metrics import bootstrap_ci
+from evaluation.metrics import bootstrap_ci, subsample_ci
 
 ERRORS_SUFFIX, REF_LEN_SUFFIX, CORPUS_SUFFIX = "_errors", "_ref_len", "_corpus"
 N_BOOT = 1000
@@ -119,30 +127,71 @@ def _with_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float], n_boo
     return dict(value=statistic(values), ci_low=lo, ci_high=hi, n=n)
 
 
-def aggregate_set(task: str, compare: Callable[[np.ndarray, np.ndarray | None], dict[str, float]],
+def item_rows(entries: list[Any]) -> np.ndarray | None:
+    """Per-item embeddings of a set, indexable by item (``x[idx]``) for rule 3 and its interval.
+
+    Every entry a vector of one length (posteriors): an ``[items, D]`` float array, ``None`` entries
+    (no input for that item, e.g. no reference audio) as NaN rows, which paired metrics leave out.
+    Otherwise (frame embeddings ``[frames, D]``, ragged across items): a 1-D object array of the
+    entries, ``None`` kept. All ``None`` (or no entries): ``None``.
+    """
+    arrays = [None if e is None else np.asarray(e) for e in entries]
+    present = [a for a in arrays if a is not None]
+    if not present:
+        return None
+    if all(a.ndim == 1 for a in present) and len({a.shape for a in present}) == 1:
+        nan_row = np.full(present[0].shape, np.nan)
+        return np.stack([nan_row if a is None else a.astype(np.float64) for a in arrays])
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):  # element-wise: assigning a list would try to broadcast equal shapes
+        out[i] = a
+    return out
+
+
+def any_finite(x: Any) -> bool:
+    """Whether a set of per-item embeddings (:func:`item_rows`'s forms) holds any finite value."""
+    if x is None:
+        return False
+    x = np.asarray(x) if not isinstance(x, np.ndarray) else x
+    if x.dtype == object:
+        return any(e is not None and bool(np.isfinite(np.asarray(e, np.float64)).any()) for e in x)
+    return bool(np.isfinite(x.astype(np.float64)).any())
+
+
+def aggregate_set(task: str, compare: Callable[[Any, Any], dict[str, float]],
                   directions: dict[str, bool], generated: dict[int, np.ndarray], reference: np.ndarray | None, *,
                   scorer: str, scorer_version: str, n_boot: int = SET_N_BOOT,
                   boot_seed: int = BOOT_SEED) -> list[dict[str, Any]]:
-    """Rule 3 for one set-level scorer on one task. ``generated``: seed -> ``[items, D]`` embeddings
-    (rows aligned by item across seeds and with ``reference``)."""
+    """Rules 3 and 4 for one set-level scorer on one task. ``generated``: seed -> per-item embeddings
+    (``[items, D]`` or an object array of per-item arrays, see :func:`item_rows`; entries aligned by item
+    across seeds and with ``reference``). Metrics that ``compare`` does not return (e.g. KL without a
+    reference) get no row."""
     seeds = sorted(generated)
     if not seeds:
         return []
-    n = generated[seeds[0]].shape[0]
-    if any(generated[s].shape[0] != n for s in seeds) or (reference is not None and reference.shape[0] != n):
-        raise ValueError("generated (every seed) and reference embeddings must have one row per item, aligned")
+    n = len(generated[seeds[0]])
+    if any(len(generated[s]) != n for s in seeds) or (reference is not None and len(reference) != n):
+        raise ValueError("generated (every seed) and reference embeddings must have one entry per item, aligned")
+
+    # every metric of a scorer comes from one compare call (PaSST: KL and IS); subsample_ci draws the same
+    # subsets for each metric (same RNG seed), so each subset is compared once
+    memo: dict[bytes, dict[str, float]] = {}
 
     def value(idx: np.ndarray, metric: str) -> float:
-        ref = None if reference is None else reference[idx]
-        return float(np.mean([compare(generated[s][idx], ref)[metric] for s in seeds]))
+        key = np.asarray(idx).tobytes()
+        if key not in memo:
+            ref = None if reference is None else reference[idx]
+            got = [compare(generated[s][idx], ref) for s in seeds]
+            memo[key] = {m: float(np.mean([g.get(m, math.nan) for g in got])) for m in got[0]}
+        return memo[key].get(metric, math.nan)
 
     everything = np.arange(n)
     full = {s: compare(generated[s], reference) for s in seeds}
     rows = []
     for metric in sorted(m for m in full[seeds[0]] if m in directions):
         v = float(np.mean([full[s][metric] for s in seeds]))
-        lo, hi = bootstrap_ci(everything, statistic=lambda idx, m=metric: value(idx, m), n_boot=n_boot,
-                              seed=boot_seed) if n > 1 else (math.nan, math.nan)
+        lo, hi = subsample_ci(everything, statistic=lambda idx, m=metric: value(idx, m), point=v, n_sub=n_boot,
+                              seed=boot_seed)
         rows.append(dict(task=task, metric=metric, higher_is_better=bool(directions[metric]), value=v, ci_low=lo,
                          ci_high=hi, n=n, scorer=scorer, scorer_version=scorer_version,
                          seeds=",".join(str(s) for s in seeds)))

@@ -15,14 +15,27 @@ Conventions (also recorded with results; see /work/shared/notes/eval-protocols.m
   (sample covariance, ``ddof=1``), computed as in pytorch-fid / ``frechet_audio_distance``: when
   ``sqrtm`` is not finite (singular product), ``eps * I`` is added to both covariances and it is
   recomputed; a complex result whose diagonal has an imaginary part above 1e-3 is an error, otherwise
-  the real part is used.
-- **KL** (:func:`kl_divergence`): mean over paired rows of ``KL(p_ref || p_gen)`` in nats (audiocraft's
-  direction). Each row is clipped to ``[eps, 1]`` and renormalised to sum to 1 before the log, so a
-  zero in ``p_gen`` gives a large finite value instead of infinity. (audiocraft adds 1e-6 to the
-  prediction without renormalising; stable-audio-metrics uses the other direction.)
+  the real part is used. :func:`frechet_distance_from_frames` is the audio form: each clip gives an
+  array of frame embeddings and the Gaussians are fitted to ALL frames of a set, pooled across clips
+  (stable-audio-metrics ``openl3_fd``: every 0.5 s OpenL3 frame is one sample), not to one mean per clip.
+- **KL** on class posteriors, paired rows, mean over rows, natural log. Two directions, named:
+  :func:`kl_gen_ref` = ``KL(p_gen || p_ref)`` with ``eps = 1e-6`` added to the reference only and no
+  renormalisation, ``0 log 0 = 0`` -- what stable-audio-metrics ``passt_kld`` computes
+  (``F.kl_div(log(p_ref + 1e-6), p_gen, reduction="sum")``), the KL of the paper's music metric set
+  (arXiv 2510.13344); as there, identical posteriors give ``sum p log(p / (p + eps))`` ~= ``-C * eps``,
+  not 0 (C classes: -5.3e-4 for PaSST's 527). :func:`kl_ref_gen` = ``KL(p_ref || p_gen)`` (audiocraft's direction), each row
+  clipped to ``[eps, 1]`` and renormalised first, so a zero in ``p_gen`` gives a large finite value.
 - **Inception score**: ``exp(E_x[KL(p(y|x) || p(y))])`` over each of ``splits`` parts of a seeded
   shuffle of the rows; mean and std (``ddof=0``) over the parts. ``0 log 0 = 0``.
-- **Bootstrap CI**: percentile bootstrap over items (rows resampled with replacement).
+- **Bootstrap CI** (:func:`bootstrap_ci`): percentile bootstrap over items (rows resampled with
+  replacement), for statistics that are means of per-item values.
+- **Half-sample CI** (:func:`subsample_ci`): for SET-level statistics (FAD, IS, KL over a set). A
+  resample with replacement duplicates items, which shrinks a covariance (FAD goes up), repeats
+  posteriors (IS) and so on: the resampled statistic is not distributed around the full-set value and
+  the percentile interval can exclude it. Instead subsets of ``m = n // 2`` distinct items are drawn
+  (without replacement, the delete-n/2 jackknife / half-sampling of Politis, Romano & Wolf,
+  "Subsampling", 1999), their deviations from their own median are scaled by ``sqrt(m / (n - m))``
+  (finite-population correction: exactly 1 for ``m = n/2``) and put around the full-set value.
 """
 
 from __future__ import annotations
@@ -43,10 +56,14 @@ __all__ = [
     "edit_counts",
     "error_rates",
     "frechet_distance",
+    "frechet_distance_from_frames",
     "frechet_from_stats",
     "gaussian_stats",
     "inception_score",
-    "kl_divergence",
+    "kl_gen_ref",
+    "kl_ref_gen",
+    "pool_frames",
+    "subsample_ci",
 ]
 
 
@@ -140,6 +157,28 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     return frechet_from_stats(*gaussian_stats(a), *gaussian_stats(b), eps=eps)
 
 
+def pool_frames(clips: Sequence[np.ndarray]) -> np.ndarray:
+    """All frame embeddings of a set of clips, ``[sum of T_i, D]``: each clip is ``[T_i, D]`` (a clip with
+    no frames adds nothing); every clip must have the same ``D``."""
+    arrays = [np.asarray(c, dtype=np.float64) for c in clips]
+    if not arrays:
+        raise ValueError("no clips")
+    for a in arrays:
+        if a.ndim != 2:
+            raise ValueError(f"each clip's frame embeddings must be [frames, dims], got shape {a.shape}")
+    dims = {a.shape[1] for a in arrays}
+    if len(dims) != 1:
+        raise ValueError(f"clips have different embedding sizes: {sorted(dims)}")
+    return np.concatenate(arrays, axis=0)
+
+
+def frechet_distance_from_frames(gen: list[np.ndarray], ref: list[np.ndarray], eps: float = 1e-6) -> float:
+    """FAD as stable-audio-metrics computes it: the Fréchet distance between Gaussians fitted to ALL
+    frame embeddings of the generated clips and of the reference clips (each array ``[frames, dims]``
+    for one clip). A long clip weighs more than a short one, as in the reference implementation."""
+    return frechet_distance(pool_frames(gen), pool_frames(ref), eps=eps)
+
+
 # ------------------------------------------------------------------------------------------------------
 # Class-posterior metrics
 # ------------------------------------------------------------------------------------------------------
@@ -159,12 +198,30 @@ def _clip_renorm(p: np.ndarray, eps: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def kl_divergence(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-8) -> float:
-    """Mean over paired rows of ``KL(p_ref || p_gen)`` (natural log), rows clipped to ``[eps, 1]``
-    and renormalised first."""
-    r, g = _probs(p_ref, "p_ref"), _probs(p_gen, "p_gen")
+STABLE_AUDIO_KL_EPS = 1e-6  # stable-audio-metrics passt_kld: added to the reference posteriors
+
+
+def _paired(p_gen: Any, p_ref: Any) -> tuple[np.ndarray, np.ndarray]:
+    g, r = _probs(p_gen, "p_gen"), _probs(p_ref, "p_ref")
     if r.shape != g.shape:
-        raise ValueError(f"p_ref {r.shape} and p_gen {g.shape} must have the same shape (paired rows)")
+        raise ValueError(f"p_gen {g.shape} and p_ref {r.shape} must have the same shape (paired rows)")
+    return g, r
+
+
+def kl_gen_ref(p_gen: np.ndarray, p_ref: np.ndarray, eps: float = STABLE_AUDIO_KL_EPS) -> float:
+    """Mean over paired rows of ``KL(p_gen || p_ref + eps)`` (natural log): stable-audio-metrics'
+    direction and epsilon (on the reference only, not renormalised); ``0 log 0 = 0`` on the generated side."""
+    g, r = _paired(p_gen, p_ref)
+    if g.shape[0] == 0:
+        return math.nan
+    # xlogy-style: rel_entr(g, q) = g log(g / q), 0 where g == 0 (torch.kl_div's convention)
+    return float(np.mean(rel_entr(g, r + eps).sum(axis=1)))
+
+
+def kl_ref_gen(p_ref: np.ndarray, p_gen: np.ndarray, eps: float = 1e-8) -> float:
+    """Mean over paired rows of ``KL(p_ref || p_gen)`` (natural log; audiocraft's direction), rows
+    clipped to ``[eps, 1]`` and renormalised first (the project's earlier default, kept as an option)."""
+    g, r = _paired(p_gen, p_ref)
     if r.shape[0] == 0:
         return math.nan
     r, g = _clip_renorm(r, eps), _clip_renorm(g, eps)
@@ -225,3 +282,67 @@ def bootstrap_ci(
         stats = np.array([float(statistic(v[i])) for i in idx])
     lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(lo), float(hi)
+
+
+MIN_SUBSAMPLE_ITEMS = 4  # below this there are too few distinct half-samples for an interval
+
+
+def subsample_ci(
+    values: Any,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    point: float | None = None,
+    m: int | None = None,
+    n_sub: int = 200,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Half-sample interval ``(lo, hi)`` at level ``1 - alpha`` of a SET-level ``statistic``, around its
+    full-set value ``T_n`` (``point``, computed here when not given).
+
+    ``values`` is ``[N, ...]`` per-item rows (a 1-D index array works: the statistic then maps indices to
+    its own data). ``n_sub`` subsets of ``m`` distinct items (default ``N // 2``) are drawn without
+    replacement, each passed to ``statistic`` (or all at once to ``statistic.batched``), giving ``T_m``.
+    With ``s = sqrt(m / (N - m))`` and ``q`` the ``alpha/2``, ``1 - alpha/2`` percentiles of
+    ``T_m - median(T_m)``, the interval is ``[T_n - s * q_hi, T_n - s * q_lo]``.
+
+    Why: a statistic that is asymptotically linear in the items has ``Var(T_m - T_n) = sigma^2 (1/m - 1/n)``
+    on subsets drawn without replacement, and ``Var(T_n) = sigma^2 / n``, so ``s`` maps the spread of the
+    subset values onto that of ``T_n`` (Politis & Romano's subsampling with the finite-population
+    correction; ``s = 1`` for ``m = N/2``). Non-linear set statistics are biased by the set size (FAD on
+    ``m`` items is larger than on ``N``), so the deviations are taken from the subsets' own centre rather
+    than from ``T_n``; the median (not the mean) makes ``q_lo <= 0 <= q_hi``, so the interval always
+    contains ``T_n`` however skewed ``T_m`` is. Items are never duplicated, unlike a bootstrap with
+    replacement, whose duplicates inflate FAD so much that its interval can lie entirely above ``T_n``.
+
+    ``(nan, nan)`` with fewer than ``MIN_SUBSAMPLE_ITEMS`` items, a non-finite ``T_n`` or fewer than two
+    finite subset values (non-finite ones are left out).
+    """
+    v = np.asarray(values)
+    if v.ndim == 0:
+        raise ValueError("values must be a 1-D array or a sequence of per-item rows")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if n_sub < 1:
+        raise ValueError(f"n_sub must be >= 1, got {n_sub}")
+    n = int(v.shape[0])
+    if n < MIN_SUBSAMPLE_ITEMS:
+        return math.nan, math.nan
+    m = n // 2 if m is None else int(m)
+    if not 1 <= m < n:
+        raise ValueError(f"subset size m must be in [1, n), got m={m}, n={n}")
+    t_n = float(statistic(v)) if point is None else float(point)
+    if not math.isfinite(t_n):
+        return math.nan, math.nan
+    idx = np.argsort(np.random.default_rng(seed).random((n_sub, n)), axis=1)[:, :m]  # m distinct items per row
+    batched = getattr(statistic, "batched", None)
+    if batched is not None:
+        t_m = np.asarray(batched(v[idx]), dtype=np.float64)
+    else:
+        t_m = np.array([float(statistic(v[i])) for i in idx])
+    t_m = t_m[np.isfinite(t_m)]
+    if t_m.size < 2:
+        return math.nan, math.nan
+    q_lo, q_hi = np.percentile(t_m - np.median(t_m), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    s = math.sqrt(m / (n - m))
+    return t_n - s * float(q_hi), t_n - s * float(q_lo)

@@ -11,8 +11,9 @@ Table 3 (speech)   four blocks, as in the paper (arXiv 2510.13344): Seed-TTS tes
 Table 4 (music)    three blocks: T2M on MusicCaps (``musiccaps``/t2m), T2M on V2M-bench (``v2m-bench``/t2m) and
                    V2M on V2M-bench (``v2m-bench``/v2m), each with PC, PQ, CE (audiobox_aesthetics' ``PC``,
                    ``PQ``, ``CE``), CLAP (``clap``), CLaMP3 (``clamp3``), FAD (``fad`` of openl3_fad), KL and IS
-                   (``kl``, ``is`` of passt). The T2M (V2M-bench) block is filled by the t2m rows of benchmark
-                   ``v2m-bench`` (each captioned clip's caption as the text prompt, ids ``t2m/<clip>``).
+                   (``kl_gen_ref`` = KL(gen‖ref) as stable-audio-metrics computes it, ``is`` of passt). The
+                   T2M (V2M-bench) block is filled by the t2m rows of benchmark ``v2m-bench`` (each
+                   captioned clip's caption as the text prompt, ids ``t2m/<clip>``).
 Cell metric names are the scorers' own (``Cell.scorer``'s ``metrics``); tests/test_report_tables.py checks
 every paper cell against the scorer classes, so a renamed metric fails there instead of leaving cells empty.
 Table 5 (ablation) variants side by side (columns), one row per cell of Tables 3 and 4 that any variant has.
@@ -66,8 +67,8 @@ TABLE3 = (_speech("Seed-TTS test-en", "seedtts-en", "en_tts")
 # Table 4 columns: (label, metric, scorer). audiobox-aesthetics writes its axes in upper case (CE/CU/PC/PQ).
 MUSIC_COLUMNS = [("PC ↑", "PC", "audiobox_aesthetics"), ("PQ ↑", "PQ", "audiobox_aesthetics"),
                  ("CE ↑", "CE", "audiobox_aesthetics"), ("CLAP ↑", "clap", "clap"),
-                 ("CLaMP3 ↑", "clamp3", "clamp3"), ("FAD ↓", "fad", "openl3_fad"), ("KL ↓", "kl", "passt"),
-                 ("IS ↑", "is", "passt")]
+                 ("CLaMP3 ↑", "clamp3", "clamp3"), ("FAD ↓", "fad", "openl3_fad"),
+                 ("KL ↓", "kl_gen_ref", "passt"), ("IS ↑", "is", "passt")]
 # Table 4 blocks: T2M on MusicCaps and on V2M-bench (its captions as prompts), V2M on V2M-bench.
 MUSIC_BLOCKS = [("T2M (MusicCaps)", "musiccaps", "t2m"), ("T2M (V2M-bench)", "v2m-bench", "t2m"),
                 ("V2M (V2M-bench)", "v2m-bench", "v2m")]

@@ -18,6 +18,23 @@ metrics of the checkpoint itself such as token NLL), ``ground_truth`` (the bench
 or ``codec_resynth`` (those recordings encoded and decoded by the checkpoint's codec): the toplines
 that show the ceiling and the codec's share of the gap. Part files written before the column existed
 read as ``model`` (and ``n_asked`` as null); ``write_rows`` fills both defaults when a row omits them.
+
+What a row records so that two runs can be trusted to be comparable (columns added later; older part
+files, and rows that omit them, read them as null; ``COLUMN_DEFAULTS``):
+
+- ``aggregate``: ``manifest_hash`` (the benchmark items as generated: ids, texts, conditioning and the
+  SHA-256 of every prompt / reference / video file, and the predefined voice prompt; not the paths),
+  ``reference_hash`` (set-level metrics: the reference recordings the set was compared with, item id +
+  file SHA-256), ``decoding`` (greedy or the sampling settings, guidance), ``voice_prompt`` (speech: which
+  generation was scored, ``fixed`` = the benchmark's predefined voice prompt, ``item`` = the item's own),
+  ``scorer_protocol`` (JSON: the scorer's ``info()`` plus its device and precision: pooling, crop seed,
+  windows, weights checksum, ...), ``device`` / ``dtype`` (what generated the clips) and ``packages``
+  (JSON: versions of the packages that produce the numbers, ``package_versions``);
+- ``items``: ``transcript`` (ASR scorers: the recogniser's raw transcript of the clip) and
+  ``voice_prompt``.
+
+None of these come from environment variables: package versions are read from the installed
+distributions' metadata, never from the environment (no secrets can leak into a table).
 """
 
 from __future__ import annotations
@@ -47,12 +64,17 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("higher_is_better", pa.bool_()), ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
         ("n", pa.int64()), ("scorer", pa.string()), ("scorer_version", pa.string()), ("seeds", pa.string()),
         ("git_commit", pa.string()), ("config_hash", pa.string()), ("system", pa.string()), ("n_asked", pa.int64()),
+        # added so a comparison can be trusted (see the module docstring); older parts read back with these null
+        ("manifest_hash", pa.string()), ("reference_hash", pa.string()), ("decoding", pa.string()),
+        ("voice_prompt", pa.string()), ("scorer_protocol", pa.string()), ("device", pa.string()),
+        ("dtype", pa.string()), ("packages", pa.string()),
         ("timestamp", TS),
     ]),
     "items": pa.schema([
         ("run_id", pa.string()), ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
         ("item_id", pa.string()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
         ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("system", pa.string()),
+        ("transcript", pa.string()), ("voice_prompt", pa.string()),
         ("timestamp", TS),
     ]),
     "regression": pa.schema([
@@ -72,8 +94,17 @@ MODEL, GROUND_TRUTH, CODEC_RESYNTH = "model", "ground_truth", "codec_resynth"
 SYSTEMS = (MODEL, GROUND_TRUTH, CODEC_RESYNTH)
 SYSTEM_LABELS = {MODEL: "model", GROUND_TRUTH: "ground truth", CODEC_RESYNTH: "codec resynthesis"}
 # Columns added after the first tables were written: the value a row (or an old part file) without them has.
-COLUMN_DEFAULTS: dict[str, dict[str, Any]] = {"aggregate": {"system": MODEL, "n_asked": None},
-                                              "items": {"system": MODEL}}
+TRUST_COLUMNS = ("manifest_hash", "reference_hash", "decoding", "voice_prompt", "scorer_protocol", "device", "dtype",
+                 "packages")
+COLUMN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aggregate": {"system": MODEL, "n_asked": None, **{c: None for c in TRUST_COLUMNS}},
+    "items": {"system": MODEL, "transcript": None, "voice_prompt": None},
+}
+# The distributions whose versions can move a number (generation, audio I/O, scorers); ``package_versions``.
+PACKAGES = ("unimoe-audio", "torch", "torchaudio", "numpy", "scipy", "soundfile", "soxr", "librosa", "resampy",
+            "transformers", "openai-whisper", "funasr", "jiwer", "opencc-python-reimplemented", "zhconv",
+            "resemblyzer", "speechmos", "onnxruntime", "laion-clap", "hear21passt", "torchopenl3",
+            "audiobox-aesthetics", "pocketsphinx")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -96,6 +127,22 @@ def git_commit() -> str:
     return f"{sha}-dirty" if sha and dirty else (sha or "unknown")
 
 
+@functools.lru_cache(maxsize=1)
+def package_versions() -> str:
+    """JSON ``{"python": ..., <distribution>: <version>}`` of the installed ``PACKAGES`` (absent ones left
+    out), read from the distributions' metadata (nothing from the environment)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return json.dumps(out, sort_keys=True)
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """A short stable hash of a JSON-serialisable run configuration (keys sorted)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -112,7 +159,7 @@ def write_rows(root: str | Path, name: str, rows: Iterable[dict[str, Any]], *, r
     """Append ``rows`` to table ``name`` as one new part file; returns its path (None for no rows).
 
     Rows must have exactly the table's columns, except ``timestamp``, which defaults to now (UTC), and the
-    columns of ``COLUMN_DEFAULTS`` (``system``: ``"model"``, ``n_asked``: null). Values are cast to the
+    columns of ``COLUMN_DEFAULTS`` (``system``: ``"model"``, the others null). Values are cast to the
     schema (an impossible cast raises; nothing is written then)."""
     folder = table_dir(root, name)
     schema = SCHEMAS[name]
@@ -128,12 +175,21 @@ def write_rows(root: str | Path, name: str, rows: Iterable[dict[str, Any]], *, r
             raise ValueError(f"{name} row {i}: unknown columns {sorted(extra)}, missing {sorted(missing)}")
         if "system" in r and r["system"] not in SYSTEMS:
             raise ValueError(f"{name} row {i}: system {r['system']!r} is not one of {SYSTEMS}")
-    data = {c: [r.get(c, when) if c == "timestamp" else r[c] for r in rows] for c in schema.names}
+    # A null read back through pandas can be NaN in a column of any type (an all-null string column of
+    # a part file reads as float NaN): rows read from a table are written back with it as null again.
+    data = {f.name: [r.get(f.name, when) if f.name == "timestamp" else _null_if_nan(r[f.name], f.type) for r in rows]
+            for f in schema}
     table = pa.Table.from_pydict(data, schema=schema)
     out = folder / f"date={when:%Y-%m-%d}" / f"part-{_SAFE.sub('_', run_id)}-{uuid.uuid4().hex[:8]}.parquet"
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     return out
+
+
+def _null_if_nan(value: Any, typ: pa.DataType) -> Any:
+    if isinstance(value, float) and value != value and not pa.types.is_floating(typ):
+        return None
+    return value
 
 
 def read_table(root: str | Path, name: str, **filters: Any) -> pd.DataFrame:

@@ -11,6 +11,17 @@ Steps (each takes and returns paths or small records):
                  (``<ws>/bench/cache/gen/``) keyed on (checkpoint weights SHA-256, generation settings,
                  the item's conditioning incl. prompt/video file hashes, seed, batch size, library code);
                  the model is loaded only when some clip is missing. Run folders get hard links (or copies).
+                 Decoding (``BenchConfig``): the paper's benchmarks default to greedy decoding and seeds
+                 0, 1, 2 (the paper reports the mean of 3 seeds); the demo set to sampling (T = 1, top-p 0.95)
+                 with seed 0 (``DECODING_DEFAULTS``). Greedy decoding draws no random numbers, so its seeds
+                 give the same clip: it is generated once and recorded under every seed. Length cap: speech
+                 from the target text (``BenchConfig.clip_seconds``), music a fixed clip length.
+                 Voice prompts (``speech_prompts``): under ``"paper"`` (the default of the paper's sets) WER /
+                 CER and MOS are measured on clips generated from ONE predefined voice prompt per speech task
+                 (``audio/<seed>/fixed-prompt/<item>.wav``) and speaker similarity on clips generated from
+                 each item's own prompt, so a speech item is generated twice where both kinds of scorer run
+                 (each clip cached on its own conditioning); ``"item"`` scores everything on the
+                 item-prompted clip (one generation, the demo's default).
                  Returns a content-addressed outputs index (``<ws>/bench/cache/outputs/<sha>.jsonl``): the
                  same inputs give the same index path, so downstream scoring steps are cacheable across runs.
 2b. ``toplines`` the scoring index: the generated clips (system ``model``) plus, per item with reference
@@ -35,12 +46,15 @@ Steps (each takes and returns paths or small records):
                  ERROR and the benchmark flow / ``unimoe bench`` fails unless failed scorers are allowed.
 4. ``record``    aggregate (``evaluation.aggregate``) and append the ``items`` and ``aggregate`` tables
                  (``evaluation.results``; ``system`` per row, ``n_asked`` = items given to the scorer beside
-                 ``n`` = items with a finite score), once per run id, plus a markdown run report.
+                 ``n`` = items with a finite score, and what a comparison needs to be trusted: manifest and
+                 reference-set hashes, decoding, voice prompt, scorer protocol, device, dtype, package
+                 versions; ASR transcripts per item), once per run id, plus a markdown run report.
 5. regression    ``evaluation.regression.compare_runs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -50,7 +64,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -88,29 +102,94 @@ SCORER_TASKS: dict[str, tuple[str, ...]] = {
     "audiobox_aesthetics": SPEECH + MUSIC, "clap": MUSIC, "openl3_fad": MUSIC, "passt": MUSIC, "clamp3": MUSIC,
     "music_adherence": MUSIC, "token_nll": SPEECH + MUSIC,
 }
+# Speaker-similarity scorers compare a clip with the voice prompt it was generated from: under the paper's
+# protocol they score the clips generated from each item's own prompt, every other speech scorer the clips
+# generated from the predefined voice prompt (``BenchConfig.speech_prompts``).
+PROMPT_SCORERS = frozenset({"wavlm_sim", "resemblyzer_sim"})
+SPEECH_PROMPTS = ("paper", "item")
+# Decoding defaults per benchmark (``BenchConfig``: None means "this benchmark's default"). The paper's
+# benchmarks: greedy decoding, the mean over 3 seeds, WER/MOS from one predefined voice prompt. The demo set
+# is a small offline smoke/regression set for a tiny CPU model: sampling, one seed and one generation per
+# item keep a nightly run short; a nightly deployment states its own values (prefect.yaml).
+# Guidance "official": the official inference's classifier-free guidance per task (10 for music, 1 for
+# speech: unimoe.generation.GenerationConfig.guidance_scale=None); the demo runs without it (half the cost).
+PAPER_DEFAULTS: dict[str, Any] = {"greedy": True, "seeds": [0, 1, 2], "speech_prompts": "paper",
+                                  "guidance_scale": "official"}
+DECODING_DEFAULTS: dict[str, dict[str, Any]] = {"demo": {"greedy": False, "seeds": [0], "speech_prompts": "item",
+                                                         "guidance_scale": 0.0}}
+OFFICIAL_GUIDANCE = "official"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def benchmark_defaults(benchmark: str) -> dict[str, Any]:
+    """The decoding, seeds and voice-prompt protocol a benchmark runs with unless told otherwise."""
+    return dict(DECODING_DEFAULTS.get(str(benchmark), PAPER_DEFAULTS))
 
 
 @dataclass
 class BenchConfig:
-    """Everything that changes what a run generates or how it is scored (hashed into ``config_hash``)."""
+    """Everything that changes what a run generates or how it is scored (hashed into ``config_hash``).
+    ``greedy``, ``seeds`` and ``speech_prompts`` left None take the benchmark's defaults
+    (``benchmark_defaults``); the resolved values are what ``to_dict`` records."""
 
     benchmark: str = "demo"
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] | None = None        # None: the benchmark's default (paper sets 0,1,2; demo 0)
     scorers: list[str] | None = None      # None: DEFAULT_SCORERS[benchmark]
     max_items: int | None = None          # per task, the first N items (ids sorted)
-    max_seconds: float = 10.0             # generation cap per clip
+    # Generation length caps. Speech: from the target text, at a slow speaking rate in UTF-8 bytes per second
+    # (a CJK character is 3 bytes, so one rate serves English and Mandarin: F5-TTS sizes its durations on
+    # UTF-8 byte counts the same way), plus a pad; cap = pad + bytes / rate, rounded up to whole seconds so
+    # items of similar length share a batch. About twice the length of ordinary speech (~14 bytes/s), so the
+    # cap ends runaway clips without cutting a slow reading short. Music: a fixed clip length (MusicCaps'
+    # clips are 10 s). ``max_seconds``: a ceiling on every clip (quick runs); None: the caps alone.
+    max_seconds: float | None = None
+    music_seconds: float = 10.0
+    speech_bytes_per_second: float = 7.0
+    speech_pad_seconds: float = 2.0
     batch_size: int = 4
-    # Seeds only matter when sampling; greedy (the paper's decoding) makes every seed identical.
-    greedy: bool = False
+    # Decoding: None = the benchmark's default (greedy for the paper's sets). Greedy draws no random numbers,
+    # so every seed gives the same clip; the sampling settings apply only when greedy is False.
+    greedy: bool | None = None
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.95
-    guidance_scale: float = 0.0
+    # a number, "official" (per task, as the official inference) or None (the benchmark's default)
+    guidance_scale: float | str | None = None
+    # "paper": WER/CER and MOS on clips from the benchmark's predefined voice prompt, SIM on clips from each
+    # item's own prompt; "item": every speech metric on the item-prompted clip. None: the benchmark's default.
+    speech_prompts: str | None = None
+    # The predefined voice prompt (a file and its transcript) for every speech task; None: chosen from the
+    # benchmark's own voice prompts (``predefined_voice_prompts``).
+    voice_prompt_audio: str | None = None
+    voice_prompt_text: str | None = None
     n_boot: int = A.N_BOOT
     set_n_boot: int = A.SET_N_BOOT
     # Also score the ground truth and its codec resynthesis (systems "ground_truth", "codec_resynth").
     toplines: bool = True
+
+    def __post_init__(self) -> None:
+        defaults = benchmark_defaults(self.benchmark)
+        if self.greedy is None:
+            self.greedy = bool(defaults["greedy"])
+        if self.seeds is None:
+            self.seeds = list(defaults["seeds"])
+        if self.speech_prompts is None:
+            self.speech_prompts = str(defaults["speech_prompts"])
+        if self.guidance_scale is None:
+            self.guidance_scale = defaults["guidance_scale"]
+        if self.guidance_scale != OFFICIAL_GUIDANCE:
+            self.guidance_scale = float(self.guidance_scale)
+        self.seeds = [int(s) for s in self.seeds]
+        self.greedy = bool(self.greedy)
+        if not self.seeds:
+            raise ValueError("BenchConfig: seeds needs at least one seed")
+        if self.speech_prompts not in SPEECH_PROMPTS:
+            raise ValueError(f"BenchConfig: speech_prompts must be one of {SPEECH_PROMPTS}, "
+                             f"got {self.speech_prompts!r}")
+        if (self.voice_prompt_audio is None) != (self.voice_prompt_text is None):
+            raise ValueError("BenchConfig: voice_prompt_audio and voice_prompt_text go together")
+        if self.speech_bytes_per_second <= 0 or self.music_seconds <= 0 or self.speech_pad_seconds < 0:
+            raise ValueError("BenchConfig: the length caps must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +197,37 @@ class BenchConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchConfig":
         return cls(**d)
+
+    def clip_seconds(self, task: str, text: str | None) -> float:
+        """The generation cap of one clip (see the length-cap fields)."""
+        if task in SPEECH:
+            seconds = float(math.ceil(self.speech_pad_seconds
+                                      + len((text or "").encode("utf-8")) / self.speech_bytes_per_second))
+        else:
+            seconds = float(self.music_seconds)
+        return min(seconds, float(self.max_seconds)) if self.max_seconds is not None else seconds
+
+    def decoding_label(self) -> str:
+        """The decoding in words, as the result rows record it."""
+        label = "greedy" if self.greedy else \
+            f"sampling (temperature {self.temperature:g}, top-k {self.top_k}, top-p {self.top_p:g})"
+        if self.guidance_scale == OFFICIAL_GUIDANCE:
+            return label + ", guidance official (10 music, 1 speech)"
+        return label + (f", guidance {self.guidance_scale:g}" if self.guidance_scale else "")
+
+    def prompt_roles(self, task: str) -> dict[str, str]:
+        """The generations a task needs: voice prompt (``item`` | ``fixed``) -> the scorers that score it
+        (``all`` | ``similarity`` | ``content``). Music: one item-conditioned clip for every scorer."""
+        if task not in SPEECH or self.speech_prompts == "item":
+            return {"item": "all"}
+        # model scorers (token NLL) judge the checkpoint on the ground truth, not a generated clip
+        names = [n for n in self.scorers_for(task) if not _is_model_scorer(n)]
+        roles = {}
+        if any(n in PROMPT_SCORERS for n in names):
+            roles["item"] = "similarity"
+        if any(n not in PROMPT_SCORERS for n in names) or not roles:
+            roles["fixed"] = "content"
+        return roles
 
     @property
     def topline_seed(self) -> int:
@@ -132,8 +242,29 @@ class BenchConfig:
     def generation(self, seed: int, max_frames: int):
         from unimoe.generation import GenerationConfig
 
-        return GenerationConfig(max_frames=max_frames, guidance_scale=self.guidance_scale, greedy=self.greedy,
+        guidance = None if self.guidance_scale == OFFICIAL_GUIDANCE else self.guidance_scale
+        return GenerationConfig(max_frames=max_frames, guidance_scale=guidance, greedy=bool(self.greedy),
                                 temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=seed)
+
+
+def _is_model_scorer(name: str) -> bool:
+    from evaluation.scorers import is_model_scorer
+
+    try:
+        return is_model_scorer(name)
+    except ImportError:
+        return False
+
+
+def scorer_role(scorer: str) -> str:
+    """Which speech generation a scorer judges under the paper's protocol (``BenchConfig.prompt_roles``)."""
+    return "similarity" if scorer in PROMPT_SCORERS else "content"
+
+
+def scores_row(scorer: str, row: dict) -> bool:
+    """Whether ``scorer`` judges this row of a scoring index (rows without a role serve every scorer)."""
+    role = row.get("scored_by") or "all"
+    return role == "all" or role == scorer_role(scorer)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,6 +370,8 @@ def prepare(ws: str | Path, checkpoint: str | Path | None, cfg: BenchConfig, *, 
     root = Path(bench_root) if bench_root else benchmark_root(ws, cfg.benchmark)
     bset = load_benchmark(cfg.benchmark, root)
     items = sorted(bset.items, key=lambda it: (it.task, it.id))
+    # chosen from the whole set, so that max_items does not change the voice the content metrics hear
+    voice_prompts = predefined_voice_prompts(items, cfg) if cfg.speech_prompts == "paper" else {}
     if cfg.max_items is not None:
         per_task: dict[str, int] = {}
         kept = []
@@ -249,66 +382,154 @@ def prepare(ws: str | Path, checkpoint: str | Path | None, cfg: BenchConfig, *, 
         items = kept
     if not items:
         raise ValueError(f"benchmark {cfg.benchmark!r} at {root} has no items")
-    manifest = write_manifest(run_dir / "manifest.jsonl", BenchmarkSet(bset.name, items, bset.info))
+    voice_prompts = {t: v for t, v in voice_prompts.items() if any(it.task == t for it in items)}
+    info = {**bset.info, "voice_prompts": voice_prompts} if voice_prompts else bset.info
+    manifest = write_manifest(run_dir / "manifest.jsonl", BenchmarkSet(bset.name, items, info))
     rec = {"run_id": run_id, "run_dir": str(run_dir), "workspace": str(ws), "manifest": str(manifest),
            "benchmark": cfg.benchmark, "benchmark_root": str(root), "checkpoint": str(ckpt),
            "checkpoint_hash": str(state.get("weights_sha256") or "unknown"), "variant": variant, "kind": kind,
            "config": cfg.to_dict(), "config_hash": R.config_hash(cfg.to_dict()), "git_commit": R.git_commit(),
            "tasks": sorted({it.task for it in items}), "n_items": len(items),
+           "voice_prompts": voice_prompts, "manifest_hash": manifest_hash(items, voice_prompts),
            "created": R.utc_now().isoformat()}
     atomic_write_json(run_json, rec)
     return rec
 
 
+def predefined_voice_prompts(items: Iterable, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+    """The predefined voice prompt of each speech task of ``items`` (``BenchItem``s): ``{"audio", "text",
+    "sha256", "source"}``. ``cfg.voice_prompt_audio`` / ``voice_prompt_text`` when given (e.g. the voice
+    prompt a paper's evaluation used), else one of the set's own voice prompts, the same whatever subset
+    is run: the one whose sha256('unimoe-bench-voice-prompt:<task>:<file name>:<transcript>') is smallest
+    (file NAME, not path, so the choice does not depend on where the set lives)."""
+    items = list(items)
+    out: dict[str, dict[str, Any]] = {}
+    for task in sorted({it.task for it in items if it.task in SPEECH}):
+        if cfg.voice_prompt_audio is not None:
+            audio, text, source = str(cfg.voice_prompt_audio), str(cfg.voice_prompt_text), "config"
+        else:
+            cands = {}
+            for it in items:
+                if it.task == task and it.prompt_audio and it.prompt_text:
+                    name = Path(it.prompt_audio).name
+                    rank = hashlib.sha256(
+                        f"unimoe-bench-voice-prompt:{task}:{name}:{it.prompt_text}".encode()).hexdigest()
+                    cands.setdefault((rank, it.prompt_audio, it.prompt_text), it.id)
+            if not cands:
+                raise ValueError(f"benchmark {cfg.benchmark!r}: no {task} item has a voice prompt with a transcript "
+                                 "to serve as the predefined prompt; give one (voice_prompt_audio / voice_prompt_text) "
+                                 "or score on the items' own prompts (speech_prompts='item')")
+            (_, audio, text), first = min(cands.items())
+            source = f"the voice prompt of item {first}"
+        out[task] = {"audio": audio, "text": text, "sha256": file_hash(audio), "source": source}
+    return out
+
+
+def manifest_hash(items: Iterable, voice_prompts: dict[str, dict[str, Any]] | None = None) -> str:
+    """What was generated, independent of where the files live: every item's fields with each file path
+    replaced by the file's SHA-256, and the predefined voice prompts (file SHA-256 + transcript)."""
+    rows = []
+    for it in items:
+        d = it.to_dict() if hasattr(it, "to_dict") else dict(it)
+        for k in ("prompt_audio", "reference_audio", "video"):
+            d[k] = file_hash(d[k]) if d.get(k) else None
+        rows.append(d)
+    prompts = {t: [v["sha256"], v["text"]] for t, v in sorted((voice_prompts or {}).items())}
+    return _hash({"items": rows, "voice_prompts": prompts})[:16]
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. generate
 
-def _request(it):
+def _conditioning(it, prompt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What one generation is conditioned on: the item's, with ``prompt`` (a predefined voice prompt:
+    ``audio``, ``text``) in place of the item's own voice prompt when given."""
+    return {"task": it.task, "text": it.text, "video": it.video,
+            "prompt_audio": prompt["audio"] if prompt else it.prompt_audio,
+            "prompt_text": prompt["text"] if prompt else it.prompt_text}
+
+
+def _request(cond: dict[str, Any]):
     from unimoe.inference import GenerationRequest
 
-    return GenerationRequest(it.task, text=it.text or "", prompt_audio=it.prompt_audio, prompt_text=it.prompt_text,
-                             video=it.video)
+    return GenerationRequest(cond["task"], text=cond["text"] or "", prompt_audio=cond["prompt_audio"],
+                             prompt_text=cond["prompt_text"], video=cond["video"])
 
 
-def _gen_key(rec: dict, cfg: BenchConfig, it, seed: int) -> str:
-    cond = {"task": it.task, "text": it.text, "prompt_text": it.prompt_text,
-            "prompt_audio": file_hash(it.prompt_audio) if it.prompt_audio else None,
-            "video": file_hash(it.video) if it.video else None}
-    gen = {k: v for k, v in cfg.to_dict().items() if k in ("max_seconds", "batch_size", "greedy", "temperature",
-                                                            "top_k", "top_p", "guidance_scale")}
-    return _hash({"weights": rec["checkpoint_hash"], "gen": gen, "cond": cond, "seed": seed,
+def _gen_key(rec: dict, cfg: BenchConfig, it, seed: int, prompt: dict[str, Any] | None = None) -> str:
+    c = _conditioning(it, prompt)
+    cond = {"task": c["task"], "text": c["text"], "prompt_text": c["prompt_text"],
+            "prompt_audio": file_hash(c["prompt_audio"]) if c["prompt_audio"] else None,
+            "video": file_hash(c["video"]) if c["video"] else None}
+    names = ("batch_size", "greedy", "guidance_scale") + (() if cfg.greedy else ("temperature", "top_k", "top_p"))
+    gen = {k: v for k, v in cfg.to_dict().items() if k in names}
+    gen["clip_seconds"] = cfg.clip_seconds(it.task, it.text)
+    # greedy decoding draws no random numbers: one clip serves every seed
+    return _hash({"weights": rec["checkpoint_hash"], "gen": gen, "cond": cond, "seed": None if cfg.greedy else seed,
                   "code": generation_code_hash()})
 
 
+def clip_path(run_dir: str | Path, row: dict) -> Path:
+    """Where a generated clip of an index row is linked in the run folder: ``audio/<seed>/<item>.wav``, and
+    ``audio/<seed>/fixed-prompt/<item>.wav`` for the clip generated from the predefined voice prompt."""
+    folder = Path(run_dir) / "audio" / str(row["seed"])
+    if row.get("voice_prompt") == "fixed":
+        folder = folder / "fixed-prompt"
+    return folder / f"{safe_name(row['item']['id'])}.wav"
+
+
 def generate(rec: dict[str, Any], progress: bool = True) -> str:
-    """Generate every (item, seed) of the run not already in the generation cache; link them into the
-    run folder; return the path of the content-addressed outputs index."""
+    """Generate every (item, seed, voice prompt) of the run not already in the generation cache (the
+    generations each task needs: ``BenchConfig.prompt_roles``); link them into the run folder; return the
+    path of the content-addressed outputs index. Each model row says which voice prompt its clip was
+    generated from (``voice_prompt``: ``item`` | ``fixed``; None for music), which scorers judge it
+    (``scored_by``: ``all`` | ``similarity`` | ``content``) and what generated it (``device``, ``dtype``)."""
     from evaluation.sets import read_manifest
 
     cfg = BenchConfig.from_dict(rec["config"])
     ws, run_dir = Path(rec["workspace"]), Path(rec["run_dir"])
     cache = bench_dir(ws) / "cache" / "gen"
     items = read_manifest(rec["manifest"]).items
-    todo: dict[tuple[str, int], list] = {}
+    voice = rec.get("voice_prompts") or {}
+    roles = {task: cfg.prompt_roles(task) for task in sorted({it.task for it in items})}
+    todo: dict[tuple[str, int, float], dict[Path, dict]] = {}
     plan = []
     for seed in cfg.seeds:
         for it in items:
-            key = _gen_key(rec, cfg, it, seed)
-            wav = cache / key[:2] / f"{key}.wav"
-            plan.append((it, seed, wav))
-            if not wav.is_file():
-                todo.setdefault((it.task, seed), []).append((it, wav))
+            for vp, role in roles[it.task].items():
+                prompt = voice.get(it.task) if vp == "fixed" else None
+                if vp == "fixed" and prompt is None:
+                    raise ValueError(f"run {rec['run_id']}: no predefined voice prompt for {it.task} in its run.json")
+                key = _gen_key(rec, cfg, it, seed, prompt)
+                wav = cache / key[:2] / f"{key}.wav"
+                plan.append((it, seed, vp if it.task in SPEECH else None, role, wav))
+                if not wav.is_file():
+                    group = (it.task, 0 if cfg.greedy else int(seed), cfg.clip_seconds(it.task, it.text))
+                    todo.setdefault(group, {})[wav] = _conditioning(it, prompt)
     if todo:
         _generate_missing(rec, cfg, todo, progress)
     rows = []
-    for it, seed, wav in plan:
-        _link(wav, run_dir / "audio" / str(seed) / f"{safe_name(it.id)}.wav")
-        rows.append({"item": it.to_dict(), "seed": int(seed), "system": R.MODEL, "audio": str(wav),
-                     "audio_sha256": file_hash(wav)})
+    for it, seed, vp, role, wav in plan:
+        made = json.loads(wav.with_suffix(".json").read_text()) if wav.with_suffix(".json").is_file() else {}
+        row = {"item": it.to_dict(), "seed": int(seed), "system": R.MODEL, "audio": str(wav),
+               "audio_sha256": file_hash(wav), "voice_prompt": vp, "scored_by": role,
+               "device": made.get("device"), "dtype": made.get("dtype")}
+        _link(wav, clip_path(run_dir, row))
+        rows.append(row)
     return _write_index(ws, "outputs", rows)
 
 
+def _generator_meta(generator) -> dict[str, str]:
+    """What generates the clips (recorded beside each cached clip and in the result rows)."""
+    param = next(iter(generator.model.parameters()), None)
+    if param is None:
+        return {"device": "unknown", "dtype": "unknown"}
+    return {"device": str(param.device), "dtype": str(param.dtype).removeprefix("torch.")}
+
+
 def _generate_missing(rec: dict, cfg: BenchConfig, todo: dict, progress: bool) -> None:
+    """Generate the clips of ``todo``: (task, seed, cap in seconds) -> {wav path: conditioning}, batched per
+    group (one cap per batch: a clip's length never depends on its batch mates' caps)."""
     from tqdm.auto import tqdm
 
     from unimoe.audio_io import save_wav
@@ -316,15 +537,19 @@ def _generate_missing(rec: dict, cfg: BenchConfig, todo: dict, progress: bool) -
 
     t0 = time.perf_counter()
     generator = CheckpointGenerator(rec["checkpoint"])
-    max_frames = generator.frames_for(cfg.max_seconds)
+    meta = _generator_meta(generator)
     n = sum(len(v) for v in todo.values())
-    log.info(f"generating {n} clips ({len(todo)} task/seed groups) from {rec['checkpoint']}")
+    log.info(f"generating {n} clips ({len(todo)} task/seed/length groups) from {rec['checkpoint']} "
+             f"({cfg.decoding_label()}, {meta['device']} {meta['dtype']})")
     with tqdm(total=n, desc="generate", unit="clip", disable=not progress) as bar:
-        for (task, seed), jobs in sorted(todo.items()):
+        for (task, seed, seconds), group in sorted(todo.items()):
+            jobs = list(group.items())
+            max_frames = generator.frames_for(seconds)
             for s in range(0, len(jobs), cfg.batch_size):
                 batch = jobs[s:s + cfg.batch_size]
-                outs = generator.generate([_request(it) for it, _ in batch], cfg.generation(seed, max_frames))
-                for (it, path), (wav, _codes) in zip(batch, outs):
+                outs = generator.generate([_request(cond) for _, cond in batch], cfg.generation(seed, max_frames))
+                for (path, _), (wav, _codes) in zip(batch, outs):
+                    atomic_write_json(path.with_suffix(".json"), meta)  # before the clip: a clip has its record
                     save_wav(path, wav, generator.sample_rate)
                 bar.update(len(batch))
     log.info(f"generated {n} clips in {time.perf_counter() - t0:.1f} s")
@@ -414,10 +639,13 @@ def read_index(path: str | Path) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # 3. score
 
-ITEM_COLUMNS = ["task", "item_id", "seed", "system", "metric", "value", "scorer", "scorer_version", "error"]
+ITEM_COLUMNS = ["task", "item_id", "seed", "system", "metric", "value", "scorer", "scorer_version", "error",
+                "voice_prompt", "transcript"]
 
 
-def _audio_item(it: dict, audio: str, *, reference_from: str | None, ident: str | None = None):
+def _audio_item(it: dict, audio: str, *, reference_from: str | None, ident: str | None = None, mono: bool = True):
+    """The scorer's view of a clip. ``mono=False`` keeps the file's channels: set-level scorers follow their
+    reference protocol themselves (OpenL3-FAD embeds a stereo clip as L||R, PaSST downmixes)."""
     from unimoe.audio_io import AudioItem, load_audio, to_mono
 
     wav, sr = load_audio(audio)
@@ -426,7 +654,7 @@ def _audio_item(it: dict, audio: str, *, reference_from: str | None, ident: str 
     if ref_path:
         r, ref_sr = load_audio(ref_path)
         ref = to_mono(r)
-    return AudioItem(id=ident or it["id"], wav=to_mono(wav), sample_rate=sr, text=it.get("text"),
+    return AudioItem(id=ident or it["id"], wav=to_mono(wav) if mono else wav, sample_rate=sr, text=it.get("text"),
                      language=it.get("language"), reference=ref, reference_sample_rate=ref_sr,
                      meta={**(it.get("meta") or {}), "task": it["task"]})
 
@@ -459,22 +687,31 @@ def score(outputs_index: str, scorer_name: str, tasks: list[str], cache_dir: str
           n_boot: int = A.SET_N_BOOT, progress: bool = True, checkpoint: str | None = None) -> dict[str, Any]:
     """Score the clips of ``tasks`` in the (scoring) index with one scorer, for every system in it.
     Returns a record: ``status`` ("ok" | "skipped"), ``reason``, ``scorer``, ``version``, ``items``
-    (per-item parquet: task, item_id, seed, system, metric, value, scorer, scorer_version, error),
-    ``aggregates`` (JSON list of set-level aggregate rows), ``directions`` and ``failed``: one entry per
-    (task, system) on which EVERY item failed (scorer, task, system, n_asked, item, reason).
-    A model scorer (``token_nll``) is built with ``checkpoint`` and scores system ``model`` only."""
+    (per-item parquet: ``ITEM_COLUMNS``), ``aggregates`` (JSON list of set-level aggregate rows),
+    ``directions``, ``protocol`` (``scorer_protocol``) and ``failed``: one entry per (task, system) on
+    which EVERY item failed (scorer, task, system, n_asked, item, reason). Speech clips are those the
+    scorer judges under the run's voice-prompt protocol (``scores_row``).
+    A model scorer (``token_nll``) is built with ``checkpoint`` and scores system ``model`` only, once per
+    (item, seed)."""
     from evaluation.scorers import ScorerUnavailable, is_model_scorer, load_scorer
     from evaluation.scorers.base import ModelScorer, SetScorer
 
     base = {"scorer": scorer_name, "tasks": list(tasks), "items": None, "aggregates": None, "version": None,
-            "directions": {}, "failed": []}
+            "directions": {}, "failed": [], "protocol": None}
     rows = [r for r in read_index(outputs_index) if r["item"]["task"] in tasks]
     try:
         model_scorer = is_model_scorer(scorer_name)
     except ImportError:
         model_scorer = False
     if model_scorer:
-        rows = [r for r in rows if _system(r) == R.MODEL]
+        # it scores the item's ground truth under the item's own conditioning, whichever clips were generated
+        firsts: dict[tuple[str, int], dict] = {}
+        for r in rows:
+            if _system(r) == R.MODEL:
+                firsts.setdefault((r["item"]["id"], int(r["seed"])), {**r, "voice_prompt": None})
+        rows = list(firsts.values())
+    else:
+        rows = [r for r in rows if scores_row(scorer_name, r)]
     if not rows:
         return {**base, "status": "skipped", "reason": "no items of its tasks in this run"}
     try:
@@ -487,7 +724,8 @@ def score(outputs_index: str, scorer_name: str, tasks: list[str], cache_dir: str
     directions = {m: d == "higher" for m, d in scorer.metrics.items()}
     out_dir = Path(out_dir)
     tag = hashlib.sha256(f"{outputs_index}:{scorer_name}:{version}:{sorted(tasks)}".encode()).hexdigest()[:16]
-    res = {**base, "status": "ok", "reason": "", "version": version, "directions": directions}
+    res = {**base, "status": "ok", "reason": "", "version": version, "directions": directions,
+           "protocol": scorer_protocol(scorer)}
     if isinstance(scorer, SetScorer):
         agg, failed = [], []
         for system, task in sorted({(_system(r), r["item"]["task"]) for r in rows}):
@@ -514,6 +752,27 @@ def score(outputs_index: str, scorer_name: str, tasks: list[str], cache_dir: str
     return res
 
 
+def scorer_protocol(scorer) -> str:
+    """JSON of what a scorer's numbers depend on beyond its version: its ``info()`` (pooling, crop seed,
+    windows, decoding, weights checksum, ...) plus the device and precision it ran at."""
+    try:
+        info = dict(scorer.info())
+    except Exception as e:  # noqa: BLE001 - a scorer without a working info() still scores
+        info = {"info_error": f"{type(e).__name__}: {e}"}
+    model = getattr(scorer, "model", None)
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if getattr(scorer, "device", None) is not None:
+        info.setdefault("device", str(scorer.device))
+    elif param is not None:
+        info.setdefault("device", str(param.device))
+    if param is not None:
+        info.setdefault("dtype", str(param.dtype).removeprefix("torch."))
+    fp16 = getattr(getattr(scorer, "options", None), "fp16", None)  # Whisper decodes in fp16 on CUDA
+    if fp16 is not None:
+        info.setdefault("fp16", bool(fp16))
+    return json.dumps(info, sort_keys=True, default=str, ensure_ascii=False)
+
+
 def all_failed(table: pd.DataFrame, scorer: str, directions: dict[str, bool]) -> list[dict[str, Any]]:
     """The (task, system) groups of a per-item score table in which no item has a finite value of any
     of the scorer's metrics, with how many items were asked and the first failing item's reason."""
@@ -537,47 +796,99 @@ def _cacheable(values: dict[str, Any]) -> dict[str, float | None]:
     return {k: (None if v is None or not math.isfinite(float(v)) else float(v)) for k, v in values.items()}
 
 
+def _recognises(scorer) -> bool:
+    """An ASR scorer (``evaluation.scorers.transcript.TranscriptScorer``): its transcripts are recorded."""
+    return callable(getattr(scorer, "recognise_all", None))
+
+
+@contextlib.contextmanager
+def _recorded_transcripts(scorer):
+    """While a batch is scored, what an ASR scorer's ``recognise_all`` returned per clip id (the raw
+    transcript, before the error-rate normalisation; None where recognition failed)."""
+    heard: dict[str, str | None] = {}
+    inner = getattr(scorer, "recognise_all", None)
+    if not callable(inner):
+        yield heard
+        return
+    own = "recognise_all" in getattr(scorer, "__dict__", {})
+
+    def recognise_all(items):
+        hyps = inner(items)
+        heard.update({str(it.id): h for it, h in zip(items, hyps)})
+        return hyps
+
+    scorer.recognise_all = recognise_all
+    try:
+        yield heard
+    finally:
+        if own:
+            scorer.recognise_all = inner
+        else:
+            del scorer.recognise_all
+
+
+def _transcript_path(score_path: Path) -> Path:
+    return score_path.with_name(score_path.stem + ".transcript.json")
+
+
 def _score_items(scorer, version: str, rows: list[dict], cache: Path, progress: bool) -> pd.DataFrame:
-    """Per-item scores of every row (clip), from the cache or the scorer. A failed item (NaN with the
-    scorer's reason, or an exception from its batch) is not cached."""
+    """Per-item scores of every row (clip), from the cache or the scorer, scoring each distinct clip and
+    conditioning once (under greedy decoding the seeds share their clips). A failed item (NaN with the
+    scorer's reason, or an exception from its batch) is not cached. ASR scorers' transcripts are cached
+    beside the scores (an entry without one is scored again)."""
     from tqdm.auto import tqdm
 
+    hears = _recognises(scorer)
     keyed = []
     for r in rows:
         ref_field = _reference_field(r["item"]["task"])
         key = _score_key(scorer.name, version, r["audio_sha256"], r["item"], ref_field)
-        ident = f"{r['item']['id']} [{_system(r)}, seed {r['seed']}]"  # unique in a batch (item_errors' keys)
-        keyed.append((r, ref_field, ident, cache / key[:2] / f"{key}.json"))
-    scores: dict[str, tuple[dict, str | None]] = {}
-    missing = [k for k in keyed if not k[3].is_file()]
+        keyed.append((r, ref_field, cache / key[:2] / f"{key}.json"))
+    todo: dict[Path, tuple[dict, str, str]] = {}
+    for r, ref_field, path in keyed:
+        cached = path.is_file() and (not hears or _transcript_path(path).is_file())
+        if path not in todo and not cached:
+            ident = f"{r['item']['id']} [{_system(r)}, seed {r['seed']}]"  # unique in a batch (item_errors' keys)
+            todo[path] = (r, ref_field, ident)
+    fresh: dict[Path, tuple[dict, str | None, str | None]] = {}
+    missing = list(todo.items())
     batch = 8
     with tqdm(total=len(missing), desc=f"score {scorer.name}", unit="clip", disable=not progress or not missing) as bar:
         for s in range(0, len(missing), batch):
             chunk = missing[s:s + batch]
             if hasattr(scorer, "clear_failures"):
                 scorer.clear_failures()
-            try:
-                got = scorer.score([_audio_item(r["item"], r["audio"], reference_from=f, ident=i)
-                                    for r, f, i, _ in chunk])
-                errors = dict(getattr(scorer, "item_errors", {}) or {})
-            except Exception as e:  # noqa: BLE001 - the batch's items fail (reported), the run goes on
-                log.warning(f"{scorer.name}: a batch of {len(chunk)} clips failed: {type(e).__name__}: {e}")
-                got = [{m: math.nan for m in scorer.metrics} for _ in chunk]
-                errors = {i: f"{type(e).__name__}: {e}" for _, _, i, _ in chunk}
-            for (_, _, ident, path), sc in zip(chunk, got):
+            with _recorded_transcripts(scorer) as heard:
+                try:
+                    got = scorer.score([_audio_item(r["item"], r["audio"], reference_from=f, ident=i)
+                                        for _, (r, f, i) in chunk])
+                    errors = dict(getattr(scorer, "item_errors", {}) or {})
+                except Exception as e:  # noqa: BLE001 - the batch's items fail (reported), the run goes on
+                    log.warning(f"{scorer.name}: a batch of {len(chunk)} clips failed: {type(e).__name__}: {e}")
+                    got = [{m: math.nan for m in scorer.metrics} for _ in chunk]
+                    errors = {i: f"{type(e).__name__}: {e}" for _, (_, _, i) in chunk}
+            for (path, (_, _, ident)), sc in zip(chunk, got):
                 values = _cacheable(sc)
+                text = heard.get(ident) if hears else None
                 if ident in errors:
-                    scores[ident] = (values, errors[ident])
+                    fresh[path] = (values, errors[ident], text)
                 else:
+                    if hears:  # before the scores: a cached score of an ASR scorer has its transcript
+                        atomic_write_json(_transcript_path(path), {"transcript": text})
                     atomic_write_json(path, values)
             bar.update(len(chunk))
     out = []
-    for r, _, ident, path in keyed:
-        values, error = scores[ident] if ident in scores else (json.loads(path.read_text()), None)
+    for r, _, path in keyed:
+        if path in fresh:
+            values, error, text = fresh[path]
+        else:
+            values, error = json.loads(path.read_text()), None
+            text = json.loads(_transcript_path(path).read_text()).get("transcript") if hears else None
         for metric, v in values.items():
             out.append({"task": r["item"]["task"], "item_id": r["item"]["id"], "seed": int(r["seed"]),
                         "system": _system(r), "metric": metric, "value": math.nan if v is None else float(v),
-                        "scorer": scorer.name, "scorer_version": version, "error": error})
+                        "scorer": scorer.name, "scorer_version": version, "error": error,
+                        "voice_prompt": r.get("voice_prompt"), "transcript": text})
     return pd.DataFrame(out, columns=ITEM_COLUMNS)
 
 
@@ -619,7 +930,7 @@ def _score_model(scorer, version: str, rows: list[dict], cache: Path, progress: 
         for metric, v in values.items():
             out.append({"task": r["item"]["task"], "item_id": iid, "seed": int(r["seed"]), "system": R.MODEL,
                         "metric": metric, "value": math.nan if v is None else float(v), "scorer": scorer.name,
-                        "scorer_version": version, "error": error})
+                        "scorer_version": version, "error": error, "voice_prompt": None, "transcript": None})
     return pd.DataFrame(out, columns=ITEM_COLUMNS)
 
 
@@ -638,7 +949,9 @@ def _embed_cached(scorer, version: str, entries: list[tuple[str, str, dict, str]
     with tqdm(total=len(missing), desc=desc, unit="clip", disable=not progress or not missing) as bar:
         for s in range(0, len(missing), 8):
             chunk = missing[s:s + 8]
-            emb = np.asarray(scorer.embed([_audio_item(it, audio, reference_from=None) for _, audio, it, _ in chunk]))
+            # one entry per item: a row (posteriors) or a [frames, D] array (OpenL3 frames)
+            emb = list(scorer.embed([_audio_item(it, audio, reference_from=None, mono=False)
+                                     for _, audio, it, _ in chunk]))
             for (ident, _, _, path), e in zip(chunk, emb):
                 with atomic_path(path) as tmp:
                     with open(tmp, "wb") as f:
@@ -663,16 +976,20 @@ def _score_set(scorer, version: str, rows: list[dict], task: str, system: str, d
     gen_entries = [(f"{r['seed']}/{r['item']['id']}", r["audio"], r["item"], r["audio_sha256"]) for r in rows]
     gen = _embed_cached(scorer, version, gen_entries, cache, progress, f"embed {scorer.name}")
     seeds = sorted({int(r["seed"]) for r in rows})
-    generated = {s: np.stack([gen[f"{s}/{i}"] for i in item_ids]) for s in seeds}
+    generated = {s: A.item_rows([gen[f"{s}/{i}"] for i in item_ids]) for s in seeds}
+    # Reference embeddings wherever an item has reference audio (a scorer that does not need one, PaSST's
+    # IS, still uses it for its paired metric, KL); items without one get no entry (None / a NaN row).
+    with_ref = [i for i in item_ids if items[i].get("reference_audio")]
     reference = None
-    if scorer.needs_reference:
-        ref_entries = [(i, items[i]["reference_audio"], items[i], file_hash(items[i]["reference_audio"])) for i in item_ids]
+    if with_ref:
+        ref_entries = [(i, items[i]["reference_audio"], items[i], file_hash(items[i]["reference_audio"]))
+                       for i in with_ref]
         ref = _embed_cached(scorer, version, ref_entries, cache, progress, f"embed {scorer.name} (reference)")
-        reference = np.stack([ref[i] for i in item_ids])
+        reference = A.item_rows([ref.get(i) for i in item_ids])
     agg = A.aggregate_set(task, scorer.compare, directions, generated, reference, scorer=scorer.name,
                           scorer_version=version, n_boot=n_boot)
     agg = [{**r, "system": system, "n_asked": n_asked} for r in agg]
-    embedded = any(bool(np.isfinite(np.asarray(g, dtype=np.float64)).any()) for g in generated.values())
+    embedded = any(A.any_finite(g) for g in generated.values())
     failed = []
     if not embedded:
         failed.append({"scorer": scorer.name, "task": task, "system": system, "n_asked": n_asked, "item": item_ids[0],
@@ -708,37 +1025,64 @@ def record(rec: dict[str, Any], outputs_index: str, scored: list[dict[str, Any]]
     root = results_root(rec["workspace"])
     run_dir = Path(rec["run_dir"])
     existing = R.read_table(root, "aggregate", run_id=rec["run_id"])
+    index = read_index(outputs_index)
 
     def audio_path(r: dict) -> str:
-        if _system(r) == R.MODEL:
-            return str(run_dir / "audio" / str(r["seed"]) / f"{safe_name(r['item']['id'])}.wav")
-        return str(r["audio"])
+        return str(clip_path(run_dir, r)) if _system(r) == R.MODEL else str(r["audio"])
 
-    audio_of = {(_system(r), r["item"]["id"], int(r["seed"])): audio_path(r) for r in read_index(outputs_index)}
+    audio_of = {(_system(r), r["item"]["id"], int(r["seed"]), r.get("voice_prompt")): audio_path(r) for r in index}
+    any_audio = {}
+    for (system, iid, seed, _), path in audio_of.items():
+        any_audio.setdefault((system, iid, seed), path)
     ok = [s for s in scored if s["status"] == "ok"]
     item_frames = []
     for s in ok:
         if s.get("items"):
             df = pd.read_parquet(s["items"])
-            if "system" not in df.columns:
-                df["system"] = R.MODEL
+            for col, default in (("system", R.MODEL), ("voice_prompt", None), ("transcript", None)):
+                if col not in df.columns:  # a score table cached by an older version
+                    df[col] = default
             item_frames.append(df)
     items = pd.concat(item_frames, ignore_index=True) if item_frames else pd.DataFrame(columns=ITEM_COLUMNS)
     agg_rows: list[dict] = []
     for s in ok:
+        trust = {"scorer_protocol": s.get("protocol")}
         if s.get("items"):
             df = items[items["scorer"] == s["scorer"]]
             for (system, task), sub in df.groupby(["system", "task"], sort=True):
                 n_asked = int(sub["item_id"].nunique())
-                agg_rows += [{**r, "system": system, "n_asked": n_asked}
-                             for r in A.aggregate_items(sub.drop(columns=["system", "error"], errors="ignore"),
-                                                        s["directions"], n_boot=cfg.n_boot)]
+                prompts = sorted({str(v) for v in sub["voice_prompt"] if isinstance(v, str)})
+                scores = sub.drop(columns=["system", "error", "voice_prompt", "transcript"], errors="ignore")
+                agg_rows += [{**r, **trust, "system": system, "n_asked": n_asked,
+                              "voice_prompt": ",".join(prompts) or None}
+                             for r in A.aggregate_items(scores, s["directions"], n_boot=cfg.n_boot)]
         if s.get("aggregates"):
             rows = json.loads(Path(s["aggregates"]).read_text())
-            agg_rows += [{"system": R.MODEL, "n_asked": None, **r} for r in rows]
+            for r in rows:
+                judged = [x for x in index if x["item"]["task"] == r["task"]
+                          and _system(x) == r.get("system", R.MODEL) and scores_row(s["scorer"], x)]
+                prompts = sorted({str(x["voice_prompt"]) for x in judged if x.get("voice_prompt")})
+                agg_rows.append({"system": R.MODEL, "n_asked": None, **r, **trust,
+                                 "voice_prompt": ",".join(prompts) or None,
+                                 "reference_hash": reference_set_hash(judged)})
     run_cols = {k: rec[k] for k in ("run_id", "kind", "checkpoint", "checkpoint_hash", "variant", "benchmark",
                                     "git_commit", "config_hash")}
-    agg_rows = [{**run_cols, **r} for r in agg_rows]
+    made: dict[tuple[str, str], set[str]] = {}
+    for x in index:
+        for k in ("device", "dtype"):
+            if _system(x) == R.MODEL and x.get(k):
+                made.setdefault((x["item"]["task"], k), set()).add(str(x[k]))
+
+    def generated_by(task: str, key: str) -> str | None:
+        return ",".join(sorted(made.get((task, key), ()))) or None
+
+    agg_rows = [{**run_cols, "reference_hash": None, **r, "manifest_hash": rec.get("manifest_hash"),
+                 "packages": R.package_versions(),
+                 # decoding and the generating device describe the model's clips; the toplines were not generated
+                 **({"decoding": cfg.decoding_label(), "device": generated_by(r["task"], "device"),
+                     "dtype": generated_by(r["task"], "dtype")} if r.get("system", R.MODEL) == R.MODEL
+                    else {"decoding": None, "device": None, "dtype": None})}
+                for r in agg_rows]
     failed = [f for s in ok for f in s.get("failed") or []]
     written = {}
     if existing.empty:
@@ -746,7 +1090,9 @@ def record(rec: dict[str, Any], outputs_index: str, scored: list[dict[str, Any]]
         item_rows = [{"run_id": rec["run_id"], "variant": rec["variant"], "benchmark": rec["benchmark"], "task": r.task,
                       "item_id": r.item_id, "seed": int(r.seed), "metric": r.metric, "value": float(r.value),
                       "scorer": r.scorer, "scorer_version": r.scorer_version, "system": r.system,
-                      "audio_path": audio_of.get((r.system, r.item_id, int(r.seed)), "")}
+                      "audio_path": audio_of.get((r.system, r.item_id, int(r.seed), _text(r.voice_prompt)))
+                      or any_audio.get((r.system, r.item_id, int(r.seed)), ""),
+                      "voice_prompt": _text(r.voice_prompt), "transcript": _text(r.transcript)}
                      for r in items.itertuples(index=False)]
         written["items"] = str(R.write_rows(root, "items", item_rows, run_id=rec["run_id"], when=now))
         written["aggregate"] = str(R.write_rows(root, "aggregate", agg_rows, run_id=rec["run_id"], when=now))
@@ -763,6 +1109,19 @@ def record(rec: dict[str, Any], outputs_index: str, scored: list[dict[str, Any]]
     return summary
 
 
+def _text(x: Any) -> str | None:
+    """A string cell, None for a missing one (None or NaN after a concatenation)."""
+    return x if isinstance(x, str) else None
+
+
+def reference_set_hash(rows: Iterable[dict]) -> str | None:
+    """The reference recordings a set-level metric compared with: the (item id, file SHA-256) of the
+    ``reference_audio`` of the judged rows' items; None when none has one."""
+    refs = sorted({(r["item"]["id"], file_hash(r["item"]["reference_audio"]))
+                   for r in rows if r["item"].get("reference_audio")})
+    return _hash(refs)[:16] if refs else None
+
+
 def _fmt(x: float) -> str:
     return "nan" if x is None or not math.isfinite(float(x)) else f"{float(x):.4g}"
 
@@ -776,7 +1135,17 @@ def render_run_report(rec: dict, agg_rows: list[dict], skipped: list[dict], fail
              f"- benchmark **{rec['benchmark']}** ({rec['n_items']} items; tasks {', '.join(rec['tasks'])}), "
              f"seeds {','.join(str(s) for s in rec['config']['seeds'])}",
              f"- checkpoint `{rec['checkpoint']}` (weights sha256 {rec['checkpoint_hash'][:12]}), variant `{rec['variant']}`",
-             f"- kind {rec['kind']}, git {rec['git_commit']}, config hash {rec['config_hash']}", ""]
+             f"- kind {rec['kind']}, git {rec['git_commit']}, config hash {rec['config_hash']}"
+             + (f", manifest hash {rec['manifest_hash']}" if rec.get("manifest_hash") else ""),
+             f"- decoding: {BenchConfig.from_dict(rec['config']).decoding_label()}"]
+    prompts = rec.get("voice_prompts") or {}
+    if prompts:
+        lines.append("- voice prompts: WER/CER and MOS on clips from the predefined voice prompt ("
+                     + "; ".join(f"{t}: `{Path(v['audio']).name}`, {v['source']}" for t, v in sorted(prompts.items()))
+                     + "), speaker similarity on clips from each item's own prompt")
+    elif any(t in SPEECH for t in rec["tasks"]):
+        lines.append("- voice prompts: every speech metric on clips from each item's own prompt")
+    lines.append("")
     if failed:
         lines += ["## ERRORS: scorers that failed on every item", ""]
         lines += [f"- **ERROR** {line}" for line in failure_lines(failed)]

@@ -71,25 +71,33 @@ def regression(results: str, run_id: str, baseline_run: str | None) -> dict:
 # per run benchmark.with_options(task_runner=task_runner(address))) each scorer task runs on a worker.
 @flow(name="benchmark", log_prints=True, task_runner=task_runner(max_workers=1))
 def benchmark(checkpoint: str | None = None, benchmark: str = "demo", workspace: str | None = None,
-              seeds: list[int] = [0], variant: str | None = None, baseline_run: str | None = None,  # noqa: B006
+              seeds: list[int] | None = None, variant: str | None = None, baseline_run: str | None = None,
               kind: str = "adhoc", run_id: str | None = None, scorers: list[str] | None = None,
               max_items: int | None = None, max_seconds: float | None = None, toplines: bool = True,
-              allow_failed_scorers: bool = False) -> dict:
+              allow_failed_scorers: bool = False, greedy: bool | None = None,
+              speech_prompts: str | None = None) -> dict:
     """Benchmark ``checkpoint`` (default: the newest under <workspace>/train) on ``benchmark``, with the
     ground-truth and codec-resynthesis toplines (``toplines``); append the result tables under
     <workspace>/results; compare with ``baseline_run`` (default: the previous run of the same benchmark,
     kind and variant) and fail when anything regresses, or when a scorer failed on every item of a task
-    (unless ``allow_failed_scorers``)."""
+    (unless ``allow_failed_scorers``).
+
+    ``seeds``, ``greedy`` (False: sampling) and ``speech_prompts`` ("paper" | "item"): None takes the
+    benchmark's defaults (evaluation.runner.benchmark_defaults: greedy, seeds 0,1,2 and the predefined voice
+    prompt for the paper's sets). ``max_seconds``: a ceiling on every clip (None: speech capped from the
+    target text, music at its clip length)."""
     from evaluation import runner as RN
 
     log = get_run_logger()
     ws = workspace_root(workspace)
-    cfg = RN.BenchConfig(benchmark=benchmark, seeds=[int(s) for s in seeds], scorers=scorers, max_items=max_items,
-                         toplines=bool(toplines),
-                         **({"max_seconds": float(max_seconds)} if max_seconds is not None else {}))
+    given = {"seeds": None if seeds is None else [int(s) for s in seeds], "greedy": greedy,
+             "speech_prompts": speech_prompts, "max_seconds": None if max_seconds is None else float(max_seconds)}
+    cfg = RN.BenchConfig(benchmark=benchmark, scorers=scorers, max_items=max_items, toplines=bool(toplines),
+                         **{k: v for k, v in given.items() if v is not None})
     ckpt = str(checkpoint) if checkpoint else str(RN.find_checkpoint(ws))
     run = prepare(str(ws), ckpt, cfg.to_dict(), run_id, variant, kind)
-    log.info(f"run {run['run_id']}: {run['n_items']} items of {run['tasks']} x seeds {cfg.seeds} from {ckpt}")
+    log.info(f"run {run['run_id']}: {run['n_items']} items of {run['tasks']} x seeds {cfg.seeds} from {ckpt}, "
+             f"{cfg.decoding_label()}, speech prompts {cfg.speech_prompts!r}")
 
     index = run_cached(generate, ws, run, run["checkpoint"], run["manifest"], output_exists=lambda p: Path(p).is_file())
     cache = RN.bench_dir(ws) / "cache"

@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the newest under <workspace>/train)."),
         benchmark: str = typer.Option("demo", help="Benchmark set (demo, seedtts-en, seedtts-zh, musiccaps, ...)."),
         workspace: Path = typer.Option(None, help="Workspace (default $UNIMOE_WORKSPACE or ./workspace)."),
-        seeds: str = typer.Option("0", help="Generation seeds, comma-separated (the paper averages 0,1,2)."),
+        seeds: str = typer.Option(None, help="Generation seeds, comma-separated (default: the benchmark's; the "
+                                             "paper's sets average 0,1,2, the demo set uses 0)."),
         variant: str = typer.Option(None, help="Variant name recorded with the results (default: from the checkpoint)."),
         baseline: str = typer.Option(None, help="Baseline run id, or a variant/checkpoint name (default: the previous "
                                                 "run of this benchmark, kind and variant)."),
@@ -35,7 +36,14 @@ def register(app: typer.Typer) -> None:
         run_id: str = typer.Option(None, help="Run id (default: generated; an existing one resumes)."),
         scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's defaults)."),
         max_items: int = typer.Option(None, help="At most this many items per task."),
-        max_seconds: float = typer.Option(None, help="Generation cap per clip in seconds (default 10)."),
+        max_seconds: float = typer.Option(None, help="A ceiling on every clip in seconds (default none: speech is "
+                                                     "capped from its target text, music at 10 s)."),
+        greedy: bool = typer.Option(None, "--greedy/--sampling",
+                                    help="Greedy decoding, or sampling (temperature 1, top-p 0.95). Default: the "
+                                         "benchmark's (greedy for the paper's sets, sampling for the demo set)."),
+        speech_prompts: str = typer.Option(None, help="paper: WER/CER and MOS on clips from one predefined voice "
+                                                      "prompt, SIM on clips from each item's own prompt; item: all "
+                                                      "on the item-prompted clips. Default: the benchmark's."),
         toplines: bool = typer.Option(True, "--toplines/--no-toplines",
                                       help="Also score the ground truth and its codec resynthesis (the toplines)."),
         allow_failed_scorers: bool = typer.Option(False, "--allow-failed-scorers",
@@ -43,15 +51,19 @@ def register(app: typer.Typer) -> None:
     ):
         """Run the benchmark flow (generate -> toplines -> score -> tables -> regression). Exit code 1 on a
         regression, 3 when a scorer failed on every item of a task (unless --allow-failed-scorers)."""
+        from evaluation.runner import SPEECH_PROMPTS
         from flows.benchmark import RegressionFound, ScorersFailed, benchmark as flow
 
+        if speech_prompts is not None and speech_prompts not in SPEECH_PROMPTS:
+            raise typer.BadParameter(f"--speech-prompts must be one of {', '.join(SPEECH_PROMPTS)}")
         try:
             result = flow(checkpoint=str(checkpoint) if checkpoint else None, benchmark=benchmark,
-                          workspace=str(workspace) if workspace else None, seeds=_seeds(seeds), variant=variant,
+                          workspace=str(workspace) if workspace else None,
+                          seeds=_seeds(seeds) if seeds is not None else None, variant=variant,
                           baseline_run=baseline, kind=kind, run_id=run_id,
                           scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
                           max_items=max_items, max_seconds=max_seconds, toplines=toplines,
-                          allow_failed_scorers=allow_failed_scorers)
+                          allow_failed_scorers=allow_failed_scorers, greedy=greedy, speech_prompts=speech_prompts)
         except ScorersFailed as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(3) from None

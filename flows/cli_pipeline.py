@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         baseline: str = typer.Option(None, help="Regression baseline run id or variant name for every variant "
                                                 "(default: each variant's previous pipeline run)."),
         max_items: int = typer.Option(None, help="At most this many benchmark items per task."),
-        max_seconds: float = typer.Option(None, help="Generation cap per benchmark clip in seconds (default 10)."),
+        max_seconds: float = typer.Option(None, help="Ceiling on every benchmark clip in seconds (default: speech capped from its text, music 10 s)."),
         scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's)."),
         dask: str = typer.Option(None, help="Dask scheduler address (or 'local') for curation's shard tasks."),
         nproc: int = typer.Option(1, help="Processes per training stage (> 1: torchrun)."),

@@ -28,12 +28,16 @@ AGGREGATE_SCHEMA = pa.schema([
     ("higher_is_better", pa.bool_()), ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
     ("n", pa.int64()), ("scorer", pa.string()), ("scorer_version", pa.string()), ("seeds", pa.string()),
     ("git_commit", pa.string()), ("config_hash", pa.string()), ("system", pa.string()), ("n_asked", pa.int64()),
+    ("manifest_hash", pa.string()), ("reference_hash", pa.string()), ("decoding", pa.string()),
+    ("voice_prompt", pa.string()), ("scorer_protocol", pa.string()), ("device", pa.string()),
+    ("dtype", pa.string()), ("packages", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
 ])
 ITEMS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
     ("item_id", pa.string()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
     ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("system", pa.string()),
+    ("transcript", pa.string()), ("voice_prompt", pa.string()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
 ])
 REGRESSION_SCHEMA = pa.schema([

@@ -88,3 +88,58 @@ def test_batched_statistics_equal_the_per_resample_ones():
         plain = lambda x, s=stat: s(x)  # noqa: E731  (no .batched: the per-resample loop)
         assert bootstrap_ci(v, statistic=stat, n_boot=300, seed=1) == pytest.approx(
             bootstrap_ci(v, statistic=plain, n_boot=300, seed=1), rel=1e-12)
+
+
+def test_set_level_interval_contains_the_point_value():
+    """FAD of n = 300 items in 64-d, two seeds: the set-level interval is a half-sample interval around the
+    point value. (The earlier bootstrap with replacement gave an interval entirely above it: duplicated
+    items shrink the covariances and inflate FAD.)"""
+    from evaluation.metrics import frechet_distance
+
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(300, 64))
+    gen = {0: rng.normal(size=(300, 64)) + 0.05, 1: rng.normal(size=(300, 64)) + 0.05}
+    compare = lambda g, r: {"fad": frechet_distance(g, r)}  # noqa: E731
+    [row] = A.aggregate_set("t2m", compare, {"fad": False}, gen, ref, scorer="x", scorer_version="1", n_boot=40)
+    assert row["value"] == pytest.approx(np.mean([frechet_distance(gen[s], ref) for s in (0, 1)]))
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    assert row["ci_high"] - row["ci_low"] < row["value"]
+
+
+def test_item_rows_vectors_frames_and_missing_entries():
+    rows = A.item_rows([np.ones(3), None, np.zeros(3)])
+    assert rows.shape == (3, 3) and np.isnan(rows[1]).all() and rows.dtype == np.float64
+    frames = A.item_rows([np.ones((4, 2)), None, np.ones((4, 2))])  # equal shapes stay per-item arrays
+    assert frames.dtype == object and frames.shape == (3,) and frames[1] is None
+    assert frames[[0, 2]][1].shape == (4, 2)
+    assert A.item_rows([None, None]) is None and A.item_rows([]) is None
+    assert A.any_finite(frames) and not A.any_finite(A.item_rows([np.zeros((0, 2)), np.full((1, 2), np.nan)]))
+    assert A.any_finite(rows) and not A.any_finite(None)
+
+
+def test_set_level_frames_and_metrics_left_out_by_compare():
+    """Per-item frame arrays (ragged) go through aggregate_set as object arrays, subsets keep items whole; a
+    metric compare does not return (KL without a reference) gets no row."""
+    from evaluation.metrics import frechet_distance_from_frames
+
+    rng = np.random.default_rng(2)
+    gen = A.item_rows([rng.normal(size=(int(k), 3)) for k in rng.integers(3, 9, 12)])
+    ref = A.item_rows([rng.normal(size=(int(k), 3)) + 0.5 for k in rng.integers(3, 9, 12)])
+    sizes = []
+
+    def compare(g, r):
+        sizes.append(len(g))
+        out = {"is": float(len(g))}
+        if r is not None:
+            out["fad"] = frechet_distance_from_frames(list(g), list(r))
+        return out
+
+    rows = {r["metric"]: r for r in A.aggregate_set("t2m", compare, {"fad": False, "is": True}, {0: gen}, ref,
+                                                    scorer="x", scorer_version="1", n_boot=30)}
+    assert rows["fad"]["value"] == pytest.approx(frechet_distance_from_frames(list(gen), list(ref)))
+    assert rows["fad"]["ci_low"] <= rows["fad"]["value"] <= rows["fad"]["ci_high"]
+    assert set(sizes) == {12, 6}  # the full set, then half-samples of whole items
+    assert len(sizes) == 1 + 30  # one compare per subset for both metrics
+    only_is = A.aggregate_set("t2m", compare, {"fad": False, "is": True}, {0: gen}, None, scorer="x",
+                              scorer_version="1", n_boot=10)
+    assert [r["metric"] for r in only_is] == ["is"]

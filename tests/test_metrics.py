@@ -13,10 +13,13 @@ from evaluation.metrics import (
     edit_counts,
     error_rates,
     frechet_distance,
+    frechet_distance_from_frames,
     frechet_from_stats,
     gaussian_stats,
     inception_score,
-    kl_divergence,
+    kl_gen_ref,
+    kl_ref_gen,
+    subsample_ci,
 )
 
 
@@ -118,6 +121,36 @@ def test_frechet_distance_from_samples_and_stats():
         gaussian_stats(a[:1])
 
 
+def _clips(centres: np.ndarray, frames: int, spread: float, rng) -> list[np.ndarray]:
+    """One clip per centre: ``frames`` frame embeddings around it whose mean is exactly the centre."""
+    out = []
+    for c in centres:
+        noise = rng.standard_normal((frames, c.size)) * spread
+        out.append(c + noise - noise.mean(axis=0))
+    return out
+
+
+def test_frechet_from_frames_pools_every_frame_not_item_means():
+    """stable-audio-metrics fits the Gaussians to all OpenL3 frames. Two sets with the SAME per-clip mean
+    embeddings but different within-clip spread have a large frame-level FAD and a zero item-mean FAD."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((20, 4))
+    gen = _clips(centres, 30, 0.05, rng)   # steady clips
+    ref = _clips(centres, 30, 1.0, rng)    # clips that move around within themselves
+    got = frechet_distance_from_frames(gen, ref)
+    assert got == pytest.approx(frechet_distance(np.vstack(gen), np.vstack(ref)), rel=1e-12)
+    item_means = frechet_distance(np.stack([c.mean(0) for c in gen]), np.stack([c.mean(0) for c in ref]))
+    assert item_means == pytest.approx(0.0, abs=1e-6)
+    # population value: 4 dims * (sqrt(1 + 1) - sqrt(1 + 0.05^2))^2 ~= 0.68
+    assert got == pytest.approx(0.68, rel=0.3)
+    # a longer clip weighs more (its frames are more samples); a clip without frames adds nothing
+    assert frechet_distance_from_frames(gen + [np.zeros((0, 4))], ref) == pytest.approx(got, rel=1e-12)
+    with pytest.raises(ValueError, match="different embedding sizes"):
+        frechet_distance_from_frames(gen + [np.zeros((3, 5))], ref)
+    with pytest.raises(ValueError, match=r"\[frames, dims\]"):
+        frechet_distance_from_frames([np.zeros(4)], ref)
+
+
 def test_frechet_singular_covariance_is_finite():
     """Fewer items than dimensions: singular covariances; the result stays finite and >= ~0."""
     rng = np.random.default_rng(2)
@@ -135,28 +168,55 @@ def _rand_probs(rng, n, c, alpha=1.0):
     return rng.dirichlet(np.full(c, alpha), size=n)
 
 
-def test_kl_matches_scipy_entropy():
+def test_kl_ref_gen_matches_scipy_entropy():
     rng = np.random.default_rng(3)
     p, q = _rand_probs(rng, 20, 7), _rand_probs(rng, 20, 7)
     expect = np.mean([entropy(p[i], q[i]) for i in range(20)])  # KL(p || q), natural log
-    assert kl_divergence(p, q) == pytest.approx(expect, rel=1e-6)
-    assert kl_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
+    assert kl_ref_gen(p, q) == pytest.approx(expect, rel=1e-6)
+    assert kl_ref_gen(p, p) == pytest.approx(0.0, abs=1e-12)
     # direction: KL(ref || gen) is not symmetric
-    assert kl_divergence(p, q) != pytest.approx(kl_divergence(q, p), rel=1e-3)
+    assert kl_ref_gen(p, q) != pytest.approx(kl_ref_gen(q, p), rel=1e-3)
 
 
-def test_kl_zeros_are_clipped_and_renormalised():
+def test_kl_ref_gen_zeros_are_clipped_and_renormalised():
     ref = np.array([[0.5, 0.5, 0.0]])
     gen = np.array([[1.0, 0.0, 0.0]])
     eps = 1e-8
     r = np.clip(ref, eps, 1) / np.clip(ref, eps, 1).sum()
     g = np.clip(gen, eps, 1) / np.clip(gen, eps, 1).sum()
-    got = kl_divergence(ref, gen, eps=eps)
+    got = kl_ref_gen(ref, gen, eps=eps)
     assert math.isfinite(got) and got == pytest.approx(entropy(r[0], g[0]), rel=1e-9)
     with pytest.raises(ValueError):
-        kl_divergence(ref, np.ones((2, 3)) / 3)
+        kl_ref_gen(ref, np.ones((2, 3)) / 3)
     with pytest.raises(ValueError):
-        kl_divergence(-ref, gen)
+        kl_ref_gen(-ref, gen)
+
+
+def test_kl_gen_ref_is_stable_audio_metrics_direction_and_epsilon():
+    """stable-audio-metrics passt_kld: ``F.kl_div(log(p_ref + 1e-6), p_gen, reduction="sum")`` per item, i.e.
+    KL(gen || ref) with the epsilon on the reference only. An asymmetric pair tells the directions apart."""
+    gen = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    ref = np.array([[0.98, 0.02, 0.0], [0.25, 0.25, 0.5]])
+    e = 1e-6
+    by_hand = np.mean([
+        0.5 * math.log(0.5 / (0.98 + e)) + 0.5 * math.log(0.5 / (0.02 + e)),  # 0 log 0 = 0 for the third class
+        0.2 * math.log(0.2 / (0.25 + e)) + 0.3 * math.log(0.3 / (0.25 + e)) + 0.5 * math.log(0.5 / (0.5 + e)),
+    ])
+    got = kl_gen_ref(gen, ref)
+    assert got == pytest.approx(by_hand, rel=1e-12)
+    # the other direction (the project's earlier default) is a different number on this pair
+    assert abs(got - kl_ref_gen(ref, gen)) > 0.3
+    # independent oracle: torch's kl_div with stable-audio-metrics' arguments, summed per item, averaged
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    g_t, r_t = torch.from_numpy(gen), torch.from_numpy(ref)
+    oracle = np.mean([float(F.kl_div((r_t[i] + e).log(), g_t[i], reduction="sum")) for i in range(2)])
+    assert got == pytest.approx(oracle, rel=1e-10)
+    # mass where the reference has none: large but finite (log 1e6 per unit of mass)
+    assert kl_gen_ref(np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])) == pytest.approx(math.log(1 / e), rel=1e-6)
+    assert math.isnan(kl_gen_ref(np.zeros((0, 3)), np.zeros((0, 3))))
+    with pytest.raises(ValueError, match="paired"):
+        kl_gen_ref(gen, ref[:1])
 
 
 def test_inception_score_hand_computation():
@@ -217,3 +277,46 @@ def test_bootstrap_coverage_sanity():
         lo, hi = bootstrap_ci(x, n_boot=300, alpha=0.1, seed=t)
         hits += lo <= 1.0 <= hi
     assert 0.82 <= hits / trials <= 0.97
+
+
+# ---- half-sample interval (set-level statistics) ------------------------------------------------------------
+
+
+def test_subsample_ci_covers_the_fad_point_value_where_the_bootstrap_does_not():
+    """n = 300 items, 64-d (the issue's case): FAD ~ 8, and every bootstrap resample duplicates ~37% of the
+    items, shrinking the covariances and inflating FAD so that its percentile interval lies above the point
+    value. The half-sample interval is around the point value."""
+    rng = np.random.default_rng(12)
+    gen, ref = rng.standard_normal((300, 64)), rng.standard_normal((300, 64)) + 0.05
+    fad = lambda idx: frechet_distance(gen[idx], ref[idx])  # noqa: E731
+    items = np.arange(300)
+    point = fad(items)
+    lo, hi = subsample_ci(items, fad, n_sub=60)
+    assert lo <= point <= hi and hi - lo < point
+    b_lo, b_hi = bootstrap_ci(items, statistic=fad, n_boot=60)
+    assert b_lo > point  # the with-replacement interval excludes the value it should describe
+    assert subsample_ci(items, fad, point=point, n_sub=60) == (lo, hi)  # deterministic; point reused
+
+
+def test_subsample_ci_scale_matches_the_sampling_spread_of_a_mean():
+    """For a linear statistic the half-sample interval has the classical width 2 * 1.96 * sd / sqrt(n), for
+    m = n/2 (scale 1) and for m = n/4 (scale sqrt(1/3))."""
+    x = np.random.default_rng(4).normal(0.0, 1.0, 400)
+    mean = lambda v: float(np.mean(v))  # noqa: E731
+    mean.batched = lambda v: v.mean(axis=1)
+    for m in (None, 100):
+        lo, hi = subsample_ci(x, mean, m=m, n_sub=2000)
+        assert lo < x.mean() < hi
+        assert hi - lo == pytest.approx(2 * 1.96 * x.std() / 20, rel=0.12)
+
+
+def test_subsample_ci_contains_the_point_even_for_a_skewed_statistic_and_edge_cases():
+    x = np.zeros(50)
+    x[0] = 1000.0  # one item dominates: half of the subsets hold it
+    mx = lambda v: float(np.max(v))  # noqa: E731
+    lo, hi = subsample_ci(x, mx, n_sub=300)
+    assert lo <= 1000.0 <= hi
+    assert all(math.isnan(v) for v in subsample_ci(np.arange(3.0), np.mean))  # too few items
+    assert all(math.isnan(v) for v in subsample_ci(np.arange(8.0), np.mean, point=math.nan))
+    with pytest.raises(ValueError):
+        subsample_ci(np.arange(8.0), np.mean, m=8)

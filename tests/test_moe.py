@@ -31,8 +31,10 @@ D = 16  # 16 floats = 64 bytes: aligned for torch._grouped_mm
 
 
 def make_moe(router: str = "top_p", seed: int = 0, router_std: float = 1.0, **moe_kw) -> DCMoE:
+    # No router input jitter by default: these tests compare forwards of a layer in train mode against
+    # oracles; the jitter has tests of its own below.
     kw = dict(num_routed_experts=4, routed_intermediate=8, num_null_experts=1, num_shared_experts=2,
-              shared_intermediate=4, top_p=0.7, top_k=2)
+              shared_intermediate=4, top_p=0.7, top_k=2, router_input_jitter=0.0)
     kw.update(moe_kw)
     moe = MoEConfig(**kw)
     moe.validate()
@@ -185,10 +187,13 @@ def _manual_weights(z_dyn, z_sh, sel, weighting, mixing):
             for i in I:
                 w_dyn[t, i] = 1 / len(I)
             w_sh[t] = 1.0
-        else:
+        else:  # uniform + softmax, the official rule: 1/k of the routed share of the joint softmax
+            denom = sum(math.exp(z_dyn[t, j]) for j in I) + sum(math.exp(z_sh[t, s]) for s in range(S))
+            routed_share = sum(math.exp(z_dyn[t, j]) for j in I) / denom
             for i in I:
-                w_dyn[t, i] = 1 / (len(I) + S)
-            w_sh[t] = 1 / (len(I) + S)
+                w_dyn[t, i] = routed_share / len(I)
+            for s in range(S):
+                w_sh[t, s] = math.exp(z_sh[t, s]) / denom
     return w_dyn, w_sh
 
 
@@ -244,8 +249,31 @@ def test_grouped_matches_loop(router, weighting, mixing, grouped_mm, monkeypatch
         torch.testing.assert_close(grads_g[name], grads_l[name], msg=name)
     # the routed experts really got gradients (the comparison is not vacuous)
     assert grads_g["experts.w_gate"].abs().sum() > 0
-    if weighting == "paper":
+    if not (weighting == "uniform" and mixing == "add"):  # the one rule with constant weights
         assert grads_g["router.weight"][: layer.num_routed].abs().sum() > 0
+
+
+@pytest.mark.parametrize("router", ["top_p", "top_k"])
+def test_uniform_weighting_gives_the_router_a_task_loss_gradient(router):
+    """Issue 12: ``weighting: uniform`` (the official rule) must let the task loss train the router: the
+    routed/shared split of the joint softmax depends on the logits of the selected routed experts and of
+    the shared experts. A constant 1/(k+S) would leave the router without any task-loss gradient."""
+    layer = make_moe(router, weighting="uniform", shared_mixing="softmax")
+    x = torch.randn(2, 9, D)
+    res = layer(x)
+    task_loss = (res.out * torch.linspace(-1, 1, res.out.numel()).reshape(res.out.shape)).sum()  # no aux loss
+    (g,) = torch.autograd.grad(task_loss, layer.router.weight)
+    assert g[: layer.num_routed].abs().sum() > 0           # routed experts' logits
+    assert g[layer.num_dynamic:].abs().sum() > 0           # shared experts' logits
+    # and the weights are the official ones: equal over the selected set, summing to the routed share
+    z = x.reshape(-1, D) @ layer.router.weight.T
+    sel = res.stats.selected
+    n_dyn = layer.num_dynamic
+    w_dyn, w_sh = combine_weights(z[:, :n_dyn], z[:, n_dyn:], sel, "uniform", "softmax")
+    joint = torch.softmax(torch.cat([z[:, :n_dyn].masked_fill(~sel, float("-inf")), z[:, n_dyn:]], -1), -1)
+    k = sel.sum(-1, keepdim=True)
+    torch.testing.assert_close(w_dyn, sel * joint[:, :n_dyn].sum(-1, keepdim=True) / k)
+    torch.testing.assert_close(w_sh, joint[:, n_dyn:])
 
 
 def test_layer_matches_per_token_reference():
@@ -481,6 +509,45 @@ def test_build_ffn_kinds_and_router_layout():
         assert res.out.shape == x.shape and res.aux_loss.dim() == 0
     with pytest.raises(ValueError):
         build_ffn(cfg, "moe")
+
+
+# ---- router input jitter (issue 14) -----------------------------------------------------------------------
+
+
+def test_router_input_jitter_default_is_official_and_validated():
+    assert MoEConfig().router_input_jitter == 0.01  # official input_jitter_noise
+    for bad in (-0.1, 1.0):
+        with pytest.raises(Exception, match="router_input_jitter"):
+            MoEConfig(router_input_jitter=bad).validate()
+    layer = build_ffn(tiny_preset(), "top_p")
+    assert layer.router.input_jitter == tiny_preset().moe.router_input_jitter
+
+
+def test_router_input_jitter_is_multiplicative_and_train_only():
+    router = TopPRouter(4, 3, 1, top_p=0.7, input_jitter=0.01)
+    with torch.no_grad():
+        router.weight.copy_(torch.eye(4))  # logits = the (jittered) input itself
+    x = torch.randn(200, 4).abs() + 0.5
+    router.train()
+    ratio = torch.cat([router(x).dyn_logits, router(x).shared_logits], -1) / x
+    assert (ratio >= 0.99 - 1e-6).all() and (ratio <= 1.01 + 1e-6).all()
+    assert (ratio - 1).abs().max() > 0.005 and ratio.std() > 0.003   # really U(0.99, 1.01) noise
+    router.eval()
+    assert torch.equal(router(x).dyn_logits, x[:, :3])
+
+
+def test_router_input_jitter_changes_routing_only():
+    """The experts see the clean input: replaying the jittered routing in eval mode gives the same output."""
+    layer = make_moe("top_p", router_input_jitter=0.01).train()
+    captured = []
+    hook = layer.router.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    x = torch.randn(12, D)
+    out_train = layer(x).out
+    hook.remove()
+    layer.eval()
+    assert not torch.equal(captured[0].dyn_logits, layer.router(x).dyn_logits)  # the jitter was applied
+    layer.router.forward = lambda xv: captured[0]
+    torch.testing.assert_close(layer(x).out, out_train)
 
 
 def test_router_logits_fp32_under_bf16():

@@ -443,3 +443,37 @@ def test_expanded_percentile_level_widens_small_samples_only():
         lo, hi = bootstrap_ci(cand - base, statistic=A.seed_mean, n_boot=400, seed=k)
         plain += G.decide(res["delta"], lo, hi, True, 0.0)
     assert alarms <= 20 and plain - alarms >= 5, (alarms, plain)  # nominal: 7.5 of 300
+
+
+def test_a_baseline_written_before_the_trust_columns_is_still_compared(tmp_path):
+    """A baseline recorded with the older tables (no system / n_asked, manifest or reference hashes,
+    decoding, protocol, device, packages, transcripts) pairs with a new run's rows as before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(9)
+    difficulty = rng.normal(0.7, 0.1, size=(30, 1))
+    frame = items_frame(difficulty + rng.normal(0, 0.01, (30, 2)), "sim", scorer="s")
+    agg = agg_frame(frame, {"sim": True}).iloc[0]
+    row = dict(metric="sim", higher_is_better=True, value=agg.value, ci_low=agg.ci_low, ci_high=agg.ci_high,
+               n=int(agg.n))
+    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    old = {"aggregate": pa.schema([f for f in R.SCHEMAS["aggregate"]
+                                   if f.name not in R.TRUST_COLUMNS + ("system", "n_asked")]),
+           "items": pa.schema([f for f in R.SCHEMAS["items"]
+                               if f.name not in ("system", "transcript", "voice_prompt")])}
+    for name, rows in (("aggregate", [agg_row("base", **row)]), ("items", _items_rows("base", frame))):
+        part = tmp_path / name / "date=2024-01-01" / "part-base-00000000.parquet"
+        part.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{**r, "timestamp": when} for r in rows], schema=old[name]), part)
+    trust = dict(manifest_hash="m", decoding="greedy", voice_prompt="item", scorer_protocol="{}", device="cpu",
+                 dtype="float32", packages=R.package_versions(), system="model", n_asked=30)
+    day2 = datetime(2024, 1, 2, tzinfo=timezone.utc)
+    R.write_rows(tmp_path, "aggregate", [agg_row("cur", **row, **trust)], run_id="cur", when=day2)
+    R.write_rows(tmp_path, "items",
+                 [{**r, "transcript": None, "voice_prompt": "item"} for r in _items_rows("cur", frame)],
+                 run_id="cur", when=day2)
+    s = G.compare_runs(tmp_path, "cur")
+    assert s.baseline_run_id == "base" and not s.regressed
+    (r,) = s.rows
+    assert r["rule"] == G.RULE_PAIRED and r["comparable"] and r["n_pairs"] == 60 and r["delta"] == pytest.approx(0.0)

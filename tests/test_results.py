@@ -145,3 +145,60 @@ def test_system_and_n_asked_columns_with_defaults_for_older_parts(tmp_path):
     R.write_rows(tmp_path, "items", items, run_id="new")
     R.write_rows(tmp_path, "items", [{**items[0], "system": "ground_truth"}], run_id="new")
     assert sorted(R.read_table(tmp_path, "items")["system"]) == ["ground_truth", "model"]
+
+
+def test_trust_columns_and_transcripts_read_null_from_older_parts(tmp_path):
+    """The columns a comparison needs (manifest / reference-set hashes, decoding, voice prompt, scorer
+    protocol, device, dtype, packages; per-item transcripts): written when given, null when a row omits
+    them and in parts written before they existed; filters on them work."""
+    import pyarrow as pa
+
+    when = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    old_agg = pa.schema([f for f in R.SCHEMAS["aggregate"] if f.name not in R.TRUST_COLUMNS])
+    old_items = pa.schema([f for f in R.SCHEMAS["items"] if f.name not in ("transcript", "voice_prompt")])
+    item = {"run_id": "old", "variant": "v", "benchmark": "demo", "task": "zh_tts", "item_id": "i", "seed": 0,
+            "metric": "cer", "value": 0.1, "scorer": "s", "scorer_version": "1", "audio_path": "/a.wav",
+            "system": "model"}
+    for name, schema, row in (("aggregate", old_agg, {**agg_row("old"), "system": "model", "n_asked": 10}),
+                              ("items", old_items, item)):
+        part = tmp_path / name / "date=2024-01-01" / "part-old-00000000.parquet"
+        part.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{**row, "timestamp": when}], schema=schema), part)
+    trust = dict(manifest_hash="m1", reference_hash="r1", decoding="greedy", voice_prompt="fixed",
+                 scorer_protocol='{"pooling": "frames", "crop_seed": 0}', device="cuda:0", dtype="bfloat16",
+                 packages=R.package_versions())
+    R.write_rows(tmp_path, "aggregate", [agg_row("new", **trust)], run_id="new")
+    R.write_rows(tmp_path, "aggregate", [agg_row("omitted")], run_id="omitted")
+    df = R.read_table(tmp_path, "aggregate").set_index("run_id")
+    for col in R.TRUST_COLUMNS:
+        assert df.loc["new", col] == trust[col] and pd.isna(df.loc["old", col]) and pd.isna(df.loc["omitted", col])
+    assert list(R.read_table(tmp_path, "aggregate", manifest_hash="m1")["run_id"]) == ["new"]
+    # rows read back can be written again (a null beside strings comes back through pandas as NaN)
+    R.write_rows(tmp_path, "aggregate", [agg_row("mixed", metric="a", decoding="greedy"),
+                                         agg_row("mixed", metric="b", system="ground_truth")], run_id="mixed")
+    back = R.read_table(tmp_path, "aggregate", run_id="mixed").drop(columns=["date", "timestamp"]).to_dict("records")
+    R.write_rows(tmp_path, "aggregate", [{**r, "run_id": "again"} for r in back], run_id="again")
+    again = R.read_table(tmp_path, "aggregate", run_id="again").set_index("metric")
+    assert again.loc["a", "decoding"] == "greedy" and pd.isna(again.loc["b", "decoding"])
+    R.write_rows(tmp_path, "items",
+                 [{**item, "run_id": "new", "transcript": "我在NBA打球。", "voice_prompt": "fixed"}], run_id="new")
+    items = R.read_table(tmp_path, "items").set_index("run_id")
+    assert items.loc["new", "transcript"] == "我在NBA打球。" and items.loc["new", "voice_prompt"] == "fixed"
+    assert pd.isna(items.loc["old", "transcript"]) and pd.isna(items.loc["old", "voice_prompt"])
+
+
+def test_package_versions_come_from_distribution_metadata_not_the_environment(monkeypatch):
+    import json
+    import platform
+
+    import numpy
+
+    monkeypatch.setenv("UNIMOE_TEST_SECRET", "s3cr3t-value")
+    R.package_versions.cache_clear()
+    try:
+        text = R.package_versions()
+    finally:
+        R.package_versions.cache_clear()
+    got = json.loads(text)
+    assert got["python"] == platform.python_version() and got["numpy"] == numpy.__version__
+    assert set(got) <= {"python", *R.PACKAGES} and "s3cr3t-value" not in text

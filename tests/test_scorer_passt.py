@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.metrics import inception_score, kl_divergence
+from evaluation.metrics import inception_score, kl_gen_ref, kl_ref_gen
 from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
 from unimoe.io import sha256_file
 
@@ -96,10 +96,13 @@ def test_windows_match_reference_loop(n):
 
 def test_registry_version_and_info(scorer, ckpt):
     assert "passt" in available_scorers()
-    assert scorer.metrics == {"kl": "lower", "is": "higher"}
-    assert scorer.version == f"hear21passt-0.0.26+passt_s_swa_p16_128_ap476+sha256:{ckpt[1][:12]}+kl:ref||gen"
+    assert scorer.metrics == P.PaSSTKL.metrics == {"kl_gen_ref": "lower", "is": "higher"}
+    assert not scorer.needs_reference  # IS needs none
+    assert scorer.version == (f"hear21passt-0.0.26+passt_s_swa_p16_128_ap476+sha256:{ckpt[1][:12]}"
+                              "+kl:gen||ref,eps-on-ref1e-06")
     info = scorer.info()
-    assert info["kl_direction"] == "ref||gen" and info["sample_rate"] == 32_000 and info["is_splits"] == 10
+    assert info["kl_direction"] == "gen||ref" and info["kl_metric"] == "kl_gen_ref" and info["kl_eps"] == 1e-6
+    assert info["sample_rate"] == 32_000 and info["is_splits"] == 10
 
 
 def test_posteriors_are_softmax_of_mean_window_logits(scorer):
@@ -149,28 +152,47 @@ def dirichlet(n: int, seed: int, alpha: float = 1.0) -> np.ndarray:
     return np.random.default_rng(seed).dirichlet(np.full(527, alpha), size=n)
 
 
-def test_kl_is_reference_given_generated_and_paired(scorer):
+def test_kl_is_generated_given_reference_as_stable_audio_metrics(scorer):
+    """Issue 12 item 4: KL(gen || ref) with stable-audio-metrics' epsilon on the reference, named kl_gen_ref."""
     g, r = dirichlet(12, 0), dirichlet(12, 1)
     out = scorer.compare(g, r)
-    manual = np.mean([np.sum(r[i] * np.log(r[i] / g[i])) for i in range(12)])
-    assert out["kl"] == pytest.approx(manual, rel=1e-3)
-    assert out["kl"] == pytest.approx(kl_divergence(r, g), rel=1e-12)
-    assert out["kl"] != pytest.approx(scorer.compare(r, g)["kl"], rel=1e-3)  # direction matters
-    assert scorer.compare(g, g)["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert "kl" not in out and set(out) == {"kl_gen_ref", "is", "is_std", "is_splits"}
+    manual = np.mean([np.sum(g[i] * np.log(g[i] / (r[i] + 1e-6))) for i in range(12)])
+    assert out["kl_gen_ref"] == pytest.approx(manual, rel=1e-9)
+    assert out["kl_gen_ref"] == pytest.approx(kl_gen_ref(g, r), rel=1e-12)
+    assert out["kl_gen_ref"] != pytest.approx(kl_ref_gen(r, g), rel=1e-3)  # not the earlier direction
+    # identical posteriors: not exactly 0 -- the epsilon is on the reference only, not renormalised, so
+    # KL(p || p + eps) ~= -527 * eps, as in stable-audio-metrics
+    same = scorer.compare(g, g)["kl_gen_ref"]
+    assert same == pytest.approx(np.mean(np.sum(g * np.log(g / (g + 1e-6)), axis=1)), rel=1e-9)
+    assert -P.N_CLASSES * 1e-6 <= same < 0
     # failed items on either side drop the pair
     g2, r2 = g.copy(), r.copy()
     g2[3] = np.nan
     r2[7] = np.nan
     keep = [i for i in range(12) if i not in (3, 7)]
-    assert scorer.compare(g2, r2)["kl"] == pytest.approx(kl_divergence(r[keep], g[keep]), rel=1e-12)
+    assert scorer.compare(g2, r2)["kl_gen_ref"] == pytest.approx(kl_gen_ref(g[keep], r[keep]), rel=1e-12)
     with pytest.raises(ValueError, match="paired"):
         scorer.compare(g, r[:5])
+
+
+def test_kl_direction_option_keeps_the_earlier_form(ckpt, scorer):
+    old = load_scorer("passt", weights_path=str(ckpt[0]), sha256=ckpt[1], net_config=SMALL, kl_direction="ref||gen")
+    assert old.metrics == {"kl_ref_gen": "lower", "is": "higher"}
+    assert old.version.endswith("+kl:ref||gen,clip-renorm1e-08") and old.version != scorer.version
+    g, r = dirichlet(8, 3), dirichlet(8, 4)
+    out = old.compare(g, r)
+    assert "kl_gen_ref" not in out and out["kl_ref_gen"] == pytest.approx(kl_ref_gen(r, g), rel=1e-12)
+    manual = np.mean([np.sum(r[i] * np.log(r[i] / g[i])) for i in range(8)])
+    assert out["kl_ref_gen"] == pytest.approx(manual, rel=1e-6)
+    with pytest.raises(ValueError, match="kl_direction"):
+        load_scorer("passt", weights_path=str(ckpt[0]), net_config=SMALL, kl_direction="sym")
 
 
 def test_inception_score(scorer):
     g = dirichlet(30, 2)
     out = scorer.compare(g, None)
-    assert math.isnan(out["kl"])
+    assert "kl_gen_ref" not in out  # no reference: no KL metric at all
     mean, std = inception_score(g, splits=10, seed=0)
     assert out["is"] == pytest.approx(mean) and out["is_std"] == pytest.approx(std) and out["is_splits"] == 10
     # confident, diverse posteriors score higher than flat ones
@@ -179,6 +201,46 @@ def test_inception_score(scorer):
     few = scorer.compare(g[:4], None)
     assert few["is_splits"] == 4 and few["is"] == pytest.approx(inception_score(g[:4], splits=4)[0])
     assert math.isnan(scorer.compare(g[:1], None)["is"])
+
+
+def test_runner_scores_is_without_reference_audio_and_kl_where_there_is_one(scorer, tmp_path):
+    """Issue 12 item 8: IS needs no reference, so items without reference audio are scored (they used to be
+    dropped, and with them IS); KL is computed over the items that have a reference."""
+    import soundfile as sf
+
+    from evaluation import runner
+
+    def wav(name, f0, seed):
+        path = tmp_path / f"{name}.wav"
+        sf.write(str(path), tone(2.0, 16_000, f0, seed=seed), 16_000)
+        return str(path)
+
+    rows = []
+    for k in range(5):
+        item = {"id": f"i{k}", "task": "t2m"}
+        if k < 2:
+            item["reference_audio"] = wav(f"r{k}", 500.0 + 150 * k, 10 + k)
+        g = wav(f"g{k}", 200.0 + 120 * k, k)
+        rows.append({"item": item, "seed": 0, "system": "model", "audio": g, "audio_sha256": runner.file_hash(g)})
+    directions = {m: d == "higher" for m, d in scorer.metrics.items()}
+
+    def embed(path):
+        from unimoe.audio_io import load_audio
+
+        w, sr = load_audio(path)
+        return scorer.embed([AudioItem("x", w, sr)])[0]
+
+    gen = np.stack([embed(r["audio"]) for r in rows])
+    ref = np.stack([embed(r["item"]["reference_audio"]) for r in rows[:2]])
+    agg, failed = runner._score_set(scorer, scorer.version, rows, "t2m", "model", directions, tmp_path / "c", 10, False)
+    got = {r["metric"]: r for r in agg}
+    assert failed == [] and set(got) == {"is", "kl_gen_ref"}
+    assert got["is"]["value"] == pytest.approx(inception_score(gen, splits=5)[0], rel=1e-6) and got["is"]["n"] == 5
+    assert got["kl_gen_ref"]["value"] == pytest.approx(kl_gen_ref(gen[:2], ref), rel=1e-6)
+    # no item with reference audio: IS alone
+    bare = [{**r, "item": {"id": r["item"]["id"], "task": "t2m"}} for r in rows]
+    agg, _ = runner._score_set(scorer, scorer.version, bare, "t2m", "model", directions, tmp_path / "c", 10, False)
+    assert [r["metric"] for r in agg] == ["is"] and agg[0]["value"] == pytest.approx(got["is"]["value"])
 
 
 # ---- checkpoints and the full-size architecture --------------------------------------------------------

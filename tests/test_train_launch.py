@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from unimoe.checkpoint import read_state
-from unimoe.config import tiny_preset
+from unimoe.config import overlay, tiny_preset
 from unimoe.training import read_metrics
 from unimoe.training.launch import run_stage, torchrun_command
 
@@ -17,7 +17,10 @@ TRAIN = dict(lr=1e-3, warmup_steps=1, max_steps=3, grad_accum=2, log_every=1, ch
 
 
 def _spec(workdir, tok_file, batch_size):
-    return {"kind": "joint", "model_config": tiny_preset().to_dict(), "workdir": str(workdir), "run_id": "launch",
+    # No router input jitter: its draws depend on how tokens are split over ranks, and the two- and
+    # one-process runs are compared exactly.
+    model_config = overlay(tiny_preset(), {"moe": {"router_input_jitter": 0.0}}).to_dict()
+    return {"kind": "joint", "model_config": model_config, "workdir": str(workdir), "run_id": "launch",
             "variant": "unimoe-top-p0.7", "train_overrides": {**TRAIN, "batch_size": batch_size},
             "variant_overlay": {}, "tokenizer": str(tok_file), "init": None, "stage": 3,
             "subset_ids": [f"syn-0-{i:05d}" for i in range(8)],

@@ -73,12 +73,13 @@ class MoEConfig:
     shared_intermediate: int = 1376
     top_p: float = 0.7
     top_k: int = 2
-    # "paper": w_i = P_i / sum_{j in I} P_j (eq. 3); "uniform": equal weights over the selected set.
+    # "paper": w_i = P_i / sum_{j in I} P_j (eq. 3); "uniform": the k selected experts share the routed
+    # weight equally (the official code's rule, see unimoe.moe.combine_weights).
     weighting: str = "paper"
     # How routed and shared outputs are mixed.
     # "softmax" (default, the official code): one softmax over the selected dynamic logits and the
-    #   shared logits, so routed + shared weights sum to one (with weighting="uniform", every selected
-    #   dynamic and every shared expert gets 1/(k + S)).
+    #   shared logits, so routed + shared weights sum to one (with weighting="uniform", each of the k
+    #   selected dynamic experts gets 1/k of the routed share of that softmax, as the official code).
     # "add": routed weights sum to one over the selected set; each shared expert is added with weight 1.
     shared_mixing: str = "softmax"
     # "switch": f_i * mean full-softmax probability; "official": probabilities re-normalised over the
@@ -89,6 +90,10 @@ class MoEConfig:
     balance_decay_steps: int = 10_000
     # "grouped": sort tokens by expert, one contiguous slice per expert; "loop": reference oracle.
     dispatch: str = "grouped"
+    # Training only (module in train mode): the router's input is multiplied elementwise by
+    # U(1 - j, 1 + j) noise; the experts see the unperturbed input. 0.01 is the official code's
+    # input_jitter_noise (UniMoE_Audio_core.py, released config.json); 0 turns it off.
+    router_input_jitter: float = 0.01
     # Provenance of the routed experts (stage 2 slices specialists' FFNs along the intermediate dim).
     specialists: list[str] = field(default_factory=lambda: ["zh_tts", "en_tts", "t2m", "v2m"])
     slices_per_specialist: int = 2
@@ -107,6 +112,8 @@ class MoEConfig:
         _check(self.balance_loss in ("switch", "official"), f"moe.balance_loss: unknown {self.balance_loss!r}")
         _check(self.dispatch in ("grouped", "loop"), f"moe.dispatch: unknown {self.dispatch!r}")
         _check(self.balance_decay_steps >= 1, "moe.balance_decay_steps must be >= 1")
+        _check(0.0 <= self.router_input_jitter < 1.0,
+               f"moe.router_input_jitter must be in [0, 1), got {self.router_input_jitter}")
         if self.kept_slices is not None:
             _check(len(self.kept_slices) == len(self.specialists), "moe.kept_slices: one list per specialist")
             n = sum(len(k) for k in self.kept_slices)

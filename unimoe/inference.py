@@ -4,6 +4,9 @@ text, optional voice prompt, optional video) into ``Example``s and return decode
 The one implementation behind ``unimoe model generate`` and the benchmark runner
 (``evaluation.runner``), so both condition the model in exactly the same way. A voice prompt is
 encoded with the checkpoint's own codec (``ref_codes``) next to its transcript (``ref_text``).
+Decoding settings left to their per-task defaults in ``GenerationConfig`` (guidance scale, minimum
+length; see ``unimoe.generation``) are resolved per request; :meth:`CheckpointGenerator.resolved`
+gives the values a request is generated with, for records.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class CheckpointGenerator:
 
     def frames_for(self, seconds: float) -> int:
         return max(1, int(seconds * self.codec.frame_rate))
+
+    def resolved(self, task: str, gen: GenerationConfig) -> GenerationConfig:
+        """``gen`` with its per-task defaults (guidance scale, minimum length in frames at this
+        checkpoint's frame rate) filled in: what a ``task`` request is generated with."""
+        return gen.for_task(task, self.cfg.codec.frame_rate)
 
     def info(self) -> dict[str, Any]:
         return {"checkpoint": str(self.checkpoint), "stage": self.state.get("stage"),

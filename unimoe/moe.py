@@ -29,22 +29,33 @@ Selection over the dynamic pool, with ``P = softmax(z_dyn)``:
 
 Mixing rule (the documented combination weights)
 ------------------------------------------------
-Let ``I`` be the selected dynamic set of a token, ``z`` its router logits, ``S`` the number of shared
-experts. ``out = sum_{i in I, i routed} w_i E_i(x) + sum_s v_s Shared_s(x)`` where
+Let ``I`` be the selected dynamic set of a token (``k = |I|``), ``z`` its router logits, ``S`` the
+number of shared experts and ``g = softmax([z_I, z_shared])`` one softmax over the selected dynamic
+logits and the shared logits. ``out = sum_{i in I, i routed} w_i E_i(x) + sum_s v_s Shared_s(x)`` with
 
 ==============  ===================================  ==========================================
 weighting       shared_mixing = "softmax" (default)   shared_mixing = "add"
 ==============  ===================================  ==========================================
-"paper"         ``softmax([z_I, z_shared])``: one     ``w_i = P_i / sum_{j in I} P_j`` (eq. 3),
-                softmax over the selected dynamic     ``v_s = 1``
-                logits and the shared logits; so
-                ``w_i ∝ P_i`` and sum(w) + sum(v) = 1
-"uniform"       ``w_i = v_s = 1 / (|I| + S)``         ``w_i = 1 / |I|``, ``v_s = 1``
+"paper"         ``w_i = g_i``, ``v_s = g_s``; so      ``w_i = P_i / sum_{j in I} P_j`` (eq. 3),
+                ``w_i ∝ P_i`` and sum(w) + sum(v) = 1 ``v_s = 1``
+"uniform"       ``w_i = (1/k) * sum_{j in I} g_j``,   ``w_i = 1 / k``, ``v_s = 1``
+                ``v_s = g_s`` (the official rule)
 ==============  ===================================  ==========================================
+
+"uniform" with "softmax" is what the official code computes (``calculate_audio_global_routing_weight``
+in UniMoE_Audio_core.py): its inference-time sparse mixer gives each selected expert multiplier 1
+(up to near-ties, logits within 2 % of the running maximum), renormalised to 1/k, and those are scaled
+by the routed share of ``g``. That share depends on the router logits, so the router gets a task-loss
+gradient. Every other cell is also differentiable except "uniform" with "add" (constant weights: the
+router then learns from the balance loss alone).
 
 Null experts receive their weight like any selected expert but output zero; their weight is NOT
 redistributed to the other experts (a token that picks only the null expert gets the shared part
 alone, scaled by the shared weights).
+
+Router input jitter (training only): with ``MoEConfig.router_input_jitter = j > 0`` and the module in
+train mode, the router sees ``x * u`` with ``u ~ U(1 - j, 1 + j)`` drawn per element (the official
+``input_jitter_noise = 0.01``); the experts always see ``x``. Eval mode never jitters.
 
 Balance loss (per layer, over the dynamic pool including null experts, non-padding tokens only):
 ``L_aux = N_dyn * sum_i f_i * Pbar_i`` with ``f_i`` the fraction of tokens that selected expert i and
@@ -159,28 +170,28 @@ def top_k_mask(probs: Tensor, k: int) -> Tensor:
 def combine_weights(dyn_logits: Tensor, shared_logits: Tensor, selected: Tensor, weighting: str = "paper",
                     shared_mixing: str = "softmax") -> tuple[Tensor, Tensor]:
     """Weights of the dynamic experts ``[T, E_dyn]`` (zero where not selected) and of the shared experts
-    ``[T, S]``, following the mixing rule in the module docstring. fp32, differentiable w.r.t. logits for
-    ``weighting="paper"`` (``uniform`` weights are constants: the router learns from the balance loss)."""
-    n_shared = shared_logits.shape[-1]
-    if weighting == "paper":
-        masked = dyn_logits.masked_fill(~selected, float("-inf"))
-        if shared_mixing == "softmax":
-            # exp(z_i) ∝ P_i, so the dynamic part of this softmax is eq. 3 scaled by the routed share.
-            w = torch.softmax(torch.cat([masked, shared_logits], dim=-1), dim=-1)
-            return w[:, : dyn_logits.shape[-1]], w[:, dyn_logits.shape[-1]:]
-        if shared_mixing == "add":
-            # softmax over the selected logits == P_i / sum_{j in I} P_j (eq. 3), computed stably.
-            return torch.softmax(masked, dim=-1), shared_logits.new_ones(shared_logits.shape)
-    elif weighting == "uniform":
-        sel = selected.to(dyn_logits.dtype)
-        n_sel = sel.sum(-1, keepdim=True)
-        if shared_mixing == "softmax":
-            denom = n_sel + n_shared
-            return sel / denom, (1.0 / denom).expand(-1, n_shared)
-        if shared_mixing == "add":
-            return sel / n_sel, shared_logits.new_ones(shared_logits.shape)
-    else:
+    ``[T, S]``, following the mixing rule in the module docstring. fp32, differentiable w.r.t. the logits
+    (except ``uniform`` with ``add``, whose weights are constants)."""
+    if weighting not in ("paper", "uniform"):
         raise ValueError(f"unknown weighting {weighting!r}")
+    n_dyn = dyn_logits.shape[-1]
+    masked = dyn_logits.masked_fill(~selected, float("-inf"))
+    sel = selected.to(dyn_logits.dtype)
+    k = sel.sum(-1, keepdim=True)
+    if shared_mixing == "softmax":
+        g = torch.softmax(torch.cat([masked, shared_logits], dim=-1), dim=-1)
+        g_dyn, g_shared = g[:, :n_dyn], g[:, n_dyn:]
+        if weighting == "paper":
+            # exp(z_i) ∝ P_i, so the dynamic part of this softmax is eq. 3 scaled by the routed share.
+            return g_dyn, g_shared
+        # Official rule: the k selected experts split the routed share equally.
+        return sel / k * g_dyn.sum(-1, keepdim=True), g_shared
+    if shared_mixing == "add":
+        ones = shared_logits.new_ones(shared_logits.shape)
+        if weighting == "paper":
+            # softmax over the selected logits == P_i / sum_{j in I} P_j (eq. 3), computed stably.
+            return torch.softmax(masked, dim=-1), ones
+        return sel / k, ones
     raise ValueError(f"unknown shared_mixing {shared_mixing!r}")
 
 
@@ -387,17 +398,27 @@ class TokenReorderer(nn.Module):
 class Router(nn.Linear):
     """``z = x W_g`` (no bias, fp32) with one logit per routed, null and shared expert, in that order.
     An ``nn.Linear`` (so ``router.weight`` is ``[E_dyn + S, D]``) whose forward returns a :class:`Routing`;
-    subclasses choose the selection rule over the dynamic pool."""
+    subclasses choose the selection rule over the dynamic pool. In train mode with ``input_jitter > 0``
+    the input is first multiplied by ``U(1 - input_jitter, 1 + input_jitter)`` noise (module docstring)."""
 
-    def __init__(self, hidden: int, num_dynamic: int, num_shared: int):
+    def __init__(self, hidden: int, num_dynamic: int, num_shared: int, input_jitter: float = 0.0):
         super().__init__(hidden, num_dynamic + num_shared, bias=False)
         self.num_dynamic, self.num_shared = num_dynamic, num_shared
+        self.input_jitter = input_jitter
 
     def select(self, probs: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, input_jitter={self.input_jitter}"
+
     def forward(self, x: Tensor) -> Routing:
-        logits = F.linear(x.float(), self.weight.float())
+        x = x.float()
+        if self.training and self.input_jitter > 0:
+            # Official UniMoE-Audio (input_jitter_noise): multiplicative noise on the router input only,
+            # so near-tied routing decisions vary between steps; the experts get the clean input.
+            x = x * torch.empty_like(x).uniform_(1.0 - self.input_jitter, 1.0 + self.input_jitter)
+        logits = F.linear(x, self.weight.float())
         dyn, shared = logits[:, : self.num_dynamic], logits[:, self.num_dynamic:]
         probs = torch.softmax(dyn, dim=-1)
         with torch.no_grad():
@@ -406,8 +427,9 @@ class Router(nn.Linear):
 
 
 class TopPRouter(Router):
-    def __init__(self, hidden: int, num_dynamic: int, num_shared: int, top_p: float):
-        super().__init__(hidden, num_dynamic, num_shared)
+    def __init__(self, hidden: int, num_dynamic: int, num_shared: int, top_p: float,
+                 input_jitter: float = 0.0):
+        super().__init__(hidden, num_dynamic, num_shared, input_jitter)
         self.top_p = top_p
 
     def select(self, probs: Tensor) -> Tensor:
@@ -418,8 +440,9 @@ class TopPRouter(Router):
 
 
 class TopKRouter(Router):
-    def __init__(self, hidden: int, num_dynamic: int, num_shared: int, top_k: int):
-        super().__init__(hidden, num_dynamic, num_shared)
+    def __init__(self, hidden: int, num_dynamic: int, num_shared: int, top_k: int,
+                 input_jitter: float = 0.0):
+        super().__init__(hidden, num_dynamic, num_shared, input_jitter)
         self.top_k = top_k
 
     def select(self, probs: Tensor) -> Tensor:
@@ -443,9 +466,11 @@ class DCMoE(nn.Module):
         self.weighting, self.shared_mixing = moe.weighting, moe.shared_mixing
         self.balance_form, self.dispatch = moe.balance_loss, moe.dispatch
         if router == "top_p":
-            self.router: Router = TopPRouter(hidden, self.num_dynamic, self.num_shared, moe.top_p)
+            self.router: Router = TopPRouter(hidden, self.num_dynamic, self.num_shared, moe.top_p,
+                                             moe.router_input_jitter)
         elif router == "top_k":
-            self.router = TopKRouter(hidden, self.num_dynamic, self.num_shared, moe.top_k)
+            self.router = TopKRouter(hidden, self.num_dynamic, self.num_shared, moe.top_k,
+                                     moe.router_input_jitter)
         else:
             raise ValueError(f"unknown router {router!r}")
         nn.init.normal_(self.router.weight, 0.0, init_std)

@@ -108,9 +108,12 @@ class Scorer(FailureNotes):
 
 
 class SetScorer:
-    """A set-level metric family (FAD, KL, IS): per-item embeddings or posteriors from ``embed`` (one row
-    per item, so they can be cached per item), and a metric over whole sets from ``compare``. Rows of
-    ``generated`` and ``reference`` are aligned by item for paired metrics (KL)."""
+    """A set-level metric family (FAD, KL, IS): per-item embeddings or posteriors from ``embed`` (one entry
+    per item, so they can be cached per item: a row, or an item's ``[frames, D]`` frame embeddings), and a
+    metric over whole sets from ``compare``. Entries of ``generated`` and ``reference`` are aligned by item
+    for paired metrics (KL). ``needs_reference``: items without reference audio are left out (FAD); when
+    False, every item is scored and the reference is used where present (PaSST: IS needs none, KL pairs).
+    The runner passes set-level scorers each clip with its own channels (no downmix)."""
 
     name: ClassVar[str] = "set-scorer"
     metrics: ClassVar[dict[str, str]] = {}
@@ -120,8 +123,8 @@ class SetScorer:
     def version(self) -> str:
         raise NotImplementedError
 
-    def embed(self, items: list[AudioItem]) -> np.ndarray:
-        """``[N, D]``: one row per item."""
+    def embed(self, items: list[AudioItem]) -> np.ndarray | list[np.ndarray]:
+        """One entry per item: ``[N, D]`` rows, or a list of per-item arrays (e.g. ``[frames, D]``)."""
         raise NotImplementedError
 
     def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:

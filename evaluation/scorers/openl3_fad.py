@@ -10,7 +10,10 @@ Protocol (stable-audio-metrics ``src/openl3_fd.py`` as used for MusicCaps: ``cha
    (zero-padding the end to a whole hop) and embeds each window;
 4. stereo: the L and R frame embeddings are concatenated (1024-d); mono: the mono embedding is
    used for both halves (stable-audio-metrics' "fake stereo"); more than two channels is an error;
-5. FAD = Fréchet distance between Gaussian fits (``evaluation.metrics``).
+5. FAD = Fréchet distance between Gaussians fitted to ALL frame embeddings of each set, every 0.5 s
+   frame of every clip one sample (``evaluation.metrics.frechet_distance_from_frames``), as
+   stable-audio-metrics does -- not to one mean embedding per clip, which gives fewer, smoother
+   samples and a number that is not comparable with published FADs.
 
 The OpenL3 network is ``torchopenl3``'s PyTorch port of the Keras model (its ``PytorchOpenl3``
 module and its released weights ``torchopenl3_mel256_music_512.pth.tar``; the port reproduces
@@ -18,13 +21,16 @@ openl3's Kapre spectrogram and layers; its authors report agreement with openl3 
 tolerance, not bit-exactness). Preprocessing uses torchopenl3's own framing with the resampy
 sampler (the one openl3 uses); resampy 0.2 needs ``pkg_resources`` (``setuptools<81``).
 
-**Set statistics: frames vs items.** stable-audio-metrics fits its Gaussians to *all frame
-embeddings* of a set (every 0.5 s frame of every clip is one sample). The ``SetScorer`` interface has
-one row per item, so :meth:`OpenL3FAD.embed` returns the *mean frame embedding of each item* and
-:meth:`compare` fits the Gaussians to those rows; that number is NOT comparable with published
-frame-level FADs (fewer, smoother samples). The protocol-faithful frame-level FAD is available as
-:meth:`frame_embeddings` + :meth:`fad_frames` (and :meth:`reference_stats` for caching a reference
-set's ``(mu, sigma)``); ``info()["pooling"]`` records which one a number is.
+**Set statistics.** :meth:`OpenL3FAD.embed` returns each item's ``[frames, 1024]`` array (a failed
+item: ``[0, 1024]``, with the reason in ``last_failures``), so the runner can cache the frames of every
+clip, reference clips included; :meth:`compare` pools the frames of each set. The reference Gaussian is
+cached per reference set (the same reference is compared with every seed's generations), and
+:meth:`reference_stats` / :meth:`compare_to_stats` take stored ``(mu, sigma)`` as stable-audio-metrics'
+``load_ref_embeddings`` does. ``pooling="item-mean"`` (one mean embedding per item, this project's
+earlier number) is kept as an option; ``version`` and ``info()["pooling"]`` record which one a number is.
+
+**Stereo.** The runner passes set-level scorers the clips' own channels (no downmix), so a stereo
+reference takes the L‖R path; mono generations are duplicated (step 4).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ CONTENT_TYPE = "music"
 EMBEDDING_SIZE = 512
 EVAL_SAMPLE_RATE = 44_100  # stable-audio-metrics' MusicCaps setting
 HOP_SIZE = 0.5  # seconds (OpenL3's window is 1 s)
+POOLINGS = ("frames", "item-mean")  # frames: stable-audio-metrics; item-mean: this project's earlier FAD
 PEAK_DB = -1.0
 OPENL3_SR = 48_000
 # Deterministic spectrogram constants of the port (computed from librosa at construction); a weights
@@ -128,8 +135,11 @@ class OpenL3FAD(SetScorer):
         eval_sample_rate: int = EVAL_SAMPLE_RATE,
         hop_size: float = HOP_SIZE,
         batch_size: int = 16,
+        pooling: str = "frames",
         device: str | torch.device = "cpu",
     ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 < eval_sample_rate <= OPENL3_SR:
@@ -141,7 +151,9 @@ class OpenL3FAD(SetScorer):
         self.eval_sample_rate = int(eval_sample_rate)
         self.hop_size = float(hop_size)
         self.batch_size = int(batch_size)
+        self.pooling = pooling
         self.last_failures: dict[str, str] = {}
+        self._ref_cache: tuple[list[Any], tuple[tuple[np.ndarray, np.ndarray] | None, int]] | None = None
         _, self._utils = _import_torchopenl3()
 
     # ---- identity ----------------------------------------------------------------------------------
@@ -150,7 +162,7 @@ class OpenL3FAD(SetScorer):
     def version(self) -> str:
         return (
             f"torchopenl3-{importlib.metadata.version('torchopenl3')}+{INPUT_REPR}-{CONTENT_TYPE}-"
-            f"{EMBEDDING_SIZE}+sha256:{self.weights_sha256[:12]}"
+            f"{EMBEDDING_SIZE}+sha256:{self.weights_sha256[:12]}+pool:{self.pooling}"
         )
 
     def info(self) -> dict[str, Any]:
@@ -165,10 +177,11 @@ class OpenL3FAD(SetScorer):
             eval_sample_rate=self.eval_sample_rate,
             hop_size=self.hop_size,
             peak_db=PEAK_DB,
-            pooling="item-mean (embed/compare); frame-level via frame_embeddings/fad_frames",
+            pooling=self.pooling,
             protocol="stable-audio-metrics openl3_fd: peak -1 dB, soxr to eval rate, OpenL3 per channel "
-            "(resampy kaiser_best to 48 kHz, centred 1 s windows, 0.5 s hop), mono duplicated to L||R, "
-            "Frechet distance of Gaussian fits",
+            "(resampy kaiser_best to 48 kHz, centred 1 s windows, 0.5 s hop), stereo as L||R, mono duplicated, "
+            + ("Frechet distance of Gaussians fitted to all frames of each set" if self.pooling == "frames"
+               else "Frechet distance of Gaussians fitted to one mean embedding per item (NOT the reference protocol)"),
         )
         return out
 
@@ -220,63 +233,79 @@ class OpenL3FAD(SetScorer):
                 out.append(None)
         return out
 
-    def embed(self, items: list[AudioItem]) -> np.ndarray:
-        """``[N, 1024]``: each item's mean frame embedding (NaN rows for failed items)."""
-        rows = np.full((len(items), 2 * EMBEDDING_SIZE), np.nan, dtype=np.float32)
-        for i, f in enumerate(self.frame_embeddings(items)):
-            if f is not None:
-                rows[i] = f.mean(axis=0)
-        return rows
+    def embed(self, items: list[AudioItem]) -> list[np.ndarray]:
+        """Per item its ``[frames, 1024]`` L‖R frame embeddings; ``[0, 1024]`` for a failed item."""
+        empty = np.zeros((0, 2 * EMBEDDING_SIZE), np.float32)
+        return [empty if f is None else np.asarray(f, np.float32) for f in self.frame_embeddings(items)]
 
     # ---- set metrics -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _finite_rows(x: np.ndarray | list[np.ndarray | None], what: str) -> np.ndarray:
-        if isinstance(x, list):
-            parts = [np.asarray(f, np.float64) for f in x if f is not None]
-            x = np.concatenate(parts) if parts else np.zeros((0, 2 * EMBEDDING_SIZE))
-        x = np.asarray(x, dtype=np.float64)
-        if x.ndim != 2:
-            raise ValueError(f"{what} embeddings must be [N, D], got shape {x.shape}")
-        return x[np.isfinite(x).all(axis=1)]
+    def _clips(self, x: Any) -> list[np.ndarray]:
+        """The usable per-item arrays of a set, pooled as ``self.pooling`` says: each ``[frames, D]``
+        (a 2-D array of item rows counts as one frame per item); failed items (``None``, no frames,
+        non-finite values) are left out."""
+        out = []
+        for e in x:
+            if e is None:
+                continue
+            a = np.atleast_2d(np.asarray(e, np.float64))
+            if a.ndim != 2:
+                raise ValueError(f"an item's embeddings must be [frames, dims], got shape {a.shape}")
+            if a.shape[0] == 0 or not np.isfinite(a).all():
+                continue
+            out.append(a.mean(axis=0, keepdims=True) if self.pooling == "item-mean" else a)
+        return out
 
-    @classmethod
-    def reference_stats(cls, reference: np.ndarray | list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu, sigma)`` of a reference set (item rows, or a list of per-item frame arrays) to cache."""
-        from evaluation.metrics import gaussian_stats
+    def reference_stats(self, reference: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(mu, sigma)`` of a reference set (per-item frame arrays, or item rows) to store and reuse."""
+        from evaluation.metrics import gaussian_stats, pool_frames
 
-        return gaussian_stats(cls._finite_rows(reference, "reference"))
+        return gaussian_stats(pool_frames(self._clips(reference)))
 
-    def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
-        """``{"fad": Fréchet distance}`` between the rows of ``generated`` and ``reference`` (rows
-        with NaN, i.e. failed items, are left out; fewer than 2 usable rows on a side -> NaN)."""
+    def _reference_gaussian(self, reference: Any) -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
+        """``((mu, sigma) or None when under 2 frames, number of frames)`` of a reference set, cached.
+
+        The aggregation compares one reference set with every seed's generations (and each half-sample's
+        reference subset with every seed's subset), so its Gaussian is fitted once. The cache is keyed on
+        the identity of the caller's per-item arrays and holds them, so their ids cannot be reused by other
+        arrays while the entry lives."""
+        from evaluation.metrics import gaussian_stats, pool_frames
+
+        entries = list(reference)
+        cached = self._ref_cache
+        if cached is not None and len(cached[0]) == len(entries) and all(a is b for a, b in zip(cached[0], entries)):
+            return cached[1]
+        clips = self._clips(entries)
+        n = sum(a.shape[0] for a in clips)
+        got = (gaussian_stats(pool_frames(clips)) if n >= 2 else None, n)
+        self._ref_cache = (entries, got)
+        return got
+
+    def compare(self, generated: Any, reference: Any | None) -> dict[str, float]:
+        """``{"fad": ...}``: Fréchet distance between Gaussians fitted to all frames of the usable items
+        of ``generated`` and of ``reference`` (sequences of per-item ``[frames, D]`` arrays, as
+        :meth:`embed` returns them), i.e. ``evaluation.metrics.frechet_distance_from_frames`` with the
+        reference Gaussian cached. No reference, or fewer than 2 frames on a side: NaN."""
+        from evaluation.metrics import frechet_from_stats, gaussian_stats, pool_frames
+
         if reference is None:
             return {"fad": math.nan}
-        return {"fad": self._fad(self._finite_rows(generated, "generated"), reference_rows=reference)}
-
-    def compare_to_stats(self, generated: np.ndarray | list[np.ndarray | None], mu: np.ndarray,
-                         sigma: np.ndarray) -> dict[str, float]:
-        """FAD of ``generated`` (item rows or per-item frames) against cached reference statistics."""
-        from evaluation.metrics import frechet_from_stats, gaussian_stats
-
-        g = self._finite_rows(generated, "generated")
-        if g.shape[0] < 2:
+        g = self._clips(generated)
+        n_g = sum(a.shape[0] for a in g)
+        ref_stats, n_r = self._reference_gaussian(reference)
+        if n_g < 2 or ref_stats is None:
+            log.warning("%s: FAD needs >= 2 frames per set (got %d generated, %d reference)", self.name, n_g, n_r)
             return {"fad": math.nan}
-        return {"fad": frechet_from_stats(*gaussian_stats(g), mu, sigma)}
+        return {"fad": frechet_from_stats(*gaussian_stats(pool_frames(g)), *ref_stats)}
 
-    def fad_frames(self, generated: list[np.ndarray | None], reference: list[np.ndarray | None]) -> dict[str, float]:
-        """The protocol-faithful FAD: Gaussians fitted to all frame embeddings of each set."""
-        return {"fad": self._fad(self._finite_rows(generated, "generated"), reference_rows=reference)}
+    def compare_to_stats(self, generated: Any, mu: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
+        """FAD of ``generated`` (per-item frames) against stored reference statistics ``(mu, sigma)``."""
+        from evaluation.metrics import frechet_from_stats, gaussian_stats, pool_frames
 
-    def _fad(self, g: np.ndarray, *, reference_rows: Any) -> float:
-        from evaluation.metrics import frechet_distance
-
-        r = self._finite_rows(reference_rows, "reference")
-        if g.shape[0] < 2 or r.shape[0] < 2:
-            log.warning("%s: FAD needs >= 2 usable rows per set (got %d generated, %d reference)",
-                        self.name, g.shape[0], r.shape[0])
-            return math.nan
-        return frechet_distance(g, r)
+        g = self._clips(generated)
+        if sum(a.shape[0] for a in g) < 2:
+            return {"fad": math.nan}
+        return {"fad": frechet_from_stats(*gaussian_stats(pool_frames(g)), mu, sigma)}
 
 
 @register("openl3_fad")
@@ -287,11 +316,14 @@ def create(
     eval_sample_rate: int = EVAL_SAMPLE_RATE,
     hop_size: float = HOP_SIZE,
     batch_size: int = 16,
+    pooling: str = "frames",
     device: str = "cpu",
 ) -> OpenL3FAD:
     """The OpenL3-FAD scorer from torchopenl3's released ``mel256``/``music``/512 weights in the local
     store (``openl3/torchopenl3_mel256_music_512.pth.tar``); ``sha256`` is verified when given and
-    recorded either way."""
+    recorded either way. ``pooling``: ``"frames"`` (stable-audio-metrics, default) or ``"item-mean"``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     path = resolve_weights(weights_path, sha256=sha256, what=f"{WHAT} weights", origin=ORIGIN)
     digest = sha256.lower() if sha256 is not None else sha256_file(path)
     sd = load_openl3_state_dict(path)
@@ -310,5 +342,6 @@ def create(
         eval_sample_rate=eval_sample_rate,
         hop_size=hop_size,
         batch_size=batch_size,
+        pooling=pooling,
         device=device,
     )

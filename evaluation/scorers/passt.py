@@ -14,11 +14,16 @@ Posteriors (``embed``), following stable-audio-metrics ``src/passt_kld.py`` (``c
 
 Set metrics (``compare``, from ``evaluation.metrics``):
 
-- ``kl``: mean over paired items of KL(reference ‖ generated) (audiocraft's direction; the
-  direction is part of ``version``; stable-audio-metrics computes KL(generated ‖ reference));
-  items whose posterior is NaN on either side are left out;
+- ``kl_gen_ref`` (default): mean over paired items of KL(generated ‖ reference + 1e-6), the epsilon on
+  the reference and no renormalisation -- stable-audio-metrics ``passt_kld``'s form, the KL of the
+  paper's music metric set (FAD-OpenL3, KL-PaSST, CLAP; arXiv 2510.13344). ``kl_direction="ref||gen"``
+  gives ``kl_ref_gen`` instead: KL(reference ‖ generated) with clip-and-renormalise (audiocraft's
+  direction, this project's earlier default). The metric name carries the direction, and ``version``
+  records direction and epsilon. Items whose posterior is NaN on either side, or that have no reference
+  audio, are left out; with no reference at all there is no KL metric;
 - ``is``: Inception Score of the generated posteriors, ``exp(E[KL(p(y|x) ‖ p(y))])`` over 10
-  shuffled splits (mean; ``is_std`` the std); with fewer than 10 items, one split per item.
+  shuffled splits (mean; ``is_std`` the std); with fewer than 10 items, one split per item. It needs
+  no reference, so the scorer does not require reference audio (``needs_reference = False``).
 
 The network is built from the package with ``pretrained=False`` (``get_model`` would otherwise
 download) and the released checkpoint ``passt-s-f128-p16-s10-ap.476-swa.pt`` is read from the local
@@ -61,7 +66,12 @@ WINDOW_S = 10.0
 OVERLAP_S = 5.0
 MIN_FRACTION = 0.15
 IS_SPLITS = 10
-KL_DIRECTION = "ref||gen"
+# KL direction -> (metric name, epsilon, how the epsilon is applied)
+KL_FORMS: dict[str, tuple[str, float, str]] = {
+    "gen||ref": ("kl_gen_ref", 1e-6, "eps-on-ref"),    # stable-audio-metrics passt_kld (default)
+    "ref||gen": ("kl_ref_gen", 1e-8, "clip-renorm"),   # audiocraft's direction, the earlier default here
+}
+KL_DIRECTION = "gen||ref"
 # What ``get_model(arch=ARCH)`` passes to the PaSST class (tests build smaller nets of the same class).
 PASST_KWARGS: dict[str, Any] = dict(
     img_size=(128, 998), patch_size=16, stride=(10, 10), in_chans=1, num_classes=N_CLASSES,
@@ -146,11 +156,11 @@ def clip_windows(wav32: np.ndarray) -> np.ndarray:
 
 
 class PaSSTKL(SetScorer):
-    """PaSST class posteriors per item; KL(reference ‖ generated) and IS over sets."""
+    """PaSST class posteriors per item; KL (named by direction) and IS over sets."""
 
     name = "passt"
-    metrics: ClassVar[dict[str, str]] = {"kl": "lower", "is": "higher"}
-    needs_reference = True  # KL; IS alone needs none
+    metrics: ClassVar[dict[str, str]] = {"kl_gen_ref": "lower", "is": "higher"}  # default direction
+    needs_reference = False  # IS needs none; KL is computed over the items that have reference audio
 
     def __init__(
         self,
@@ -160,8 +170,11 @@ class PaSSTKL(SetScorer):
         weights_sha256: str,
         batch_size: int = 4,
         is_splits: int = IS_SPLITS,
+        kl_direction: str = KL_DIRECTION,
         device: str | torch.device = "cpu",
     ) -> None:
+        if kl_direction not in KL_FORMS:
+            raise ValueError(f"kl_direction must be one of {sorted(KL_FORMS)}, got {kl_direction!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -170,13 +183,16 @@ class PaSSTKL(SetScorer):
         self.weights_sha256 = weights_sha256
         self.batch_size = int(batch_size)
         self.is_splits = int(is_splits)
+        self.kl_direction = kl_direction
+        self.kl_metric, self.kl_eps, self.kl_form = KL_FORMS[kl_direction]
+        self.metrics = {self.kl_metric: "lower", "is": "higher"}
         self.last_failures: dict[str, str] = {}
 
     @property
     def version(self) -> str:
         return (
             f"hear21passt-{importlib.metadata.version('hear21passt')}+{ARCH}+sha256:{self.weights_sha256[:12]}"
-            f"+kl:{KL_DIRECTION}"
+            f"+kl:{self.kl_direction},{self.kl_form}{self.kl_eps:g}"
         )
 
     def info(self) -> dict[str, Any]:
@@ -189,10 +205,14 @@ class PaSSTKL(SetScorer):
             window_s=WINDOW_S,
             hop_s=WINDOW_S - OVERLAP_S,
             min_window_fraction=MIN_FRACTION,
-            kl_direction=KL_DIRECTION,
+            kl_direction=self.kl_direction,
+            kl_metric=self.kl_metric,
+            kl_eps=self.kl_eps,
+            kl_eps_form=self.kl_form,
             is_splits=self.is_splits,
             protocol="mono, soxr 32 kHz, peak -1 dB, 10 s windows / 5 s hop (short ones zero-padded, "
-            "<=15% skipped), mean logits over windows, softmax; KL(ref||gen) paired; IS over splits",
+            f"<=15% skipped), mean logits over windows, softmax; KL({self.kl_direction}) paired, "
+            f"{self.kl_form} eps {self.kl_eps:g}; IS over splits (no reference needed)",
         )
         return out
 
@@ -259,23 +279,31 @@ class PaSSTKL(SetScorer):
 
     # ---- set metrics -------------------------------------------------------------------------------
 
+    def kl(self, generated: np.ndarray, reference: np.ndarray) -> float:
+        """The configured KL over paired rows (``kl_gen_ref`` or ``kl_ref_gen`` of ``evaluation.metrics``)."""
+        from evaluation.metrics import kl_gen_ref, kl_ref_gen
+
+        if self.kl_direction == "gen||ref":
+            return kl_gen_ref(generated, reference, eps=self.kl_eps)
+        return kl_ref_gen(reference, generated, eps=self.kl_eps)
+
     def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
-        """``kl`` (KL(reference ‖ generated), rows paired by item), ``is`` / ``is_std`` (generated),
-        ``is_splits`` (splits used). NaN where there is too little to compute it."""
-        from evaluation.metrics import inception_score, kl_divergence
+        """``kl_gen_ref`` / ``kl_ref_gen`` (rows paired by item; absent when ``reference`` is None),
+        ``is`` / ``is_std`` (generated only), ``is_splits`` (splits used). NaN where there is too little."""
+        from evaluation.metrics import inception_score
 
         g = np.asarray(generated, dtype=np.float64)
         if g.ndim != 2 or g.shape[1] != N_CLASSES:
             raise ValueError(f"generated posteriors must be [N, {N_CLASSES}], got {g.shape}")
         ok_g = np.isfinite(g).all(axis=1)
-        out: dict[str, float] = {"kl": math.nan, "is": math.nan, "is_std": math.nan, "is_splits": math.nan}
+        out: dict[str, float] = {}
         if reference is not None:
             r = np.asarray(reference, dtype=np.float64)
             if r.shape != g.shape:
                 raise ValueError(f"reference {r.shape} and generated {g.shape} must be paired row by row")
-            pair = ok_g & np.isfinite(r).all(axis=1)
-            if pair.any():
-                out["kl"] = kl_divergence(r[pair], g[pair])
+            pair = ok_g & np.isfinite(r).all(axis=1)  # a NaN reference row: failed, or no reference audio
+            out[self.kl_metric] = self.kl(g[pair], r[pair]) if pair.any() else math.nan
+        out.update({"is": math.nan, "is_std": math.nan, "is_splits": math.nan})
         n = int(ok_g.sum())
         if n >= 2:
             splits = min(self.is_splits, n)
@@ -301,11 +329,15 @@ def create(
     net_config: dict[str, Any] | None = None,
     batch_size: int = 4,
     is_splits: int = IS_SPLITS,
+    kl_direction: str = KL_DIRECTION,
     device: str = "cpu",
 ) -> PaSSTKL:
     """The PaSST scorer from the released AudioSet checkpoint in the local store
     (``passt/passt-s-f128-p16-s10-ap.476-swa.pt``). ``net_config`` (tests only) overrides PaSST
-    constructor arguments (a smaller net of the same class)."""
+    constructor arguments (a smaller net of the same class). ``kl_direction``: ``"gen||ref"``
+    (stable-audio-metrics, metric ``kl_gen_ref``, default) or ``"ref||gen"`` (metric ``kl_ref_gen``)."""
+    if kl_direction not in KL_FORMS:
+        raise ValueError(f"kl_direction must be one of {sorted(KL_FORMS)}, got {kl_direction!r}")
     path = resolve_weights(weights_path, sha256=sha256, what=f"{WHAT} checkpoint {ARCH}", origin=ORIGIN)
     digest = sha256.lower() if sha256 is not None else sha256_file(path)
     model = build_passt(net_config)
@@ -315,4 +347,4 @@ def create(
     except RuntimeError as e:
         raise ScorerUnavailable(f"{WHAT}: {path} does not fit the {ARCH} architecture: {e}") from e
     return PaSSTKL(model, weights_path=path, weights_sha256=digest, batch_size=batch_size,
-                   is_splits=is_splits, device=device)
+                   is_splits=is_splits, kl_direction=kl_direction, device=device)

@@ -15,6 +15,7 @@ from unimoe.config import ConfigError, ConfigFile, _build, _check, deep_merge
 # Paper learning rates per curriculum stage (DESIGN §3).
 STAGE_LR = {1: 1e-4, 2: 3e-5, 3: 1e-5}
 CROP_MODES = ("start", "random")
+CODEBOOK_REDUCTIONS = ("sum", "mean")
 MISSING_VIDEO = ("error", "caption_only")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -45,6 +46,11 @@ class TrainConfig(ConfigFile):
     max_frames: int = 1500             # target audio frames per example (30 s at 50 Hz); longer is cropped
     crop: str = "start"                # "start": first max_frames; "random": seeded offset per (epoch, item)
     cond_dropout: float = 0.1          # probability of the unconditional prompt (classifier-free guidance)
+    # How the per-codebook cross-entropies (each a mean over target frames) are combined into CE:
+    # "sum" (the official code sums its 12 codebook losses, so the balance-loss weights 0.025 -> 0.001
+    # act against a K-times larger CE) or "mean" (CE on the scale of one codebook; with the same
+    # balance weights the balance loss then pulls K times harder than in the official recipe).
+    codebook_reduction: str = "sum"
     bf16_on_gpu: bool = True           # bf16 autocast on CUDA only; CPU always runs fp32
     shuffle: bool = True               # False: dataset order every epoch (still deterministic)
     missing_video: str = "error"       # v2m item without frames: "error" or "caption_only" (no video)
@@ -73,6 +79,8 @@ class TrainConfig(ConfigFile):
         _check(self.max_frames >= 1, "train.max_frames must be >= 1")
         _check(self.crop in CROP_MODES, f"train.crop: unknown {self.crop!r} (choose from {CROP_MODES})")
         _check(0.0 <= self.cond_dropout <= 1.0, f"train.cond_dropout must be in [0, 1], got {self.cond_dropout}")
+        _check(self.codebook_reduction in CODEBOOK_REDUCTIONS, f"train.codebook_reduction: unknown "
+               f"{self.codebook_reduction!r} (choose from {CODEBOOK_REDUCTIONS})")
         _check(self.missing_video in MISSING_VIDEO,
                f"train.missing_video: unknown {self.missing_video!r} (choose from {MISSING_VIDEO})")
         _check(self.device in DEVICES, f"train.device: unknown {self.device!r} (choose from {DEVICES})")

@@ -7,8 +7,11 @@ For one micro-batch, ``loss = CE + w(s) * AUX`` with ``w(s) = moe.balance_weight
 and ``s`` the number of optimiser steps taken so far (never micro-batches). An optimiser step averages
 the objective over its ``grad_accum`` micro-batches (each micro-batch weighs the same).
 
-* ``CE`` is the model's per-codebook cross-entropy: for each codebook the mean over the micro-batch's
-  target positions, then the mean over codebooks that have targets (``unimoe.audio_tokens``).
+* ``CE`` is the per-codebook cross-entropy: for each codebook the mean over the micro-batch's target
+  positions, then, over the codebooks that have targets, the SUM (``TrainConfig.codebook_reduction =
+  "sum"``, the default: the official code adds its 12 codebook losses, and its balance-loss weights
+  0.025 -> 0.001 are set against that scale) or the mean (``"mean"``: the scale of ``UniMoEAudio.loss``
+  and of the logged per-codebook and per-task losses). The logged ``ce`` is this objective term.
 * ``AUX`` is the balance loss averaged over MoE layers, ``N_dyn * sum_i f_i * Pbar_i`` per layer over
   the micro-batch's non-padding tokens (``switch`` or ``official`` form, as configured). The trainer
   recomputes it from the routers' outputs (captured with forward hooks), so that it can be made exact
@@ -24,7 +27,7 @@ global micro-batch, so each rank computes its *share of the global value*:
 
 * CE: per codebook ``k``, rank r contributes ``sum_{r's targets} ce / C_k`` where ``C_k`` is the GLOBAL
   target count (one all-reduce of the counts before backward); summed over ranks this is exactly the
-  global per-codebook mean, averaged over the codebooks that have targets globally.
+  global per-codebook mean, summed (or averaged) over the codebooks that have targets globally.
 * AUX: per layer, rank r contributes ``N_dyn * sum_i F_i * S_i^r / T^2`` with ``F_i`` the global
   selection count of expert i, ``T`` the global number of tokens (both all-reduced, no gradient) and
   ``S_i^r`` the sum of expert i's probabilities over r's tokens (differentiable). Summed over ranks this
@@ -34,7 +37,9 @@ global micro-batch, so each rank computes its *share of the global value*:
 DDP averages gradients over ranks, so the objective each rank differentiates is scaled by
 ``world_size``; the sum of the ranks' gradients is then the gradient of the global objective, the
 same as one process that takes ``batch_size * world_size`` sequences per micro-batch (up to
-floating-point summation order). Clipping uses the synchronised gradient, so it matches too.
+floating-point summation order, and to the router input jitter, ``MoEConfig.router_input_jitter``,
+whose random draws depend on how tokens are split over ranks; set it to 0 for an exact comparison).
+Clipping uses the synchronised gradient, so it matches too.
 
 Checkpoints and exact resume
 ----------------------------
@@ -114,15 +119,19 @@ class TrainLoss(nn.Module):
 
     ``forward(batch, balance_weight, scale)`` returns ``{"objective", "ce_part", "aux_part"}``: the
     tensor to differentiate (``scale * (ce_part + w * aux_part)``) and this rank's shares of the global
-    CE and balance loss (summing them over ranks gives the global values). Statistics for metrics are
-    left in ``self.last``.
+    CE and balance loss (summing them over ranks gives the global values). ``codebook_reduction``
+    combines the per-codebook means into CE: ``"sum"`` (official) or ``"mean"``. Statistics for metrics
+    are left in ``self.last``.
     """
 
-    def __init__(self, model: UniMoEAudio, world_size: int = 1):
+    def __init__(self, model: UniMoEAudio, world_size: int = 1, codebook_reduction: str = "sum"):
         super().__init__()
+        if codebook_reduction not in ("sum", "mean"):
+            raise ValueError(f"unknown codebook_reduction {codebook_reduction!r}")
         self.model = model
         self.cfg = model.cfg
         self.world_size = world_size
+        self.codebook_reduction = codebook_reduction
         self._captured: list[tuple[int, Any]] = []
         self._capturing = False
         self._hooks = []
@@ -179,7 +188,11 @@ class TrainLoss(nn.Module):
         g_counts = stats[:k]
         has = g_counts > 0
         per_cb = ce_sum / g_counts.clamp(min=1).to(ce_sum.dtype)
-        ce_part = (per_cb * has).sum() / has.sum().clamp(min=1)
+        # Official UniMoE-Audio sums the codebook losses (UniMoE_Audio_model.py, forward: codec_loss +=
+        # channel_loss); "mean" divides by the number of codebooks that have targets.
+        ce_part = (per_cb * has).sum()
+        if self.codebook_reduction == "mean":
+            ce_part = ce_part / has.sum().clamp(min=1)
 
         aux_part = ce_sum.new_zeros(())
         if captured:
@@ -255,6 +268,11 @@ def _remove_stale_temporaries(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _forward_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """Torch seed of one micro-batch's forward on one rank (salt 3: the data's salts are 1 and 2)."""
+    return int(np.random.default_rng([seed, step, micro, rank, 3]).integers(2 ** 63 - 1))
+
+
 def _json_python_rng(state: tuple) -> list:
     version, internal, gauss = state
     return [version, list(internal), gauss]
@@ -323,8 +341,9 @@ class Trainer:
             self._owns_pg = True
         self.is_main = self.rank == 0
 
-        # Global RNGs: nothing in a training step draws from them (item randomness is keyed), but they
-        # are seeded and checkpointed so that code that does stays reproducible.
+        # Global RNGs: seeded and checkpointed. Item randomness is keyed (data.item_rng); the one draw
+        # of a training forward, the router input jitter, uses the torch RNG re-seeded per micro-batch
+        # (train_step), so it too is a function of (seed, step, micro-batch, rank).
         random.seed(train_cfg.seed)
         np.random.seed(train_cfg.seed % (2 ** 32))
         torch.manual_seed(train_cfg.seed)
@@ -365,7 +384,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cfg.lr_multiplier(s))
 
         # -- loss module (DDP-wrapped under torchrun)
-        self.loss_module = TrainLoss(self.model, self.world_size)
+        self.loss_module = TrainLoss(self.model, self.world_size, train_cfg.codebook_reduction)
         self.ddp = None
         if wrap is not None:
             self.ddp = wrap(self.loss_module, self.device)
@@ -463,6 +482,10 @@ class Trainer:
         for m in range(cfg.grad_accum):
             micro = positions[m * self.global_micro_batch:(m + 1) * self.global_micro_batch]
             batch = self.maker.batch(self.dataset, self.order.shard(micro)).to(self.device)
+            # Router input jitter (MoEConfig.router_input_jitter) draws from the torch RNG: key it like
+            # the data's randomness, so a resumed run redraws it exactly on every rank (only rank 0's RNG
+            # state is checkpointed).
+            torch.manual_seed(_forward_seed(cfg.seed, self.step, m, self.rank))
             skip_sync = self.ddp is not None and m < cfg.grad_accum - 1 and hasattr(self.ddp, "no_sync")
             with (self.ddp.no_sync() if skip_sync else nullcontext()):
                 with self._autocast():
