@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # Two pytest-xdist workers (one per core). librosa's cached numba gufuncs (beat_track, peak_pick, yin) once
 # crashed workers with SIGSEGV (a NULL kernel, numba issue 10128); the code no longer calls them (numpy
-# ports in unimoe/beat.py). PYTEST_WORKERS=0 runs the suite in one process.
+# ports in unimoe/common/music.py). PYTEST_WORKERS=0 runs the suite in one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test test-slow bench lint pipeline demo-codec

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unimoe.config import paper_preset, tiny_preset  # noqa: E402
-from unimoe.moe import DCMoE, GroupedExperts, SwiGLU  # noqa: E402
+from unimoe.moe import DCMoE, SwiGLU, build_dispatcher  # noqa: E402
 
 SHAPES = {"tiny": tiny_preset, "paper": paper_preset}
 MIN_SAMPLE_S = 0.05
@@ -73,10 +73,12 @@ def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, 
                    + moe_cfg.num_shared_experts * moe_cfg.shared_intermediate)
     dense = SwiGLU(hidden, active, init_std=cfg.init_std).to(device, dtype)
 
+    dispatchers = {kind: build_dispatcher(kind, moe_cfg.num_routed_experts) for kind in ("grouped", "loop")}
+
     def use(dispatch: str, grouped_mm: bool = True):
         def setup():
-            layer.dispatch = dispatch
-            GroupedExperts.use_grouped_mm = grouped_mm
+            layer.dispatcher = dispatchers[dispatch]
+            layer.experts.use_grouped_mm = grouped_mm
         return setup
 
     variants = {
@@ -97,7 +99,6 @@ def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, 
     for _ in range(repeats):
         for k, steps in variants.items():
             times[k].append(steps(inner[k]))
-    GroupedExperts.use_grouped_mm = True
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "hidden": hidden,

@@ -124,7 +124,7 @@ def build_workspace(ws: Path, a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from data.demo_corpus import DemoCorpusConfig, build_demo_corpus
-    from unimoe.audio_io import load_audio, to_mono
+    from unimoe.common.audio import load_audio, to_mono
     from unimoe.codec import AudioCodec
     from unimoe.config import tiny_preset
     from unimoe.tokenizer import TextTokenizer
@@ -232,7 +232,7 @@ def score_condition(name: str, gen, items, codes: dict, ws: Path, scorers: list[
     import pandas as pd
 
     from evaluation import runner as RN
-    from unimoe.audio_io import save_wav
+    from unimoe.common.audio import save_wav
 
     by_id = {it.id: it for it in items}
     keys = sorted(codes)

@@ -21,8 +21,8 @@ code                  meaning
 ``too_short``         shorter than ``min_duration`` (default: no minimum beyond "has samples")
 ===================== ==============================================================================
 
-Text and video checks live here too (:func:`check_text`, :func:`probe_video`), and
-:data:`REASONS` lists every code an adapter can emit.
+Text and video checks live here too (:func:`check_text`, :func:`probe_video`).
+:class:`~unimoe.common.reasons.Reason` lists every code an adapter can emit.
 
 The sample scan decodes the whole file in blocks (one block for small files, a stream of bounded
 blocks for big ones), so memory stays flat however long the file is; it counts the frames actually
@@ -40,52 +40,22 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from unimoe.common.reasons import Reason
 from unimoe.io import sha256_file
-
-# Every reason code used during ingestion, with a one-line meaning (for reports and docs).
-REASONS: dict[str, str] = {
-    "path_escape": "path resolves outside the corpus root",
-    "missing_file": "audio file does not exist",
-    "not_a_file": "path is not a regular file",
-    "zero_length": "file is empty or has no samples",
-    "not_audio": "not an audio file",
-    "corrupt_audio": "audio header or stream cannot be decoded",
-    "truncated": "file is shorter than its header declares",
-    "non_finite": "NaN or infinite samples",
-    "bad_sample_rate": "sample rate outside the allowed range",
-    "too_many_channels": "more channels than allowed",
-    "too_long": "longer than the allowed maximum duration",
-    "too_short": "shorter than the allowed minimum duration",
-    "non_utf8_text": "text is not valid UTF-8",
-    "non_utf8_path": "path is not valid UTF-8",
-    "empty_text": "transcript or caption is empty",
-    "missing_text": "no transcript or caption for this audio",
-    "missing_id": "row has no id",
-    "duplicate_id": "id already used by an earlier kept row",
-    "invalid_task": "task is not one of the four tasks",
-    "missing_video": "no video for this V2M pair",
-    "not_video": "video file is not a recognised container",
-    "missing_metadata": "audio file has no metadata row",
-    "sample_rate_mismatch": "file's sample rate differs from the one declared in metadata",
-    "duration_mismatch": "file's duration differs from the one declared in metadata",
-    "bad_segment": "segment bounds are invalid or outside the file",
-    "bad_row": "metadata row cannot be parsed",
-    "build_failed": "the corpus builder recorded a failure for this item",
-    "internal_error": "unexpected error while ingesting this item (a bug: please report)",
-    # segmentation (status "filtered")
-    "short_tail": "tail of a long track shorter than the clip length (dropped by the tail policy)",
-    "too_short_for_clip": "track shorter than the minimum clip length",
-}
 
 
 @dataclass(frozen=True)
 class QuarantineReason:
-    """Why an input was quarantined: a stable ``code`` (see :data:`REASONS`) and a human message."""
+    """Why an input was quarantined: a :class:`~unimoe.common.reasons.Reason` (a code given as a string
+    is looked up; an unknown one is a ValueError) and a human message."""
 
-    code: str
+    code: Reason
     message: str
     path: str | None = None
     sha256: str | None = None  # provenance, when the file could be read at all
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", Reason(self.code))
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

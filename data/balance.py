@@ -1,5 +1,5 @@
 """Choose a training subset approximately balanced across the four tasks, plus the stage-2 warm-up
-subset (DESIGN §4). Deterministic for a seed; reports counts and hours per task before and after.
+subset. Deterministic for a seed; reports counts and hours per task before and after.
 
 Rules
 -----
@@ -38,7 +38,6 @@ human-readable and diffable, written atomically; :func:`read_subset` also accept
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -47,21 +46,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from pydantic import model_validator
+
 from data.manifest import ManifestRecord
-from unimoe.config import TASKS
-from unimoe.io import atomic_write_text
+from unimoe.common.files import atomic_write_text
+from unimoe.config import TASKS, ConfigError, ConfigModel, TupleOf
 
 SUBSET_FORMAT = "unimoe.subset"
 SUBSET_VERSION = 1
 BY = ("count", "hours")
 
 
-@dataclass
-class BalanceConfig:
+class BalanceConfig(ConfigModel):
     """Balancing settings. ``total``/``warmup_total`` are rows (``by="count"``); ``total_hours``/
     ``warmup_total_hours`` are hours (``by="hours"``). Scale ``total`` down for the demo."""
 
-    total: int = 60_000
+    section = "balance"
+
+    total: int | None = 60_000
     total_hours: float | None = None
     warmup_total: int | None = None
     warmup_total_hours: float | None = None
@@ -69,30 +71,30 @@ class BalanceConfig:
     seed: int = 0
     weights: dict[str, float] | None = None  # task -> weight; None = equal over TASKS
     by: str = "count"
-    splits: tuple[str, ...] | None = ("train",)
+    splits: TupleOf[str] | None = ("train",)
     diversity: bool = True
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check_budgets(self) -> "BalanceConfig":
         if self.by not in BY:
-            raise ValueError(f"by must be one of {BY}, got {self.by!r}")
+            raise ConfigError(f"by must be one of {BY}, got {self.by!r}")
         if self.by == "count" and (self.total is None or self.total < 0):
-            raise ValueError(f"total must be a row count >= 0, got {self.total!r}")
+            raise ConfigError(f"total must be a row count >= 0, got {self.total!r}")
         if self.by == "hours" and (self.total_hours is None or not self.total_hours >= 0):
-            raise ValueError('by="hours" needs total_hours >= 0')
+            raise ConfigError('by="hours" needs total_hours >= 0')
         if not 0.0 <= self.warmup_fraction <= 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         if self.warmup_total is not None and self.warmup_total < 0:
-            raise ValueError("warmup_total must be >= 0")
+            raise ConfigError("warmup_total must be >= 0")
         if self.warmup_total_hours is not None and not self.warmup_total_hours >= 0:
-            raise ValueError("warmup_total_hours must be >= 0")
+            raise ConfigError("warmup_total_hours must be >= 0")
         w = self.task_weights
         bad = [t for t in w if t not in TASKS]
         if bad:
-            raise ValueError(f"weights name unknown task(s) {bad}; tasks are {TASKS}")
+            raise ConfigError(f"weights name unknown task(s) {bad}; tasks are {TASKS}")
         if any(not (v >= 0 and math.isfinite(v)) for v in w.values()) or not any(v > 0 for v in w.values()):
-            raise ValueError(f"weights must be finite, >= 0 and not all zero, got {w}")
-        if self.splits is not None:
-            self.splits = tuple(self.splits)
+            raise ConfigError(f"weights must be finite, >= 0 and not all zero, got {w}")
+        return self
 
     @property
     def task_weights(self) -> dict[str, float]:
@@ -101,7 +103,7 @@ class BalanceConfig:
         return {t: float(v) for t, v in self.weights.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = self.model_dump()
         d["weights"] = self.task_weights
         d["splits"] = list(self.splits) if self.splits is not None else None
         return d

@@ -1,5 +1,5 @@
 """The curation pipeline as plain functions over files: build/ingest -> segment -> caption -> filter ->
-balance -> tokenise (DESIGN §4). The Prefect ``curate`` flow (flows/curate.py) calls exactly these,
+balance -> tokenise. The Prefect ``curate`` flow (flows/curate.py) calls exactly these,
 one task per step or per shard; they can equally be called directly (tests, benchmarks).
 
 Every function reads and writes paths (Parquet manifests, JSON, token shards), writes atomically,
@@ -20,38 +20,39 @@ Workspace layout (``work`` = <workspace>/curate):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from pydantic import Field, model_validator
 
 from data.balance import BalanceConfig, balance, write_subset
 from data.manifest import ManifestRecord, read_manifest, status_counts, write_manifest
 from data.quality import QualityConfig, filter_records, plan_scorers, quality_report
 from data.segment import segment_records
-from unimoe.config import UniMoEConfig, get_preset, trained_codec_config
-from unimoe.io import atomic_write_json
+from unimoe.config import ConfigError, ConfigModel, UniMoEConfig, get_preset, trained_codec_config
+from unimoe.common.files import atomic_write_json
 
 
-@dataclass
-class CurateConfig:
-    """What to curate and how. ``overrides`` for nested parts are plain dicts (validated by their
-    own dataclasses), so the whole config is JSON/YAML friendly and hashable for caching."""
+class CurateConfig(ConfigModel):
+    """What to curate and how. The nested ``quality`` and ``balance`` parts record only the fields given
+    (``ConfigModel.overrides``), so the whole config is JSON/YAML friendly and hashable for caching."""
+
+    section = "curate"
 
     corpus: str = "demo"                 # adapter name (data.sources.ADAPTERS)
     corpus_root: str | None = None       # required unless corpus == "demo"
     demo_size: str = "default"           # "default" | "small" (demo corpus only)
-    adapter_options: dict[str, Any] = field(default_factory=dict)
+    adapter_options: dict[str, Any] = Field(default_factory=dict)
     clip_seconds: float = 20.0
     tail: str = "drop"
     rows_per_shard: int = 64
     captioner: str = "offline"           # "offline" | "gemini"
-    caption_options: dict[str, Any] = field(default_factory=dict)
-    quality: dict[str, Any] = field(default_factory=dict)   # QualityConfig fields
-    balance: dict[str, Any] = field(default_factory=dict)   # BalanceConfig fields
+    caption_options: dict[str, Any] = Field(default_factory=dict)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
     model_preset: str = "tiny"           # whose codec + tokenizer config tokenisation uses
     # a DAC weights file to tokenise with instead of the preset's codec (what `unimoe codec train`
     # exported), pinned by its SHA-256 (so a retrained file at the same path re-tokenises)
@@ -74,45 +75,37 @@ class CurateConfig:
         return cls(demo_size=size, clip_seconds=demo.clip_seconds, quality={"dnsmos_ovrl_min": 2.2},
                    balance={**balance, "splits": ["train"], "warmup_fraction": 0.25})
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CurateConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"curate config: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-        cfg = cls(**dict(data))
-        cfg.validate()
-        return cfg
+    @model_validator(mode="after")
+    def _check_sources(self) -> "CurateConfig":
+        if self.corpus != "demo" and not self.corpus_root:
+            raise ConfigError(f"corpus {self.corpus!r} needs corpus_root")
+        if self.demo_size not in ("default", "small"):
+            raise ConfigError("demo_size must be 'default' or 'small'")
+        if self.rows_per_shard < 1 or self.token_rows_per_shard < 1:
+            raise ConfigError("rows per shard must be >= 1")
+        if self.codec_sha256 and not self.codec_weights:
+            raise ConfigError("codec_sha256 is set but codec_weights is not")
+        return self
 
     def validate(self) -> None:
-        if self.corpus != "demo" and not self.corpus_root:
-            raise ValueError(f"corpus {self.corpus!r} needs corpus_root")
-        if self.demo_size not in ("default", "small"):
-            raise ValueError("demo_size must be 'default' or 'small'")
-        if self.rows_per_shard < 1 or self.token_rows_per_shard < 1:
-            raise ValueError("rows per shard must be >= 1")
-        if self.codec_sha256 and not self.codec_weights:
-            raise ValueError("codec_sha256 is set but codec_weights is not")
-        self.quality_config()
-        self.balance_config()
+        """Raise ``ConfigError`` if the config (changed since it was built) is inconsistent."""
+        type(self).from_dict(self.to_dict())
 
     def quality_config(self) -> QualityConfig:
-        return QualityConfig.from_dict(self.quality)
+        return self.quality
 
     def balance_config(self) -> BalanceConfig:
-        opts = dict(self.balance)
-        if "splits" in opts and opts["splits"] is not None:
-            opts["splits"] = tuple(opts["splits"])
-        return BalanceConfig(**opts)
+        return self.balance
 
-    def model_config(self) -> UniMoEConfig:
+    def model_preset_config(self) -> UniMoEConfig:
+        """The model config whose codec and tokenizer tokenisation uses."""
         cfg = get_preset(self.model_preset)
         if self.codec_weights:
             cfg.codec = trained_codec_config(self.codec_weights, self.codec_sha256)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**self.model_dump(), "quality": self.quality.overrides(), "balance": self.balance.overrides()}
 
 
 # Each step reads only these config fields. A flow hands each step's task just its part
@@ -239,7 +232,7 @@ def finish_tokens(cfg: CurateConfig, manifest: str | Path, results: list[dict[st
 
     shard_results = [ShardResult.from_dict(r) for r in results]
     codec, tok = _codec_and_tokenizer(cfg, manifest, tokens_dir)
-    index = write_index(tokens_dir, shard_results, codec.info(), tokenizer_info(tok, cfg.model_config().tokenizer))
+    index = write_index(tokens_dir, shard_results, codec.info(), tokenizer_info(tok, cfg.model_preset_config().tokenizer))
     final = apply_failures(read_manifest(manifest), shard_results)
     write_manifest(out_manifest, final)
     return {"index": str(index), "manifest": str(out_manifest), "is_random_init_codec": codec.is_random_init,
@@ -248,10 +241,10 @@ def finish_tokens(cfg: CurateConfig, manifest: str | Path, results: list[dict[st
 
 
 def _codec_and_tokenizer(cfg: CurateConfig, manifest: str | Path, tokens_dir: str | Path):
-    from data.tokenize import train_or_load_tokenizer
+    from unimoe.tokenizer import train_or_load_tokenizer
     from unimoe.codec import AudioCodec
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model_preset_config()
     codec = AudioCodec.from_model_config(model_cfg)
     tok = train_or_load_tokenizer(model_cfg.tokenizer, read_manifest(manifest), Path(tokens_dir) / "tokenizer.json")
     return codec, tok

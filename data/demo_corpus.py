@@ -56,7 +56,7 @@ import numpy as np
 from data import music_render as mr
 from data import speech_synth as ss
 from data import video_render as vr
-from unimoe.io import atomic_path
+from unimoe.common.files import atomic_path
 
 def _code_fingerprint() -> str:
     """Hash of the builder's own source, so a changed builder never reuses items made by an old one."""
@@ -184,7 +184,7 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 @contextlib.contextmanager
 def _atomic(path: Path):
-    """``unimoe.io.atomic_path`` with ordinary file permissions (its temporary file is private)."""
+    """``unimoe.common.files.atomic_path`` with ordinary file permissions (its temporary file is private)."""
     with atomic_path(path) as tmp:
         yield tmp
         os.chmod(tmp, _FILE_MODE)

@@ -1,4 +1,4 @@
-"""The one manifest schema every corpus is ingested into (DESIGN §4).
+"""The one manifest schema every corpus is ingested into.
 
 A manifest is a Parquet table of small records, one row per utterance / track / clip. The same table
 carries the accounting: each row has a ``status`` — ``kept``, ``filtered`` (a later stage decided
@@ -34,8 +34,8 @@ from typing import Any, Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unimoe.common.files import atomic_path
 from unimoe.config import TASKS
-from unimoe.io import atomic_path
 
 SCHEMA_VERSION = "1"
 STATUSES = ("kept", "filtered", "quarantined")

@@ -1,10 +1,10 @@
 """Music for the offline demo corpus: music21 scores -> note lists -> MIDI -> fluidsynth audio.
 
 The score is reduced to a plain note list (seconds, pitch, velocity per part) at one constant tempo
-that the builder chooses; the same note list drives the MIDI file (written here, so the timing is
-exact), the per-clip MIDI, the clip key/instrument descriptions and the piano-roll video. Each part
-gets a General MIDI program picked per score from a register-aware palette, so the corpus has
-varied timbres.
+that the builder chooses; the same note list drives the MIDI file (its events made here, so the timing
+is exact; music21 serialises them), the per-clip MIDI, the clip key/instrument descriptions and the
+piano-roll video. Each part gets a General MIDI program picked per score from a register-aware palette,
+so the corpus has varied timbres.
 
 Nothing here imports Prefect; music21 is imported lazily (it is slow to import).
 """
@@ -15,7 +15,6 @@ import math
 import random
 import re
 import shutil
-import struct
 import subprocess
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from unimoe.common.music import estimate_key as profile_key
 
 # --------------------------------------------------------------------------------------------
 # General MIDI
@@ -518,8 +519,6 @@ def clip_parts(parts: Sequence[Part], t0: float, t1: float) -> list[Part]:
     return out
 
 
-_KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 _MAJOR_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _MINOR_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "G#", "A", "Bb", "B")
 _SHARP_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -540,17 +539,13 @@ def estimate_key(parts: Sequence[Part], sharps: int | None = None) -> str | None
         return None
     if sharps is not None and -7 <= sharps <= 7:
         major = (7 * sharps) % 12
-        names = _SHARP_NAMES if sharps > 0 else _FLAT_NAMES
-        cands = [(major, "major", _KK_MAJOR, names), ((major + 9) % 12, "minor", _KK_MINOR, names)]
+        key, _ = profile_key(hist, ((major, "major"), ((major + 9) % 12, "minor")))
+        spelling = _SHARP_NAMES if sharps > 0 else _FLAT_NAMES
+        names = {"major": spelling, "minor": spelling}
     else:
-        cands = [(t, "major", _KK_MAJOR, _MAJOR_NAMES) for t in range(12)] + \
-                [(t, "minor", _KK_MINOR, _MINOR_NAMES) for t in range(12)]
-    best, best_r = None, -2.0
-    for tonic, mode, prof, nm in cands:
-        r = float(np.corrcoef(hist, np.roll(prof, tonic))[0, 1])
-        if r > best_r + 1e-12:
-            best, best_r = f"{nm[tonic]} {mode}", r
-    return best
+        key, _ = profile_key(hist)
+        names = {"major": _MAJOR_NAMES, "minor": _MINOR_NAMES}
+    return None if key is None else f"{names[key[1]][key[0]]} {key[1]}"
 
 
 def instrument_names(parts: Sequence[Part]) -> list[str]:
@@ -571,62 +566,65 @@ def instrument_names(parts: Sequence[Part]) -> list[str]:
 _PPQ = 480
 
 
-def _vlq(n: int) -> bytes:
-    n = max(0, int(n))
-    out = [n & 0x7F]
-    n >>= 7
-    while n:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    return bytes(reversed(out))
-
-
-def _track(events: list[tuple[int, int, bytes]], end_tick: int) -> bytes:
-    data = bytearray()
-    now = 0
-    for tick, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
-        data += _vlq(tick - now) + ev
-        now = tick
-    data += _vlq(max(0, end_tick - now)) + b"\xff\x2f\x00"
-    return b"MTrk" + struct.pack(">I", len(data)) + bytes(data)
-
-
-def _meta_text(kind: int, text: str) -> bytes:
-    raw = text.encode("latin-1", "replace")[:120]
-    return bytes([0xFF, kind]) + _vlq(len(raw)) + raw
-
-
 def midi_bytes(parts: Sequence[Part], bpm: float, *, tail_seconds: float = 0.0, title: str = "") -> bytes:
-    """A type-1 Standard MIDI File for the parts at a constant tempo."""
+    """A type-1 Standard MIDI File for the parts at a constant tempo.
+
+    The events come straight from the note list (seconds -> ticks at ``bpm``, note-offs before note-ons
+    on the same tick, every note at least one tick long); music21's MIDI classes only serialise them.
+    music21's stream-to-MIDI translation is not used: it would re-derive onsets from quarter lengths and
+    velocities from dynamics, and the rendered corpus audio is defined by this note list.
+    """
+    from music21 import midi
+
+    meta, voice = midi.MetaEvents, midi.ChannelVoiceMessages
     tps = bpm / 60.0 * _PPQ  # ticks per second
 
     def tick(t: float) -> int:
         return int(round(t * tps))
 
+    def event(trk: midi.MidiTrack, kind: midi.MidiEventTypes, data: bytes | int = b"", channel: int = 0,
+              note: tuple[int, int] | None = None) -> midi.MidiEvent:
+        ev = midi.MidiEvent(trk, type=kind, channel=channel + 1)  # music21 numbers channels 1-16
+        if note is None:
+            ev.data = data
+        else:
+            ev.pitch, ev.velocity = note
+        return ev
+
+    def text(s: str) -> bytes:
+        return s.encode("latin-1", "replace")[:120]
+
+    def track(trk: midi.MidiTrack, events: list[tuple[int, int, midi.MidiEvent]]) -> midi.MidiTrack:
+        """``events`` as (tick, order within the tick, event), delta-timed, then end-of-track."""
+        now = 0
+        for t, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
+            trk.events += [midi.DeltaTime(trk, time=t - now), ev]
+            now = t
+        trk.events += [midi.DeltaTime(trk, time=max(0, end_tick - now)), event(trk, meta.END_OF_TRACK)]
+        return trk
+
     last = max((n[1] for p in parts for n in p.notes), default=0.0)
     end_tick = tick(last + tail_seconds)
     usec = int(round(60_000_000 / bpm))
-    tempo = [
-        (0, 0, _meta_text(0x03, title or "score")),
-        (0, 1, b"\xff\x51\x03" + usec.to_bytes(3, "big")),
-        (0, 2, b"\xff\x58\x04\x04\x02\x18\x08"),
-    ]
-    chunks = [_track(tempo, end_tick)]
+    mf = midi.MidiFile()  # format 1
+    mf.ticksPerQuarterNote = _PPQ
+    trk = midi.MidiTrack(0)
+    mf.tracks.append(track(trk, [
+        (0, 0, event(trk, meta.SEQUENCE_TRACK_NAME, text(title or "score"))),
+        (0, 1, event(trk, meta.SET_TEMPO, usec.to_bytes(3, "big"))),
+        (0, 2, event(trk, meta.TIME_SIGNATURE, b"\x04\x02\x18\x08")),  # 4/4
+    ]))
     for p in parts:
         ch = p.channel & 0x0F
-        evs: list[tuple[int, int, bytes]] = [
-            (0, 0, _meta_text(0x03, p.name)),
-            (0, 1, bytes([0xC0 | ch, p.program & 0x7F])),
-        ]
+        trk = midi.MidiTrack(len(mf.tracks))
+        evs = [(0, 0, event(trk, meta.SEQUENCE_TRACK_NAME, text(p.name))),
+               (0, 1, event(trk, voice.PROGRAM_CHANGE, p.program & 0x7F, ch))]
         for a, b, pt, v in p.notes:
-            ta, tb = tick(a), tick(b)
-            if tb <= ta:
-                tb = ta + 1
-            evs.append((tb, 2, bytes([0x80 | ch, pt, 0])))  # offs before ons at the same tick
-            evs.append((ta, 3, bytes([0x90 | ch, pt, v])))
-        chunks.append(_track(evs, end_tick))
-    header = b"MThd" + struct.pack(">IHHH", 6, 1, len(chunks), _PPQ)
-    return header + b"".join(chunks)
+            ta = tick(a)
+            evs.append((max(tick(b), ta + 1), 2, event(trk, voice.NOTE_OFF, channel=ch, note=(pt, 0))))
+            evs.append((ta, 3, event(trk, voice.NOTE_ON, channel=ch, note=(pt, v))))
+        mf.tracks.append(track(trk, evs))
+    return mf.writestr()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Quality filtering of kept manifest rows (DESIGN §4).
+"""Quality filtering of kept manifest rows.
 
 The paper filters speech with UTMOS and music with audiobox-aesthetics (CE/CU/PC/PQ) and CLAP
 text–audio similarity. Those scorers live in :mod:`evaluation.scorers`, which this package must not
@@ -41,7 +41,7 @@ has the same rows in the same order — nothing is dropped):
   stay in ``meta["quality"]``;
 - its audio span cannot be read (missing/corrupt file, empty or truncated span, NaN/inf samples) →
   ``quarantined``, reason ``unreadable_audio``, ``detail`` naming the underlying
-  :class:`unimoe.audio_io.AudioSpanError` reason code (e.g. ``truncated``);
+  :class:`unimoe.common.audio.AudioSpanError` reason code (e.g. ``truncated``);
 - a deciding scorer returns NaN/inf for a rule metric, or raises on the item → ``quarantined``, reason
   ``score_failed`` (takes precedence over rule failures: the assessment is incomplete).
 
@@ -51,7 +51,6 @@ A scorer whose output lacks a configured metric key altogether is a configuratio
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -59,10 +58,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from data.manifest import MUSIC_TASKS, TTS_TASKS, ManifestRecord, mark
-from unimoe.audio_io import AudioItem, AudioSpanError, to_mono
-from unimoe.audio_io import load_span as read_span
+from unimoe.common.audio import AudioSpanError, to_mono
+from unimoe.common.audio import load_span as read_span
+from unimoe.common.reasons import Reason
+from unimoe.config import ConfigError, ConfigModel, TupleOf
 
 SPEECH, MUSIC = "speech", "music"
 MODALITIES = (SPEECH, MUSIC)
@@ -76,10 +78,6 @@ SIGNAL_CHECKS_VERSION = (
     "clipping_ratio = fraction of samples with |x| >= clip_level; "
     "loudness_dbfs = 20*log10(max(RMS of whole span, 1e-10)); duration = samples / rate"
 )
-
-REASON_UNREADABLE = "unreadable_audio"
-REASON_SCORE_FAILED = "score_failed"
-REASON_NO_TEXT = "quality:no_text"
 
 
 class QualityError(RuntimeError):
@@ -100,8 +98,16 @@ class QualityScorer(Protocol):
     def score(self, items: list[Any]) -> list[dict[str, float]]: ...
 
 
-# The item scorers take (shared with evaluation/ through unimoe, which both may import).
-QualityItem = AudioItem
+@dataclass
+class QualityItem:
+    """What :func:`filter_records` hands a scorer by default: a mono span of a row and its text (the
+    fields a scorer reads; ``evaluation.scorers.base.AudioItem`` has them too)."""
+
+    id: str
+    wav: np.ndarray
+    sample_rate: int
+    text: str | None = None
+    language: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,13 +139,15 @@ def _default_aesthetics_min() -> dict[str, float | None]:
     return {"CE": 5.0, "CU": 5.0, "PC": None, "PQ": 6.0}
 
 
-@dataclass
-class QualityConfig:
+class QualityConfig(ConfigModel):
     """Thresholds and scorer names. Defaults are this project's choices (the paper gives none)."""
+
+    section = "quality"
 
     # paper scorers
     utmos_min: float = 3.0
-    aesthetics_min: dict[str, float | None] = field(default_factory=_default_aesthetics_min)
+    # thresholds given are merged over the defaults (a YAML section names only the axes it changes)
+    aesthetics_min: dict[str, float | None] = Field(default_factory=_default_aesthetics_min)
     clap_min: float = 0.2
     # substitutes
     dnsmos_ovrl_min: float = 2.5
@@ -158,9 +166,9 @@ class QualityConfig:
     dnsmos_metric: str = "dnsmos_ovrl"
     clap_metric: str = "clap"
     # scorer names (registry names in evaluation.scorers)
-    speech_paper: tuple[str, ...] = ("utmos22_strong",)
+    speech_paper: TupleOf[str] = ("utmos22_strong",)
     speech_substitute: str = "dnsmos"
-    music_paper: tuple[str, ...] = ("audiobox_aesthetics", "clap")
+    music_paper: TupleOf[str] = ("audiobox_aesthetics", "clap")
     music_substitute: str = SIGNAL_CHECKS
     clap_scorer: str = "clap"
     utmos_scorer: str = "utmos22_strong"
@@ -168,38 +176,30 @@ class QualityConfig:
     dnsmos_scorer: str = "dnsmos"
     batch_size: int = 16
 
-    def __post_init__(self) -> None:
-        self.speech_paper = tuple(self.speech_paper)
-        self.music_paper = tuple(self.music_paper)
-        self.aesthetics_min = dict(self.aesthetics_min)
+    @field_validator("aesthetics_min", mode="before")
+    @classmethod
+    def _over_default_axes(cls, value: Any) -> Any:
+        return {**_default_aesthetics_min(), **value} if isinstance(value, Mapping) else value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "QualityConfig":
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.frame_seconds <= 0:
-            raise ValueError(f"frame_seconds must be > 0, got {self.frame_seconds}")
+            raise ConfigError(f"frame_seconds must be > 0, got {self.frame_seconds}")
         if self.min_dbfs > self.max_dbfs:
-            raise ValueError(f"min_dbfs {self.min_dbfs} > max_dbfs {self.max_dbfs}")
+            raise ConfigError(f"min_dbfs {self.min_dbfs} > max_dbfs {self.max_dbfs}")
         if self.max_duration is not None and self.min_duration > self.max_duration:
-            raise ValueError(f"min_duration {self.min_duration} > max_duration {self.max_duration}")
+            raise ConfigError(f"min_duration {self.min_duration} > max_duration {self.max_duration}")
+        return self
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "QualityConfig":
-        """Build from a plain dict (e.g. a YAML section); unknown keys raise ``ValueError``.
-        ``aesthetics_min`` is merged over the defaults."""
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"quality config: unknown key(s) {unknown}; known: {sorted(names)}")
-        if "aesthetics_min" in d:
-            d["aesthetics_min"] = {**_default_aesthetics_min(), **dict(d["aesthetics_min"] or {})}
-        return cls(**d)
+        """Build from a plain dict (e.g. a YAML section; None: the defaults)."""
+        return super().from_dict(d or {})
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for k, v in out.items():
-            if isinstance(v, tuple):
-                out[k] = list(v)
-        return out
+        return self.model_dump(mode="json")
 
     def rules(self, scorer: str) -> list[Rule]:
         """The rules a scorer's output must satisfy (empty for an unknown scorer name)."""
@@ -374,10 +374,10 @@ class UnreadableAudio(ValueError):
 def load_span(path: str | Path, offset: float | None, duration: float | None) -> tuple[np.ndarray, int]:
     """Read ``[offset, offset + duration)`` seconds of ``path`` as mono float32 at the file's rate.
 
-    :func:`unimoe.audio_io.load_span` (only the span is decoded; see it for the tolerance rules) mixed
-    down with :func:`~unimoe.audio_io.to_mono`. Raises :class:`UnreadableAudio` for a missing or
+    :func:`unimoe.common.audio.load_span` (only the span is decoded; see it for the tolerance rules) mixed
+    down with :func:`~unimoe.common.audio.to_mono`. Raises :class:`UnreadableAudio` for a missing or
     undecodable file, bad bounds, an empty or truncated span or non-finite samples; its message starts
-    with the :class:`~unimoe.audio_io.AudioSpanError` reason code (e.g. ``truncated: ...``)."""
+    with the :class:`~unimoe.common.audio.AudioSpanError` reason code (e.g. ``truncated: ...``)."""
     try:
         wav, sr = read_span(path, offset, duration)
     except AudioSpanError as e:
@@ -472,7 +472,7 @@ def filter_records(
         m = modality(r.task)
         if m is None:
             why = f"quality filtering has no rule for task {r.task!r}"
-            out[i] = mark(r, "quarantined", "unknown_task", why)
+            out[i] = mark(r, "quarantined", Reason.UNKNOWN_TASK, why)
             continue
         todo[m].append(i)
     total = sum(len(v) for v in todo.values())
@@ -497,7 +497,7 @@ def filter_records(
                         raise UnreadableAudio("loader returned empty, non-mono or non-finite audio")
                 except Exception as e:
                     why = f"cannot load audio span: {e}"
-                    out[i] = _quarantine(r, REASON_UNREADABLE, why, deciders, substitute_for)
+                    out[i] = _quarantine(r, Reason.UNREADABLE_AUDIO, why, deciders, substitute_for)
                     continue
                 item = make_item(id=r.id, wav=wav, sample_rate=int(sr), text=r.text, language=r.language)
                 loaded.append((i, item))
@@ -582,10 +582,10 @@ def _decide(
     meta = dict(r.meta or {})
     meta["quality"] = _quality_meta(deciders, substitute_for, versions, scores, dict(rule_strs))
     if errors:
-        return mark(r, "quarantined", REASON_SCORE_FAILED, "; ".join(errors)).replace(meta=meta)
+        return mark(r, "quarantined", Reason.SCORE_FAILED, "; ".join(errors)).replace(meta=meta)
     if no_text:
         return mark(
-            r, "filtered", REASON_NO_TEXT,
+            r, "filtered", Reason.QUALITY_NO_TEXT,
             f"{', '.join(no_text)} compare audio with its caption, and this row has no text",
         ).replace(meta=meta)  # fmt: skip
     if failures:

@@ -24,6 +24,7 @@ import math
 from typing import Iterable, Iterator, Sequence
 
 from data.manifest import ManifestRecord
+from unimoe.common.reasons import Reason
 
 TAIL_POLICIES = ("drop", "pad", "keep")
 _EPS = 1e-6
@@ -82,7 +83,7 @@ def iter_segments(
                 c.meta["pad_to_seconds"] = float(clip_seconds)
             yield c
             continue
-        code = "short_tail" if n_full > 0 else "too_short_for_clip"
+        code = Reason.SHORT_TAIL if n_full > 0 else Reason.TOO_SHORT_FOR_CLIP
         why = (
             f"tail policy {tail!r} drops tails"
             if tail == "drop"

@@ -1,7 +1,7 @@
 """How good is a codec on held-out audio? (``unimoe codec report``)
 
 Every kept row of one split (``test`` by default) of a curated manifest is read as its span
-(``unimoe.audio_io.load_span``), encoded and decoded by the codec, and the resynthesis is compared with
+(``unimoe.common.audio.load_span``), encoded and decoded by the codec, and the resynthesis is compared with
 the ground truth:
 
 - **code usage**, per codebook: how many of the ``codebook_size`` codes occur, and the perplexity
@@ -46,9 +46,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from unimoe.audio_io import AudioItem, load_span, to_mono
+from evaluation.scorers.base import AudioItem
 from unimoe.codec_train import code_perplexity
-from unimoe.io import atomic_write_text
+from unimoe.common.audio import load_span, to_mono
+from unimoe.common.files import atomic_write_text
+from unimoe.common.music import key_name
 
 SPEECH_TASKS = ("en_tts", "zh_tts")
 MUSIC_TASKS = ("t2m", "v2m")
@@ -191,7 +193,7 @@ class _Scorers:
 
     def __init__(self, overrides: dict[str, Any] | None = None):
         from evaluation.scorers.base import ScorerUnavailable, load_scorer
-        from evaluation.scorers.music_adherence import analyse, key_name
+        from evaluation.scorers.music_adherence import analyse
 
         self.unavailable: dict[str, str] = {}
         self.versions: dict[str, str | None] = {}
@@ -211,7 +213,7 @@ class _Scorers:
         from evaluation.scorers.music_adherence import MusicAdherence
 
         self.versions["music_adherence"] = MusicAdherence().version
-        self.analyse, self.key_name = analyse, key_name
+        self.analyse = analyse
 
 
 def _score_item(row: dict, codec, sc: _Scorers, mel_loss) -> tuple[dict, np.ndarray]:
@@ -263,7 +265,7 @@ def _score_item(row: dict, codec, sc: _Scorers, mel_loss) -> tuple[dict, np.ndar
                 rec[f"music_{side}_error"] = f"{type(e).__name__}: {e}"
                 continue
             rec[f"tempo_{side}"] = est["tempo_bpm"] if est["beats"] >= 2 else None
-            rec[f"key_{side}"] = sc.key_name(est["key"])
+            rec[f"key_{side}"] = key_name(est["key"])
         rec["key_kept"] = rec["key_ground_truth"] is not None and rec["key_resynthesis"] == rec["key_ground_truth"]
         rec["tempo_kept"] = tempo_kept(rec["tempo_ground_truth"], rec["tempo_resynthesis"])
     return rec, codes.numpy()

@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from unimoe.io import atomic_path
+from unimoe.common.files import atomic_path
 
 
 def codec_key(cfg) -> str:
     """A hash naming the codec of the model config ``cfg`` (``UniMoEConfig``): see the module docstring."""
     from importlib.metadata import PackageNotFoundError, version
 
-    c = asdict(cfg.codec)
+    c = cfg.codec.to_dict()
     c.pop("weights_path", None)
     spec: dict = {"codec": c, "num_codebooks": cfg.audio.num_codebooks, "codebook_size": cfg.audio.codebook_size}
     if cfg.codec.random_init:
@@ -55,7 +54,7 @@ def encode_cached(codec, audio: str | Path, audio_sha256: str, cache_dir: str | 
                   key: str | None = None) -> torch.Tensor:
     """``codec.encode`` of the file ``audio`` (LongTensor ``[K, T]``), read from / written to ``cache_dir``
     under the codec's ``key`` (``codec_key`` of its config; no caching without ``cache_dir`` and ``key``)."""
-    from unimoe.audio_io import load_audio
+    from unimoe.common.audio import load_audio
 
     path = codes_path(cache_dir, key, audio_sha256) if cache_dir is not None and key else None
     if path is not None and path.is_file():

@@ -1,6 +1,6 @@
 """Public metric functions of the benchmark suite: error rates, Fréchet distance, KL, IS, bootstrap CIs.
 
-Conventions (also recorded with results; see /work/shared/notes/eval-protocols.md):
+Conventions (also recorded with results):
 
 - **Error rates** (:func:`error_rates`, :func:`edit_counts`): both sides normalised with
   :func:`evaluation.text.normalize` (Seed-TTS-eval rules), then word-level Levenshtein alignment with
@@ -28,7 +28,7 @@ Conventions (also recorded with results; see /work/shared/notes/eval-protocols.m
 - **Inception score**: ``exp(E_x[KL(p(y|x) || p(y))])`` over each of ``splits`` parts of a seeded
   shuffle of the rows; mean and std (``ddof=0``) over the parts. ``0 log 0 = 0``.
 - **Bootstrap CI** (:func:`bootstrap_ci`): percentile bootstrap over items (rows resampled with
-  replacement), for statistics that are means of per-item values.
+  replacement; ``scipy.stats.bootstrap``), for statistics that are means of per-item values.
 - **Half-sample CI** (:func:`subsample_ci`): for SET-level statistics (FAD, IS, KL over a set). A
   resample with replacement duplicates items, which shrinks a covariance (FAD goes up), repeats
   posteriors (IS) and so on: the resampled statistic is not distributed around the full-set value and
@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import linalg
@@ -64,6 +64,7 @@ __all__ = [
     "kl_ref_gen",
     "pool_frames",
     "subsample_ci",
+    "subsample_interval",
 ]
 
 
@@ -248,6 +249,21 @@ def inception_score(probs: np.ndarray, splits: int = 10, seed: int = 0) -> tuple
 # ------------------------------------------------------------------------------------------------------
 
 
+def _stat_of_indices(values: np.ndarray,
+                     statistic: Callable[[np.ndarray], float]) -> Callable[..., np.ndarray]:
+    """``statistic`` over index sets ``[B, k] -> [B]``: ``statistic.batched`` on all of them at once when it
+    has one (``[B, k, ...] -> [B]``: no Python call per resample, which dominated cached benchmark
+    re-runs), else one call per row."""
+    batched = getattr(statistic, "batched", None)
+
+    def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        if batched is not None:
+            return np.asarray(batched(values[idx]), dtype=np.float64)
+        return np.array([float(statistic(values[i])) for i in idx])
+
+    return stat
+
+
 def bootstrap_ci(
     values: Any,
     statistic: Callable[[np.ndarray], float] = np.mean,
@@ -255,13 +271,16 @@ def bootstrap_ci(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap ``(lo, hi)`` of ``statistic`` at level ``1 - alpha``.
+    """Percentile bootstrap ``(lo, hi)`` of ``statistic`` at level ``1 - alpha`` (``scipy.stats.bootstrap``).
 
     ``values`` is a 1-D array of per-item values or ``[N, ...]`` per-item rows (e.g. ``(errors,
     ref_len)`` pairs for a corpus rate); items (rows) are resampled with replacement ``n_boot`` times
-    and each resample is passed whole to ``statistic`` (or all at once to ``statistic.batched``, when
-    it has one). No items -> ``(nan, nan)``.
+    (scipy resamples item indices, drawn from ``numpy.random.default_rng(seed)``) and each resample is
+    passed whole to ``statistic`` (or all at once to ``statistic.batched``, when it has one). No items
+    -> ``(nan, nan)``; a NaN statistic in any resample -> ``(nan, nan)``.
     """
+    from scipy.stats import DegenerateDataWarning, bootstrap
+
     v = np.asarray(values)
     if v.ndim == 0:
         raise ValueError("values must be a 1-D array or a sequence of per-item rows")
@@ -272,22 +291,29 @@ def bootstrap_ci(
     n = v.shape[0]
     if n == 0:
         return math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    # A statistic may carry a ``batched`` form taking all resamples at once ([n_boot, N, ...] -> [n_boot]):
-    # the same numbers without a Python call per resample (the loop dominated cached benchmark re-runs).
-    batched = getattr(statistic, "batched", None)
-    if batched is not None:
-        stats = np.asarray(batched(v[idx]), dtype=np.float64)
-    else:
-        stats = np.array([float(statistic(v[i])) for i in idx])
-    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
+    if n == 1:  # scipy needs two items; every resample of one item is that item
+        t = float(statistic(v))
+        return t, t
+    with warnings.catch_warnings():
+        # scipy warns (about BCa) when a resample's statistic is NaN; the NaN interval says so already
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        res = bootstrap((np.arange(n),), _stat_of_indices(v, statistic), n_resamples=n_boot,
+                        confidence_level=1 - alpha, method="percentile", vectorized=True,
+                        rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 MIN_SUBSAMPLE_ITEMS = 4  # below this there are too few distinct half-samples for an interval
 
 
-def subsample_ci(
+class SubsampleInterval(NamedTuple):
+    lo: float
+    hi: float
+    m: int  # subset size; 0 when there is no interval
+    scale: float  # sqrt(m / (n - m)); NaN when there is no interval
+
+
+def subsample_interval(
     values: Any,
     statistic: Callable[[np.ndarray], float],
     *,
@@ -296,28 +322,30 @@ def subsample_ci(
     n_sub: int = 200,
     alpha: float = 0.05,
     seed: int = 0,
-) -> tuple[float, float]:
-    """Half-sample interval ``(lo, hi)`` at level ``1 - alpha`` of a SET-level ``statistic``, around its
-    full-set value ``T_n`` (``point``, computed here when not given).
+    center: Callable[[np.ndarray], Any] = np.median,
+) -> SubsampleInterval:
+    """Half-sample interval at level ``1 - alpha`` of a SET-level ``statistic`` around its full-set value
+    ``T_n`` (``point``, computed here when not given), with the subset size and scale it used.
 
     ``values`` is ``[N, ...]`` per-item rows (a 1-D index array works: the statistic then maps indices to
     its own data). ``n_sub`` subsets of ``m`` distinct items (default ``N // 2``) are drawn without
     replacement, each passed to ``statistic`` (or all at once to ``statistic.batched``), giving ``T_m``.
     With ``s = sqrt(m / (N - m))`` and ``q`` the ``alpha/2``, ``1 - alpha/2`` percentiles of
-    ``T_m - median(T_m)``, the interval is ``[T_n - s * q_hi, T_n - s * q_lo]``.
+    ``T_m - center(T_m)``, the interval is ``[T_n - s * q_hi, T_n - s * q_lo]``.
 
     Why: a statistic that is asymptotically linear in the items has ``Var(T_m - T_n) = sigma^2 (1/m - 1/n)``
     on subsets drawn without replacement, and ``Var(T_n) = sigma^2 / n``, so ``s`` maps the spread of the
     subset values onto that of ``T_n`` (Politis & Romano's subsampling with the finite-population
     correction; ``s = 1`` for ``m = N/2``). Non-linear set statistics are biased by the set size (FAD on
     ``m`` items is larger than on ``N``), so the deviations are taken from the subsets' own centre rather
-    than from ``T_n``; the median (not the mean) makes ``q_lo <= 0 <= q_hi``, so the interval always
-    contains ``T_n`` however skewed ``T_m`` is. Items are never duplicated, unlike a bootstrap with
+    than from ``T_n``; the median (the default ``center``) makes ``q_lo <= 0 <= q_hi``, so the interval
+    always contains ``T_n`` however skewed ``T_m`` is. Items are never duplicated, unlike a bootstrap with
     replacement, whose duplicates inflate FAD so much that its interval can lie entirely above ``T_n``.
 
-    ``(nan, nan)`` with fewer than ``MIN_SUBSAMPLE_ITEMS`` items, a non-finite ``T_n`` or fewer than two
-    finite subset values (non-finite ones are left out).
+    No interval (``(nan, nan, 0, nan)``) with fewer than ``MIN_SUBSAMPLE_ITEMS`` items, a non-finite ``T_n``
+    or fewer than two finite subset values (non-finite ones are left out).
     """
+    none = SubsampleInterval(math.nan, math.nan, 0, math.nan)
     v = np.asarray(values)
     if v.ndim == 0:
         raise ValueError("values must be a 1-D array or a sequence of per-item rows")
@@ -327,22 +355,27 @@ def subsample_ci(
         raise ValueError(f"n_sub must be >= 1, got {n_sub}")
     n = int(v.shape[0])
     if n < MIN_SUBSAMPLE_ITEMS:
-        return math.nan, math.nan
+        return none
     m = n // 2 if m is None else int(m)
     if not 1 <= m < n:
         raise ValueError(f"subset size m must be in [1, n), got m={m}, n={n}")
     t_n = float(statistic(v)) if point is None else float(point)
     if not math.isfinite(t_n):
-        return math.nan, math.nan
-    idx = np.argsort(np.random.default_rng(seed).random((n_sub, n)), axis=1)[:, :m]  # m distinct items per row
-    batched = getattr(statistic, "batched", None)
-    if batched is not None:
-        t_m = np.asarray(batched(v[idx]), dtype=np.float64)
-    else:
-        t_m = np.array([float(statistic(v[i])) for i in idx])
+        return none
+    # m distinct items per row: the first m of a random permutation
+    idx = np.argsort(np.random.default_rng(seed).random((n_sub, n)), axis=1)[:, :m]
+    t_m = _stat_of_indices(v, statistic)(idx)
     t_m = t_m[np.isfinite(t_m)]
     if t_m.size < 2:
-        return math.nan, math.nan
-    q_lo, q_hi = np.percentile(t_m - np.median(t_m), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        return none
+    q_lo, q_hi = np.percentile(t_m - center(t_m), [100 * alpha / 2, 100 * (1 - alpha / 2)])
     s = math.sqrt(m / (n - m))
-    return t_n - s * float(q_hi), t_n - s * float(q_lo)
+    return SubsampleInterval(t_n - s * float(q_hi), t_n - s * float(q_lo), m, s)
+
+
+def subsample_ci(values: Any, statistic: Callable[[np.ndarray], float],
+                 **options: Any) -> tuple[float, float]:
+    """``(lo, hi)`` of :func:`subsample_interval` (same keyword options: ``point``, ``m``, ``n_sub``,
+    ``alpha``, ``seed``), with the deviations taken from the median of the subset values."""
+    res = subsample_interval(values, statistic, **options)
+    return res.lo, res.hi

@@ -104,7 +104,6 @@ are an ablation, not a baseline: comparing them would report every design differ
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -116,14 +115,14 @@ import pandas as pd
 
 from evaluation import aggregate as A
 from evaluation import results as R
-from evaluation.metrics import bootstrap_ci
+from evaluation.metrics import bootstrap_ci, subsample_interval
+from evaluation.report import fmt_value
 
 THRESHOLDS_PATH = Path(__file__).resolve().parents[1] / "configs" / "regression_thresholds.yaml"
 N_BOOT = 2000        # paired item-bootstrap resamples (rule 1)
 N_SUB = 500          # paired half-subsamples (rule 2)
 ALPHA = 0.05         # two-sided level of the intervals: 95%
 BOOT_SEED = 0
-MIN_SUBSAMPLE_ITEMS = 4
 MIN_PAIRED_ITEMS = 5  # fewer common items: the paired rules flag the metric instead of deciding
 GATED_SYSTEM = "model"
 
@@ -312,24 +311,17 @@ def paired_subsample_interval(baseline: np.ndarray, candidate: np.ndarray, stati
         return out
     bv, cv = float(statistic(b)), float(statistic(c))
     out.update(delta=cv - bv, baseline_value=bv, candidate_value=cv)
-    if n < MIN_SUBSAMPLE_ITEMS:
-        return out
-    m = n // 2 if m is None else int(m)
-    if not 1 <= m < n:
-        raise ValueError(f"subset size m must be in [1, n), got m={m}, n={n}")
-    rng = np.random.default_rng(seed)
-    idx = np.argsort(rng.random((n_sub, n)), axis=1)[:, :m]  # each row: m distinct items
+
+    def difference(i: np.ndarray) -> float:  # the same subset i of items on both sides
+        return float(statistic(c[i])) - float(statistic(b[i]))
+
     batched = getattr(statistic, "batched", None)
     if batched is not None:
-        d = np.asarray(batched(c[idx]), np.float64) - np.asarray(batched(b[idx]), np.float64)
-    else:
-        d = np.array([float(statistic(c[i])) - float(statistic(b[i])) for i in idx])
-    d = d[np.isfinite(d)]
-    if d.size < 2:
-        return out
-    scale = math.sqrt(m / (n - m))
-    q_lo, q_hi = np.percentile(d - d.mean(), [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    out.update(lo=out["delta"] - scale * float(q_hi), hi=out["delta"] - scale * float(q_lo), m=m, scale=scale)
+        difference.batched = lambda ii: (np.asarray(batched(c[ii]), np.float64)  # type: ignore[attr-defined]
+                                         - np.asarray(batched(b[ii]), np.float64))
+    res = subsample_interval(np.arange(n), difference, point=cv - bv, m=m, n_sub=n_sub, alpha=alpha,
+                             seed=seed, center=np.mean)
+    out.update(lo=res.lo, hi=res.hi, m=res.m, scale=res.scale)
     return out
 
 
@@ -640,10 +632,6 @@ def _keys(df: pd.DataFrame) -> set[str]:
     return {f"{b}/{t}/{m}" for b, t, m in zip(df["benchmark"], df["task"], df["metric"])}
 
 
-def _fmt(x: Any) -> str:
-    return "nan" if not _finite(x) else f"{float(x):.4g}"
-
-
 def _status(r: dict) -> str:
     return "❌" if r["regressed"] else ("⚠️" if not r["comparable"] else "✅")
 
@@ -670,16 +658,12 @@ def render_report(s: RegressionSummary, directions: dict[str, bool] | None = Non
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(s.rows, key=lambda r: (not r["regressed"], r["comparable"], r["benchmark"], r["task"], r["metric"])):
         better = "higher" if r.get("higher_is_better") else "lower"
-        delta = "" if not _finite(r["delta"]) else f"{r['delta']:+.4g} [{_fmt(r['delta_ci_low'])}, {_fmt(r['delta_ci_high'])}]"
+        delta = "" if not _finite(r["delta"]) else f"{r['delta']:+.4g} [{fmt_value(r['delta_ci_low'])}, {fmt_value(r['delta_ci_high'])}]"
         lines.append(f"| {_status(r)} | {r['benchmark']} | {r['task']} | {r['metric']} | {better} | {r['rule']} | "
-                     f"{r['n_items']} / {r['n_pairs']} | {_fmt(r['value'])} | {_fmt(r['baseline_value'])} | {delta} | "
-                     f"{_fmt(r['threshold'])} | {'yes' if r['comparable'] else 'NO'} | {r['reason']} |")
+                     f"{r['n_items']} / {r['n_pairs']} | {fmt_value(r['value'])} | {fmt_value(r['baseline_value'])} | {delta} | "
+                     f"{fmt_value(r['threshold'])} | {'yes' if r['comparable'] else 'NO'} | {r['reason']} |")
     if s.new:
         lines += ["", "Only in this run (not compared): " + ", ".join(f"`{k}`" for k in s.new)]
     if s.missing:
         lines += ["", "Only in the baseline (missing from this run: a failure): " + ", ".join(f"`{k}`" for k in s.missing)]
     return "\n".join(lines) + "\n"
-
-
-def summary_json(s: RegressionSummary) -> str:
-    return json.dumps(s.to_dict(), indent=2)

@@ -1,4 +1,5 @@
-"""The paper's result tables rendered from the Parquet results (``unimoe report tables``).
+"""The paper's result tables rendered from the Parquet results (``unimoe report tables``), and the
+markdown report of one benchmark run (``render_run_report``).
 
 Which benchmark/metric fills which cell (the newest run of each variant on each benchmark; one row
 per variant; a cell is ``value (95% CI)``, or ``–`` when that variant has no such result):
@@ -34,10 +35,12 @@ import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import pandas as pd
 
 from evaluation import results as R
+from evaluation.bench.config import SPEECH, BenchConfig
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,17 @@ def topline_lookup(latest: pd.DataFrame) -> dict:
     return {(r.system, r.benchmark, r.task, r.metric): r for r in top.itertuples(index=False)}
 
 
-def _fmt(x: float, scale: float = 1.0) -> str:
+def fmt_value(x: Any) -> str:
+    """A number in a run or regression report: 4 significant digits; "nan" for a missing or non-finite one."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "nan"
+    return f"{v:.4g}" if math.isfinite(v) else "nan"
+
+
+def _fmt_cell(x: float, scale: float = 1.0) -> str:
+    """A number in a paper table: 2 decimals (3 below 1), "–" for a missing one."""
     if x is None or not math.isfinite(float(x)):
         return "–"
     v = float(x) * scale
@@ -112,8 +125,8 @@ def _cell_text(row, scale: float) -> str:
     if row is None:
         return "–"
     ci = "" if not (math.isfinite(row.ci_low) and math.isfinite(row.ci_high)) else \
-        f" ({_fmt(row.ci_low, scale)}–{_fmt(row.ci_high, scale)})"
-    return _fmt(row.value, scale) + ci
+        f" ({_fmt_cell(row.ci_low, scale)}–{_fmt_cell(row.ci_high, scale)})"
+    return _fmt_cell(row.value, scale) + ci
 
 
 def _lookup(latest: pd.DataFrame) -> dict:
@@ -208,3 +221,57 @@ def render(root: str | Path, fmt: str = "md") -> str:
         raise ValueError(f"format must be md or html, got {fmt!r}")
     tables = build_tables(root)
     return render_markdown(tables) if fmt == "md" else render_html(tables)
+
+
+# --------------------------------------------------------------------------------------------------
+# The report of one benchmark run
+
+def failure_lines(failed: Iterable[dict]) -> list[str]:
+    """One line per (scorer, task, system) that failed on every item, with its first failing item's reason."""
+    return [f"scorer `{f['scorer']}` failed on all {f['n_asked']} items of task {f['task']} (system {f['system']}); "
+            f"first failure (item `{f['item']}`): {f['reason']}" for f in failed]
+
+
+_SYSTEM_ORDER = {s: i for i, s in enumerate(R.SYSTEMS)}
+
+
+def render_run_report(rec: dict, agg_rows: list[dict], skipped: list[dict], failed: list[dict] | None = None) -> str:
+    """The markdown report of one benchmark run (``evaluation.bench.record``): its record, the scorers that
+    failed on every item, one line per aggregate row (model and toplines), and the skipped scorers."""
+    failed = failed or []
+    lines = [f"# Benchmark run `{rec['run_id']}`", "",
+             f"- benchmark **{rec['benchmark']}** ({rec['n_items']} items; tasks {', '.join(rec['tasks'])}), "
+             f"seeds {','.join(str(s) for s in rec['config']['seeds'])}",
+             f"- checkpoint `{rec['checkpoint']}` (weights sha256 {rec['checkpoint_hash'][:12]}), variant `{rec['variant']}`",
+             f"- kind {rec['kind']}, git {rec['git_commit']}, config hash {rec['config_hash']}"
+             + (f", manifest hash {rec['manifest_hash']}" if rec.get("manifest_hash") else ""),
+             f"- decoding: {BenchConfig.from_dict(rec['config']).decoding_label()}"]
+    prompts = rec.get("voice_prompts") or {}
+    if prompts:
+        lines.append("- voice prompts: WER/CER and MOS on clips from the predefined voice prompt ("
+                     + "; ".join(f"{t}: `{Path(v['audio']).name}`, {v['source']}" for t, v in sorted(prompts.items()))
+                     + "), speaker similarity on clips from each item's own prompt")
+    elif any(t in SPEECH for t in rec["tasks"]):
+        lines.append("- voice prompts: every speech metric on clips from each item's own prompt")
+    lines.append("")
+    if failed:
+        lines += ["## ERRORS: scorers that failed on every item", ""]
+        lines += [f"- **ERROR** {line}" for line in failure_lines(failed)]
+        lines += [""]
+    bad = {(f["scorer"], f["task"], f["system"]) for f in failed}
+    lines += ["Systems: `model` = the checkpoint's generations (and metrics of the checkpoint itself, e.g. "
+              "token NLL); toplines `ground_truth` = the real recordings, `codec_resynth` = them encoded and "
+              "decoded by the checkpoint's codec.", "",
+              "| task | metric | system | better | value | 95% CI | n / asked | scorer |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(agg_rows, key=lambda r: (r["task"], r["metric"], _SYSTEM_ORDER.get(r.get("system"), 9))):
+        err = " **ERROR**" if (r["scorer"], r["task"], r.get("system", R.MODEL)) in bad else ""
+        asked = "" if r.get("n_asked") is None else f" / {r['n_asked']}"
+        lines.append(f"| {r['task']} | {r['metric']} | {r.get('system', R.MODEL)} | "
+                     f"{'higher' if r['higher_is_better'] else 'lower'} | {fmt_value(r['value'])}{err} | "
+                     f"[{fmt_value(r['ci_low'])}, {fmt_value(r['ci_high'])}] | {r['n']}{asked} | "
+                     f"{r['scorer']} {r['scorer_version']} |")
+    if skipped:
+        lines += ["", "## Skipped scorers", ""]
+        lines += [f"- `{s['scorer']}` ({', '.join(s['tasks'])}): {s['reason']}" for s in skipped]
+    return "\n".join(lines) + "\n"

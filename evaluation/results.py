@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unimoe.io import atomic_path
+from unimoe.common.files import atomic_path
 
 TS = pa.timestamp("us", tz="UTC")
 

@@ -113,10 +113,10 @@ def model_generate(
     """Generate one clip and write it as WAV (the codec's label is recorded in a JSON sidecar)."""
     from rich.progress import Progress
 
-    from unimoe.audio_io import save_wav
+    from unimoe.common.audio import save_wav
+    from unimoe.common.files import atomic_write_json
     from unimoe.generation import GenerationConfig
     from unimoe.inference import CheckpointGenerator, GenerationRequest
-    from unimoe.io import atomic_write_json
 
     try:
         request = GenerationRequest(task, text=text, video=str(video) if video is not None else None)
@@ -141,16 +141,27 @@ def model_generate(
 def curate_cmd(
     workspace: Path = typer.Option(None, help="Workspace for all outputs (default $UNIMOE_WORKSPACE or ./workspace)."),
     config: Path = typer.Option(None, help="YAML/JSON file of CurateConfig fields (default: the offline demo profile)."),
+    corpus: str = typer.Option(None, help="Corpus adapter (librispeech, aishell3, musiccaps, fma, musicnet, v2m, "
+                                          "generic, ...): curate your own corpus without a YAML file; needs --root."),
+    root: Path = typer.Option(None, help="The corpus folder (with --corpus)."),
+    option: list[str] = typer.Option(None, help="Adapter option as key=value (repeatable; the value is read as YAML, "
+                                                "so 3, true and [a, b] are typed)."),
     small: bool = typer.Option(False, "--small", help="The small demo corpus (tests, smoke runs)."),
     gemini_secret_block: str = typer.Option(None, help="Prefect Secret block holding the Gemini API key."),
     until: str = typer.Option(None, help="'filter': stop after the quality filter (all `unimoe codec train` needs)."),
 ):
-    """Run the curate flow: build/ingest -> segment -> caption -> filter -> balance -> tokenise."""
-    import yaml
+    """Run the curate flow: build/ingest -> segment -> caption -> filter -> balance -> tokenise.
 
+    Without --config or --corpus it curates the offline demo corpus. `--corpus NAME --root DIR` curates a
+    corpus on disk with the default profile; --config gives every other setting (and --corpus / --root /
+    --option override its fields)."""
     from flows.curate import curate
 
-    cfg = yaml.safe_load(config.read_text()) if config else None
+    try:
+        cfg = curate_config_from_cli(config, corpus, root, option or [])
+    except ValueError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     result = curate(config=cfg, workspace=str(workspace) if workspace else None,
                     demo_size="small" if small else "default", gemini_secret_block=gemini_secret_block, until=until)
     if until:
@@ -160,6 +171,67 @@ def curate_cmd(
                           indent=2))
     for s in result["steps"]:
         typer.echo(f"  {s['step']:<14} {s['rows']:>6} rows  {s['seconds']:>8.2f} s  {s['rows_per_s'] or '-':>8} rows/s")
+
+
+def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path | None,
+                           options: list[str]) -> dict | None:
+    """The curate flow's config from the CLI: the --config file's fields, overridden by --corpus, --root and
+    --option key=value; None (the demo profile) when none is given. Raises ValueError with the reason."""
+    import yaml
+
+    from data.curate import CurateConfig
+    from data.sources import get_adapter
+
+    if config is None and corpus is None and root is None and not options:
+        return None
+    cfg = {}
+    if config is not None:
+        if not config.is_file():
+            raise ValueError(f"--config {config}: no such file")
+        cfg = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(cfg, dict):
+            raise ValueError(f"--config {config}: expected a mapping of CurateConfig fields")
+    if corpus is not None:
+        cfg["corpus"] = corpus
+    adapter = get_adapter(cfg.get("corpus", "demo"))  # an unknown name fails here, listing the known ones
+    if root is not None:
+        if not root.is_dir():
+            raise ValueError(f"--root {root}: not a folder")
+        cfg["corpus_root"] = str(root.resolve())
+    if options:
+        opts = dict(cfg.get("adapter_options") or {})
+        for item in options:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--option {item!r}: expected key=value")
+            opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        cfg["adapter_options"] = opts
+    _check_adapter_options(adapter, cfg.get("adapter_options") or {})
+    if cfg == {"corpus": "demo"}:
+        return None  # `--corpus demo` alone: the demo profile
+    if cfg.get("corpus", "demo") != "demo" and not cfg.get("corpus_root"):
+        raise ValueError(f"corpus {cfg['corpus']!r} needs --root (or corpus_root in --config)")
+    CurateConfig.from_dict(cfg)  # every field checked before the flow starts
+    return cfg
+
+
+def _check_adapter_options(adapter: type, options: dict) -> None:
+    import inspect
+
+    known: set[str] = set()
+    for cls in adapter.__mro__:  # an adapter passes **common on to its base class's options
+        if "__init__" not in cls.__dict__:
+            continue
+        if cls is object:
+            return  # the chain of **kwargs never ends in named options: nothing to check against
+        params = inspect.signature(cls.__init__).parameters
+        known |= {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    known = sorted(known)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"corpus adapter {adapter.__name__} has no option(s) {unknown}; its options: {known}")
 
 
 @app.command("train")

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         """Tables 3 (speech), 4 (music), 5 (ablations) and the demo table, from the Parquet results."""
         from evaluation.report import render
         from flows.common import workspace_root
-        from unimoe.io import atomic_write_text
+        from unimoe.common.files import atomic_write_text
 
         if fmt not in ("md", "html"):
             raise typer.BadParameter("--format must be md or html")

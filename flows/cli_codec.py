@@ -164,7 +164,7 @@ def codec_report_cmd(
     report = codec_report(c, rows, manifest=m, split=split, log=lambda msg: typer.secho(msg, fg="yellow", err=True))
     js, md = write_report(report, out or ws / "codec" / "report")
     if attach_to is not None:
-        from unimoe.io import atomic_write_json
+        from unimoe.common.files import atomic_write_json
 
         prov = json.loads(Path(attach_to).read_text())
         prov["quality_report"] = json.loads(Path(js).read_text())

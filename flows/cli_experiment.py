@@ -49,7 +49,7 @@ def replicate_cmd(
         curate_flow(workspace=str(ws), demo_size="small" if small else "default")
 
     from data.balance import read_subset
-    from data.tokenize import TokenShardReader
+    from unimoe.training.shards import TokenShardReader
 
     given = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "stage3_steps": stage3_steps,
              "joint_steps": joint_steps, "batch_size": batch_size, "max_frames": max_frames, "lr_scale": lr_scale}

@@ -1,7 +1,7 @@
 """Prefect plumbing shared by every flow: the workspace, persisted task results, and a cache policy
 that makes a re-run with nothing changed redo nothing.
 
-Cross-run caching needs (per shared/notes/prefect.md) an explicit policy and persisted results in a
+Cross-run caching in Prefect 3 needs an explicit cache policy and persisted results in a
 place that outlives the process. Our policy is INPUTS + TASK_SOURCE + ``FileFingerprints`` +
 ``LibraryCode``: task inputs that name existing files or folders contribute their size and
 modification time, so editing an input manifest (or the corpus) invalidates downstream steps while
@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,6 +25,8 @@ from prefect import Task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from unimoe.settings import settings
+
 # Files under a folder input are fingerprinted by (relative path, size, mtime); beyond this many files
 # only the folder's own listing is used, so a huge corpus root doesn't make every key computation slow.
 MAX_FINGERPRINT_FILES = 20_000
@@ -30,7 +34,7 @@ MAX_FINGERPRINT_FILES = 20_000
 
 def workspace_root(path: str | os.PathLike | None = None) -> Path:
     """Where bulky outputs go: the argument, else $UNIMOE_WORKSPACE, else ./workspace."""
-    root = Path(path or os.environ.get("UNIMOE_WORKSPACE", "workspace")).resolve()
+    root = Path(path or settings().workspace).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -104,12 +108,10 @@ class LibraryCode(CachePolicy):
         return library_code_hash()
 
 
-DASK_ADDRESS_ENV = "UNIMOE_DASK_ADDRESS"
-
-
 def default_workers() -> int:
     """Parallel shard tasks in the thread runner: $UNIMOE_WORKERS, default one per core."""
-    return int(os.environ.get("UNIMOE_WORKERS", os.cpu_count() or 2))
+    workers = settings().workers
+    return workers if workers is not None else os.cpu_count() or 2
 
 
 def task_runner(dask: str | None = None, max_workers: int | None = None) -> TaskRunner:
@@ -119,7 +121,7 @@ def task_runner(dask: str | None = None, max_workers: int | None = None) -> Task
     tasks on that Dask cluster; ``"local"`` starts a local Dask cluster for the flow run; empty or unset
     keeps Prefect's thread pool (``max_workers``, default ``default_workers()``). Use it per run with
     ``some_flow.with_options(task_runner=task_runner(address))``."""
-    address = (dask if dask is not None else os.environ.get(DASK_ADDRESS_ENV, "")).strip()
+    address = (dask if dask is not None else settings().dask_address).strip()
     workers = max_workers or default_workers()
     if not address:
         return ThreadPoolTaskRunner(max_workers=workers)
@@ -129,7 +131,7 @@ def task_runner(dask: str | None = None, max_workers: int | None = None) -> Task
         from prefect.settings import PREFECT_API_URL
 
         # Without a Prefect server (embedded mode) worker processes would each start their own temporary
-        # server, so the local cluster then uses threads (shared/notes/prefect.md).
+        # server, so the local cluster then uses threads.
         processes = bool(PREFECT_API_URL.value())
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": processes,
                                               "dashboard_address": None})
@@ -156,11 +158,112 @@ def run_cached(task: Task, workspace: Path, *args: Any, output_exists: Callable[
     return result
 
 
+class StepProgress:
+    """Progress of one step's shard tasks, reported as each shard finishes: a log line (done / total,
+    rate, ETA — what ``unimoe generate`` shows in its bar) and a Prefect progress artifact, so the CLI and
+    the Prefect UI both show how far a long step is. ``sizes[i]``: the work in shard ``i`` (rows)."""
+
+    def __init__(self, step: str, sizes: list[int], unit: str = "rows", log: Callable[[str], None] | None = None):
+        from prefect.artifacts import create_progress_artifact
+
+        self.step, self.sizes, self.unit = step, list(sizes), unit
+        self.total = sum(self.sizes)
+        self.done = 0
+        self.shards_done = 0
+        self.t0 = time.perf_counter()
+        self._log = log or _run_logger_info
+        self._artifact = create_progress_artifact(progress=0.0, key=f"{_artifact_key(step)}-progress",
+                                                  description=f"{step}: {self.unit} done (%)")
+
+    def shard_done(self, index: int) -> str:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += self.sizes[index]
+        self.shards_done += 1
+        elapsed = time.perf_counter() - self.t0
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done
+        eta = _duration(left / rate) if rate > 0 and left else "0s"
+        line = (f"{self.step}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), shard {self.shards_done}/"
+                f"{len(self.sizes)}, {rate:.2f} {self.unit}/s, ETA {eta}")
+        update_progress_artifact(self._artifact, progress=pct)
+        self._log(line)
+        return line
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "step"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def _run_logger_info(line: str) -> None:
+    from prefect import get_run_logger
+
+    get_run_logger().info(line)
+
+
+def cluster_offers(resources: dict[str, float]) -> bool:
+    """Whether the flow runs on a Dask cluster with a worker that declares ``resources`` (``dask worker
+    --resources GPU=1``). False under the thread pool, or when no worker has them."""
+    ctx = _flow_context()
+    if not resources or ctx is None or type(ctx.task_runner).__name__ != "DaskTaskRunner":
+        return False
+    from distributed import Client
+
+    runner = ctx.task_runner
+    cluster = getattr(runner, "_cluster", None)  # "local": the runner started its own cluster
+    address = getattr(runner, "address", None) or getattr(cluster, "scheduler_address", None)
+    if not address:
+        return False
+    with Client(address, timeout=30) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return any(all(w.get("resources", {}).get(r, 0) >= n for r, n in resources.items()) for w in workers)
+
+
+@contextmanager
+def placed_on(resources: dict[str, float] | None, what: str = "tasks"):
+    """Tasks submitted inside need ``resources`` (e.g. the GPU a neural scorer wants): annotated for Dask
+    when the cluster has a worker that declares them; otherwise they run anywhere (a CPU-only cluster
+    must not wait for ever for a GPU worker), and the log says so."""
+    if resources and cluster_offers(resources):
+        import dask
+
+        with dask.annotate(resources=resources):
+            yield True
+        return
+    if resources and type(getattr(_flow_context(), "task_runner", None)).__name__ == "DaskTaskRunner":
+        _run_logger_info(f"{what}: no Dask worker declares {resources}; they run on any worker")
+    yield False
+
+
+def _flow_context():
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get()
+
+
 def run_cached_map(task: Task, workspace: Path, *, output_exists: Callable[[Any], bool] | None = None,
+                   progress: StepProgress | None = None, resources: dict[str, float] | None = None,
                    **kwargs: list[Any]) -> list[Any]:
     """``run_cached`` for one task per shard: submitted together (the flow's task runner runs them
-    in parallel, on a Dask cluster when given one), each cached on its own inputs."""
-    futures = persisted(task, workspace).map(**kwargs)
+    in parallel, on a Dask cluster when given one), each cached on its own inputs. ``progress`` hears
+    of each shard as it finishes; ``resources``: Dask worker resources each task needs (``placed_on``)."""
+    from prefect.futures import as_completed
+
+    with placed_on(resources, task.name):
+        futures = persisted(task, workspace).map(**kwargs)
+    if progress is not None:
+        index = {id(f): i for i, f in enumerate(futures)}
+        for f in as_completed(list(futures)):
+            f.wait()
+            progress.shard_done(index[id(f)])
     results = [f.result() for f in futures]
     if output_exists is not None:
         for i, r in enumerate(results):

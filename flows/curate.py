@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data import curate as C
-from flows.common import default_workers, run_cached, run_cached_map, task_runner, workspace_root
+from flows.common import StepProgress, default_workers, run_cached, run_cached_map, task_runner, workspace_root
 
 
 def _cfg(cfg: dict[str, Any]) -> C.CurateConfig:
@@ -57,7 +57,21 @@ def _gemini_key(secret_block: str | None) -> str | None:
     return os.environ.get("GEMINI_API_KEY")
 
 
-@task(name="caption-shard", retries=2, retry_delay_seconds=10)
+def _retry_unless_fatal(task, task_run, state) -> bool:
+    """Prefect's task retries are for a lost worker or a failed write (the caption cache makes a re-run
+    cheap); transient API faults are retried inside the captioner, and a rejected key never heals."""
+    from data.captioning.base import CaptionerFatalError
+
+    try:
+        state.result()
+    except CaptionerFatalError:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure is worth another attempt
+        return True
+    return True
+
+
+@task(name="caption-shard", retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_unless_fatal)
 def caption_shard(cfg: dict, shard: str, out: str, cache_dir: str, secret_block: str | None = None) -> str:
     c = _cfg(cfg)
     key = _gemini_key(secret_block) if c.captioner == "gemini" else None
@@ -70,6 +84,15 @@ def load_quality_scorers(cfg: C.CurateConfig) -> tuple[dict[str, Any], dict[str,
 
     # One thread per scorer session: shard tasks already run in parallel, one per core.
     return load_scorers(C.quality_scorer_names(cfg), {"dnsmos": {"num_threads": 1}})
+
+
+def filter_resources(cfg: C.CurateConfig) -> dict[str, float]:
+    """Dask worker resources a filter task needs: those of the quality scorers that can run here (a GPU
+    for UTMOS / aesthetics / CLAP; none for the demo profile's DNSMOS)."""
+    from evaluation.scorers import scorer_resources
+
+    scorers, _ = load_quality_scorers(cfg)
+    return scorer_resources(sorted(scorers))
 
 
 @task(name="filter-shard", retries=1)
@@ -147,13 +170,17 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
     shards = run_cached(split_shards, ws, seg, str(work / "shards"), cfg_obj.rows_per_shard, output_exists=_exists)
     log.info(f"{len(shards)} shards of up to {cfg_obj.rows_per_shard} rows")
 
+    shard_rows = [_rows(s) for s in shards]
     captioned = step("caption", lambda: run_cached_map(
-        caption_shard, ws, output_exists=_exists, cfg=[C.step_config(cfg, "caption")] * len(shards), shard=shards,
+        caption_shard, ws, output_exists=_exists, progress=StepProgress("caption", shard_rows),
+        cfg=[C.step_config(cfg, "caption")] * len(shards), shard=shards,
         out=[str(work / "captioned" / Path(s).name) for s in shards],
         cache_dir=[str(ws / "cache" / "captions")] * len(shards), secret_block=[gemini_secret_block] * len(shards)),
         lambda ps: sum(_rows(p) for p in ps))
     filtered = step("filter", lambda: run_cached_map(
-        filter_shard, ws, output_exists=_exists, cfg=[C.step_config(cfg, "filter")] * len(captioned), shard=captioned,
+        filter_shard, ws, output_exists=_exists, progress=StepProgress("filter", shard_rows),
+        resources=filter_resources(cfg_obj),
+        cfg=[C.step_config(cfg, "filter")] * len(captioned), shard=captioned,
         out=[str(work / "filtered" / Path(s).name) for s in captioned]), lambda ps: sum(_rows(p) for p in ps))
     pre_tokens = run_cached(merge, ws, filtered, str(work / "filtered.parquet"), output_exists=_exists)
     C.check_accounting(seg, pre_tokens)
@@ -167,6 +194,7 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
     plans = run_cached(plan_token_shards, ws, C.step_config(cfg, "tokenize"), pre_tokens, tokens_dir)
     results = step("tokenize", lambda: run_cached_map(
         tokenize_shard, ws, output_exists=lambda r: Path(tokens_dir, f"{r['name']}.safetensors").exists(),
+        progress=StepProgress("tokenize", [len(p) for p in plans]),
         cfg=[C.step_config(cfg, "tokenize")] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
         tokens_dir=[tokens_dir] * len(plans)), lambda rs: sum(r["num_rows"] for r in rs))
     tokens = run_cached(finish_tokens, ws, C.step_config(cfg, "tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"),

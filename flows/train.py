@@ -65,7 +65,7 @@ def train(variant: str = "unimoe-top-p0.7", workspace: str | None = None, preset
     ``fsdp`` / ``expert_parallel`` (TrainConfig fields; no effect in one process); 1 trains in process.
     ``lr_scale`` multiplies every stage's paper learning rate (the demo's few steps need it).
     After each stage a markdown artifact shows its loss curve."""
-    from data.tokenize import TokenShardReader
+    from unimoe.training.shards import TokenShardReader
     from unimoe.config import codec_for_tokens
     from unimoe.training.curriculum import claim_run_dir, plan, step_overrides
 

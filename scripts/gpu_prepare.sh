@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from data.codec_sources import codec_training_sources
-from unimoe.audio_io import load_span, resample, save_wav, to_mono
+from unimoe.common.audio import load_span, resample, save_wav, to_mono
 ws = Path(sys.argv[1])
 manifest = ws / "curate" / "filtered.parquet"
 if not manifest.is_file():

@@ -5,8 +5,10 @@
         --train '{"max_steps": 8, "batch_size": 2}' --synthetic 8 --tokenizer tok.json
     torchrun --standalone --nproc_per_node 2 scripts/train_worker.py ...   # data parallel
 
-Data: ``--tokens DIR`` (token shards written by the curate flow; ``--tasks`` / ``--ids-file`` select a
-view) or ``--synthetic N`` (deterministic random items, for tests and smoke runs). The model is built
+Data: ``--tokens DIR`` (token shards written by the curate flow, read with
+``unimoe.training.shards.TokenShardReader``; ``--tasks`` / ``--ids-file`` select a view) or
+``--synthetic N`` (deterministic random items, for tests and smoke runs). Like the training library,
+this script imports nothing from ``data/`` (checked by tests/test_layering.py). The model is built
 from ``--preset`` + ``--model-overlay`` (JSON) with ``--init-seed``, or loaded with ``--init-checkpoint``.
 The run resumes from ``<workdir>/checkpoints/latest`` unless ``--no-resume``.
 
@@ -41,18 +43,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--init-seed", type=int, default=0)
     ap.add_argument("--init-checkpoint", default=None)
     ap.add_argument("--train", default="{}", help="JSON dict merged over TrainConfig.for_stage(stage)")
-    ap.add_argument("--tokens", default=None, help="token shard directory (data/tokenize.py)")
+    ap.add_argument("--tokens", default=None, help="token shard directory (unimoe/training/shards.py)")
     ap.add_argument("--synthetic", type=int, default=0, help="N synthetic items instead of token shards")
     ap.add_argument("--synthetic-seed", type=int, default=0)
     ap.add_argument("--synthetic-tasks", default="zh_tts,en_tts,t2m")
     ap.add_argument("--tasks", default=None, help="comma-separated task filter")
-    ap.add_argument("--ids-file", default=None, help="balanced subset file (data/balance.py write_subset)")
+    ap.add_argument("--ids-file", default=None,
+                    help="ids to train on: a subset file (data/balance.py write_subset), a JSON list, or "
+                         "whitespace-separated ids")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: the shards' tokenizer)")
     ap.add_argument("--no-resume", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     ap.add_argument("--hang-after-step", type=int, default=None)
     ap.add_argument("--summary", default=None)
     return ap.parse_args(argv)
+
+
+def read_ids(path: str) -> list[str]:
+    """The ids of ``--ids-file``: the ``ids`` of a subset file (data/balance.py's JSON object), a JSON
+    list, or whitespace-separated ids."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, (dict, list)):  # e.g. one id that happens to parse as a JSON number
+        return text.split()
+    ids = doc.get("ids") if isinstance(doc, dict) else doc
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise SystemExit(f"{path}: expected a subset file, a JSON list of ids or whitespace-separated ids")
+    return ids
 
 
 def main(argv=None) -> int:
@@ -83,12 +103,10 @@ def main(argv=None) -> int:
     train_cfg = TrainConfig.for_stage(args.stage, **json.loads(args.train))
 
     if args.tokens:
-        from data.balance import read_subset
-        from data.tokenize import TokenShardReader
+        from unimoe.training.shards import TokenShardReader
 
         dataset = TokenShardReader(args.tokens)
         tokenizer = TextTokenizer.load(args.tokenizer) if args.tokenizer else dataset.load_tokenizer()
-        ids = read_subset(args.ids_file) if args.ids_file else None
     else:
         if args.synthetic < 1:
             raise SystemExit("give --tokens DIR or --synthetic N")
@@ -97,7 +115,7 @@ def main(argv=None) -> int:
         dataset = synthetic_dataset(args.synthetic, model_cfg.audio.num_codebooks, seed=args.synthetic_seed,
                                     tasks=args.synthetic_tasks.split(","))
         tokenizer = TextTokenizer.load(args.tokenizer)
-        ids = [x.strip() for x in Path(args.ids_file).read_text().split()] if args.ids_file else None
+    ids = read_ids(args.ids_file) if args.ids_file else None
     tasks = args.tasks.split(",") if args.tasks else None
     view = dataset_view(dataset, tasks=tasks, ids=ids)
     builder = SequenceBuilder(model_cfg, tokenizer)

@@ -1,12 +1,18 @@
 """Shared fixtures: the tiny preset, a tokenizer trained once per session, a seeded tiny model."""
 
 import os
+import runpy
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Every test process and every subprocess it starts gets a numba cache folder of its own (unimoe/__init__:
-# gufuncs loaded from a cache other processes wrote have crashed with SIGSEGV, numba issue 10128).
+# Every test process and every Python subprocess it starts gets a numba cache folder of its own
+# (tests/numba_cache/sitecustomize.py says why): subprocesses run it at start-up from PYTHONPATH,
+# this process runs it now.
+_NUMBA_SITE = Path(__file__).resolve().parent / "numba_cache"
 os.environ["UNIMOE_NUMBA_CACHE"] = "per-process"
-import unimoe  # noqa: E402,F401  (applies it to this process)
+if str(_NUMBA_SITE) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_NUMBA_SITE), os.environ.get("PYTHONPATH")]))
+runpy.run_path(str(_NUMBA_SITE / "sitecustomize.py"))
 
 import numpy as np
 import pytest

@@ -62,7 +62,7 @@ def case_ep_forward(rank, world):
         for empty in (None, 1):
             tag = f"{router}_empty{empty}"
             full = full_dcmoe(router)
-            ep = par.ExpertParallelDCMoE(copy.deepcopy(full))
+            ep = par.expert_parallel(copy.deepcopy(full))
             x, mask, task = tokens(rank, empty)
             with torch.no_grad():
                 got, want = ep(x, mask, task), full(x, mask, task)
@@ -95,7 +95,7 @@ def case_ep_backward(rank, world):
     for router, empty in (("top_p", None), ("top_k", None), ("top_p", 1)):
         tag = f"{router}_empty{empty}"
         full = full_dcmoe(router)
-        ep = par.ExpertParallelDCMoE(copy.deepcopy(full))
+        ep = par.expert_parallel(copy.deepcopy(full))
 
         def loss_of(module, r, leaf):
             x, mask, task = tokens(r, empty)
@@ -116,7 +116,7 @@ def case_ep_backward(rank, world):
                 x_ref = xr
         ref_total.backward()
 
-        s = slice(ep.expert_start, ep.expert_start + ep.num_local)
+        s = slice(ep.dispatcher.expert_start, ep.dispatcher.expert_start + ep.dispatcher.num_local)
         res[f"{tag}/x_grad"] = (x_ep.grad, x_ref.grad)
         res[f"{tag}/router"] = (ep.router.weight.grad, full.router.weight.grad)
         for n in ("w_gate", "w_up", "w_down"):
@@ -169,8 +169,8 @@ def reference_grads(cfg, world):
 
 def _expert_slice(name, ep_model):
     """For an expert-shard parameter name, the slice of the full tensor this rank holds."""
-    mod = ep_model.get_submodule(name.rsplit(".experts.", 1)[0])
-    return slice(mod.expert_start, mod.expert_start + mod.num_local)
+    d = ep_model.get_submodule(name.rsplit(".experts.", 1)[0]).dispatcher
+    return slice(d.expert_start, d.expert_start + d.num_local)
 
 
 def case_ep_model(rank, world):

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unimoe.audio_tokens import (IGNORE_INDEX, AudioEmbedding, audio_labels, build_delayed, codebook_losses,
+from unimoe.audio_tokens import (IGNORE_INDEX, AudioEmbedding, audio_labels, build_delayed,
                                  undo_delay)
 from unimoe.config import AudioConfig
 
@@ -50,7 +50,7 @@ def test_audio_embedding_sums_one_table_per_codebook():
     torch.testing.assert_close(emb(codes), expected)
 
 
-def test_codebook_losses_equal_weights_and_ignored_labels():
+def test_codebook_ce_equal_weights_and_ignored_labels():
     audio = AudioConfig(num_codebooks=3, codebook_size=8, delays=[0, 1, 2])
     logits = torch.randn(6, 3, audio.vocab_size)
     nxt = torch.randint(0, 8, (6, 3))
@@ -59,11 +59,14 @@ def test_codebook_losses_equal_weights_and_ignored_labels():
     nxt[:, 2] = audio.pad_id  # codebook 2 has no target at all
     labels = audio_labels(nxt, audio)
     assert labels[0, 1] == IGNORE_INDEX and (labels[:, 2] == IGNORE_INDEX).all()
-    loss, per_cb, counts = codebook_losses(logits, labels)
+    from unimoe.model import codebook_ce, codebook_ce_sums
+
+    _, ce_sums, counts = codebook_ce_sums(logits, labels)
     expected = []
     for c in range(2):
         keep = labels[:, c] != IGNORE_INDEX
         expected.append(F.cross_entropy(logits[keep, c], labels[keep, c]))
-    torch.testing.assert_close(per_cb[:2], torch.stack(expected))
-    assert torch.isnan(per_cb[2]) and counts.tolist() == [6, 5, 0]
-    torch.testing.assert_close(loss, torch.stack(expected).mean())
+    torch.testing.assert_close(ce_sums[:2] / counts[:2], torch.stack(expected))
+    assert ce_sums[2] == 0 and counts.tolist() == [6, 5, 0]
+    torch.testing.assert_close(codebook_ce(ce_sums, counts, "mean"), torch.stack(expected).mean())  # codebooks with targets
+    torch.testing.assert_close(codebook_ce(ce_sums, counts, "sum"), torch.stack(expected).sum())

@@ -7,6 +7,7 @@ demo-layout corpus of synthetic clips and a tiny random-init checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -20,11 +21,11 @@ import yaml
 
 from evaluation import results as R
 from evaluation import runner as RN
+from bench_fixtures import demo_workspace, run_steps
 from evaluation.scorers import base as SB
 from evaluation.scorers.transcript import TranscriptScorer
 
 ROOT = Path(__file__).resolve().parents[1]
-SR = 16000
 TEXTS = {"en-a-test": "the quick brown fox jumps over the lazy dog", "en-a-train": "hello world this is a test",
          "en-b-test": "please call stella", "en-b-train": "she can scoop these things into three red bags",
          "m-test": "calm piano melody. Tempo: 90 bpm. Key: C major.", "m-train": "fast strings. Tempo: 140 bpm."}
@@ -61,6 +62,8 @@ class ProbeSim(SB.Scorer):
 
     name = "probe_sim"
     metrics = {"probe_sim": "higher"}
+    tasks = RN.SPEECH
+    needs_reference = True  # judges the item-prompted clips under the paper's protocol, as speaker similarity
 
     @property
     def version(self) -> str:
@@ -75,6 +78,7 @@ class ProbeSet(SB.SetScorer):
 
     name = "probe_set"
     metrics = {"probe_set_gap": "lower"}
+    tasks = RN.MUSIC
     needs_reference = True
 
     @property
@@ -100,15 +104,6 @@ def fake_scorers():
         SB._REGISTRY.pop(cls.name, None)
 
 
-@pytest.fixture(autouse=True)
-def probe_roles(monkeypatch):
-    # probe_sim plays a speaker-similarity scorer (it judges the item-prompted clips under the paper's protocol)
-    monkeypatch.setattr(RN, "PROMPT_SCORERS", frozenset({"probe_sim"}), raising=False)
-    monkeypatch.setitem(RN.SCORER_TASKS, "probe_wer", ("en_tts",))
-    monkeypatch.setitem(RN.SCORER_TASKS, "probe_sim", RN.SPEECH)
-    monkeypatch.setitem(RN.SCORER_TASKS, "probe_set", RN.MUSIC)
-
-
 @pytest.fixture
 def spy(monkeypatch):
     """Every generation call: (task, text, prompt_audio, max_frames, greedy, seed) per request."""
@@ -125,39 +120,10 @@ def spy(monkeypatch):
     return calls
 
 
-def _clip(path, seconds, freq, seed):
-    t = np.arange(int(seconds * SR)) / SR
-    x = (0.1 + 0.05 * seed) * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x.astype(np.float32), SR)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    """A demo-layout workspace: 2 en_tts test items (speakers a, b, each with a train prompt), 1 t2m test
-    item; and a tiny random-init checkpoint under <ws>/train."""
-    from unimoe.checkpoint import save_checkpoint
-    from unimoe.config import tiny_preset
-    from unimoe.model import UniMoEAudio
-    from unimoe.tokenizer import TextTokenizer
-
-    ws = tmp_path_factory.mktemp("protocol") / "ws"
-    corpus = ws / "corpus" / "demo"
-    rows = []
-    for i, (rid, text) in enumerate(sorted(TEXTS.items())):
-        task = "t2m" if rid.startswith("m-") else "en_tts"
-        rel = f"audio/{rid}.wav"
-        _clip(corpus / rel, 0.3 if task == "t2m" else 0.2 + 0.02 * i, 200.0 + 60 * i, i)
-        rows.append({"id": rid, "task": task, "language": "en" if task == "en_tts" else None, "audio": rel,
-                     "text": text, "speaker": rid.split("-")[1] if task == "en_tts" else None,
-                     "split": "test" if rid.endswith("test") else "train"})
-    (corpus / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_preset()
-    tok = TextTokenizer.from_config(cfg.tokenizer, corpus_texts=list(TEXTS.values()) * 5)
-    torch.manual_seed(0)
-    save_checkpoint(ws / "train" / "tiny" / "final", UniMoEAudio(cfg), cfg, {"stage": "init", "variant": "tiny"},
-                    tokenizer=tok)
-    return ws
+    """2 en_tts test items (speakers a, b, each with a train prompt), 1 t2m test item, a tiny checkpoint."""
+    return demo_workspace(tmp_path_factory.mktemp("protocol") / "ws", TEXTS)
 
 
 def _manifest(ws, run_id):
@@ -209,7 +175,7 @@ def test_speech_cap_follows_the_target_text_not_a_fixed_ten_seconds():
 def test_generation_caps_each_clip_from_its_text(ws, spy):
     cfg = RN.BenchConfig(benchmark="demo", scorers=["probe_sim"], seeds=[0], toplines=False, speech_bytes_per_second=20,
                          speech_pad_seconds=0.1, music_seconds=0.3)
-    s = RN.run_benchmark(ws, None, cfg, progress=False)
+    s = run_steps(ws, None, cfg)
     frame_rate = 50.0  # the tiny preset's codec
     caps = {text: frames for _, text, _, frames, _, _ in spy}
     for it in _manifest(ws, s["run_id"]).items:
@@ -220,7 +186,7 @@ def test_generation_caps_each_clip_from_its_text(ws, spy):
 
 def test_greedy_generates_one_clip_for_every_seed_sampling_one_per_seed(ws, spy):
     kw = dict(benchmark="demo", scorers=["probe_sim"], toplines=False, max_seconds=0.12)
-    s = RN.run_benchmark(ws, None, RN.BenchConfig(greedy=True, seeds=[0, 1, 2], **kw), progress=False)
+    s = run_steps(ws, None, RN.BenchConfig(greedy=True, seeds=[0, 1, 2], **kw))
     n_items = len(_manifest(ws, s["run_id"]).items)
     assert len(spy) == n_items and all(greedy for *_, greedy, _ in spy)
     items = R.read_table(ws / "results", "items", run_id=s["run_id"])
@@ -228,7 +194,7 @@ def test_greedy_generates_one_clip_for_every_seed_sampling_one_per_seed(ws, spy)
     per_item = items.groupby("item_id")["value"].nunique()
     assert (per_item == 1).all()  # the same clip under every seed
     spy.clear()
-    RN.run_benchmark(ws, None, RN.BenchConfig(greedy=False, seeds=[0, 1], **kw), progress=False)
+    run_steps(ws, None, RN.BenchConfig(greedy=False, seeds=[0, 1], **kw))
     assert len(spy) == 2 * n_items and {seed for *_, seed in spy} == {0, 1}
 
 
@@ -279,7 +245,7 @@ def test_paper_protocol_wer_on_the_predefined_prompt_sim_on_the_items_own(ws, sp
     cfg = RN.BenchConfig(benchmark="demo", speech_prompts="paper", greedy=True, seeds=[0, 1],
                          scorers=["probe_wer", "probe_sim"], toplines=False, max_seconds=0.1)
     ProbeASR.heard.clear()
-    s = RN.run_benchmark(ws, None, cfg, progress=False)
+    s = run_steps(ws, None, cfg)
     run_dir = ws / "bench" / s["run_id"]
     rec = json.loads((run_dir / "run.json").read_text())
     vp = rec["voice_prompts"]["en_tts"]
@@ -311,7 +277,7 @@ def test_paper_protocol_wer_on_the_predefined_prompt_sim_on_the_items_own(ws, sp
     assert "predefined voice prompt" in report and Path(vp["audio"]).name in report
     # both clips are cached: a second run generates nothing
     spy.clear()
-    RN.run_benchmark(ws, None, cfg, progress=False)
+    run_steps(ws, None, cfg)
     assert spy == []
 
 
@@ -338,7 +304,7 @@ def test_predefined_prompt_is_the_same_for_any_subset_and_can_be_given(ws):
 def test_result_rows_record_what_a_comparison_needs(ws, spy):
     cfg = RN.BenchConfig(benchmark="demo", scorers=["probe_wer", "probe_set"], seeds=[0], max_seconds=0.14)
     ProbeASR.heard.clear()
-    s = RN.run_benchmark(ws, None, cfg, progress=False)
+    s = run_steps(ws, None, cfg)
     rec = json.loads((ws / "bench" / s["run_id"] / "run.json").read_text())
     manifest = _manifest(ws, s["run_id"])
     root = ws / "results"
@@ -361,7 +327,8 @@ def test_result_rows_record_what_a_comparison_needs(ws, spy):
     assert protocol["crop_seed"] == 7 and protocol["pooling"] == "none" and protocol["scorer"] == "probe_wer"
     # the reference set of the set-level metric: its items' reference recordings (id + file SHA-256)
     (m_test,) = [it for it in manifest.items if it.task == "t2m"]
-    expected = RN._hash([[m_test.id, RN.file_hash(m_test.reference_audio)]])[:16]
+    refs = [[m_test.id, hashlib.sha256(Path(m_test.reference_audio).read_bytes()).hexdigest()]]
+    expected = hashlib.sha256(json.dumps(refs, sort_keys=True).encode()).hexdigest()[:16]
     assert set(agg.loc[agg["scorer"] == "probe_set", "reference_hash"]) == {expected}
     assert agg.loc[agg["scorer"] == "probe_wer", "reference_hash"].isna().all()
     # per-item ASR transcripts
@@ -371,7 +338,7 @@ def test_result_rows_record_what_a_comparison_needs(ws, spy):
     assert ProbeASR.heard  # the recogniser was asked
     # cached transcripts come back without asking the recogniser again
     ProbeASR.heard.clear()
-    s2 = RN.run_benchmark(ws, None, cfg, progress=False)
+    s2 = run_steps(ws, None, cfg)
     assert ProbeASR.heard == {}
     again = R.read_table(root, "items", run_id=s2["run_id"])
     assert set(again.loc[again["scorer"] == "probe_wer", "transcript"]) == {HEARD}

@@ -10,13 +10,13 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from evaluation import results as R
 from evaluation import runner as RN
+from evaluation.bench import generate as generate_step
+from bench_fixtures import demo_workspace, run_steps
 from evaluation.scorers import base as SB
 
-SR = 16000
 TEXTS = {"en-a-test": "the quick brown fox jumps over the lazy dog", "en-a-train": "hello world this is a test",
          "en-b-test": "please call stella and ask her to bring these things",
          "en-b-train": "she can scoop these things into three red bags",
@@ -99,40 +99,10 @@ def fake_scorers():
         SB._REGISTRY.pop(n, None)
 
 
-def _clip(path, seconds, freq, seed):
-    t = np.arange(int(seconds * SR)) / SR
-    amp = 0.1 + 0.05 * seed
-    x = amp * np.sin(2 * np.pi * freq * t) + 0.01 * np.random.default_rng(seed).standard_normal(t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x.astype(np.float32), SR)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    """A demo-layout workspace: 2 en_tts test items (speakers a, b, each with a train prompt), 1 t2m test
-    item; and a tiny random-init checkpoint under <ws>/train."""
-    from unimoe.checkpoint import save_checkpoint
-    from unimoe.config import tiny_preset
-    from unimoe.model import UniMoEAudio
-    from unimoe.tokenizer import TextTokenizer
-
-    ws = tmp_path_factory.mktemp("topl") / "ws"
-    corpus = ws / "corpus" / "demo"
-    rows = []
-    for i, (rid, text) in enumerate(sorted(TEXTS.items())):
-        task = "t2m" if rid.startswith("m-") else "en_tts"
-        rel = f"audio/{rid}.wav"
-        _clip(corpus / rel, 0.3 if task == "t2m" else 0.2 + 0.02 * i, 200.0 + 60 * i, i)
-        rows.append({"id": rid, "task": task, "language": "en" if task == "en_tts" else None, "audio": rel,
-                     "text": text, "speaker": rid.split("-")[1] if task == "en_tts" else None,
-                     "split": "test" if rid.endswith("test") else "train"})
-    (corpus / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = tiny_preset()
-    tok = TextTokenizer.from_config(cfg.tokenizer, corpus_texts=list(TEXTS.values()) * 5)
-    torch.manual_seed(0)
-    save_checkpoint(ws / "train" / "tiny" / "final", UniMoEAudio(cfg), cfg, {"stage": "init", "variant": "tiny"},
-                    tokenizer=tok)
-    return ws
+    """2 en_tts test items (speakers a, b, each with a train prompt), 1 t2m test item, a tiny checkpoint."""
+    return demo_workspace(tmp_path_factory.mktemp("topl") / "ws", TEXTS)
 
 
 def _cfg(scorers, **kw):
@@ -141,7 +111,7 @@ def _cfg(scorers, **kw):
 
 def test_toplines_n_asked_and_token_nll_in_the_tables(ws, monkeypatch):
     Probe.calls.clear()
-    s = RN.run_benchmark(ws, None, _cfg(["probe_rms", "token_nll"]), progress=False)
+    s = run_steps(ws, None, _cfg(["probe_rms", "token_nll"]))
     assert s["failed"] == [] and s["skipped"] == []
     root = ws / "results"
     agg = R.read_table(root, "aggregate", run_id=s["run_id"])
@@ -189,27 +159,27 @@ def test_toplines_n_asked_and_token_nll_in_the_tables(ws, monkeypatch):
     def no_codec(*a, **k):
         raise AssertionError("the codec was built although every resynthesis is cached")
 
-    monkeypatch.setattr(RN, "checkpoint_codec", no_codec)
-    s2 = RN.run_benchmark(ws, None, _cfg(["probe_rms"]), progress=False)
+    monkeypatch.setattr(generate_step, "checkpoint_codec", no_codec)
+    s2 = run_steps(ws, None, _cfg(["probe_rms"]))
     assert Probe.calls == []
     assert [p.stat().st_mtime_ns for p in sorted((ws / "bench" / "cache" / "resynth").rglob("*.wav"))] == mtimes
     a2 = R.read_table(root, "aggregate", run_id=s2["run_id"]).set_index(["system", "task", "metric"])["value"]
     assert a2.sort_index().equals(probe.set_index(["system", "task", "metric"])["value"].sort_index())
     # toplines can be turned off
-    s3 = RN.run_benchmark(ws, None, _cfg(["probe_rms"], toplines=False), progress=False)
+    s3 = run_steps(ws, None, _cfg(["probe_rms"], toplines=False))
     assert set(R.read_table(root, "aggregate", run_id=s3["run_id"])["system"]) == {"model"}
 
 
 def test_scorer_failing_on_every_item_fails_the_run(ws):
     with pytest.raises(RN.ScorersFailed) as e:
-        RN.run_benchmark(ws, None, _cfg(["probe_rms", "deaf", "picky"]), progress=False)
+        run_steps(ws, None, _cfg(["probe_rms", "deaf", "picky"]))
     msg = str(e.value)
     assert "scorer `deaf` failed on all 2 items of task en_tts (system model)" in msg
     assert "scorer `deaf` failed on all 1 items of task t2m (system ground_truth)" in msg
     assert "ValueError: cannot hear anything" in msg and "--allow-failed-scorers" in msg
     assert "picky" not in msg and "probe_rms" not in msg  # some items scored: not a failure
 
-    s = RN.run_benchmark(ws, None, _cfg(["probe_rms", "deaf", "picky"]), progress=False, allow_failed_scorers=True)
+    s = run_steps(ws, None, _cfg(["probe_rms", "deaf", "picky"]), allow_failed_scorers=True)
     assert {(f["scorer"], f["task"], f["system"]) for f in s["failed"]} == {
         ("deaf", t, sys_) for t in ("en_tts", "t2m") for sys_ in R.SYSTEMS}
     assert all(f["reason"] == "ValueError: cannot hear anything" for f in s["failed"])
@@ -231,4 +201,4 @@ def test_scorer_failing_on_every_item_fails_the_run(ws):
 def test_a_scorer_raising_on_every_batch_is_reported_with_its_reason(ws):
     with pytest.raises(RN.ScorersFailed, match=r"scorer `crashing` failed on all 1 items of task t2m \(system model\); "
                                                r"first failure \(item `m-test`\): RuntimeError: model exploded"):
-        RN.run_benchmark(ws, None, _cfg(["crashing"]), progress=False)
+        run_steps(ws, None, _cfg(["crashing"]))

@@ -57,3 +57,33 @@ def test_train_list_variants():
     names = [line.split()[0] for line in result.output.splitlines() if line.strip()]
     assert names[0] == "unimoe-top-p0.7" and {"unify-dense", "unify-moe-top2", "wo-init", "p0.5", "p0.9",
                                              "experts-8", "experts-16"} <= set(names)
+
+
+def test_curate_corpus_root_and_options_build_the_config(tmp_path):
+    from flows.cli import curate_config_from_cli
+
+    assert curate_config_from_cli(None, None, None, []) is None  # the demo profile
+    assert curate_config_from_cli(None, "demo", None, []) is None
+    cfg = curate_config_from_cli(None, "librispeech", tmp_path, ["split=test", "max_duration=12.5", "text_variant=original"])
+    assert cfg == {"corpus": "librispeech", "corpus_root": str(tmp_path.resolve()),
+                   "adapter_options": {"split": "test", "max_duration": 12.5, "text_variant": "original"}}
+    # a --config file's fields, overridden by the flags
+    (tmp_path / "c.yaml").write_text("corpus: musiccaps\ncorpus_root: /elsewhere\nrows_per_shard: 8\n")
+    cfg = curate_config_from_cli(tmp_path / "c.yaml", None, tmp_path, [])
+    assert cfg == {"corpus": "musiccaps", "corpus_root": str(tmp_path.resolve()), "rows_per_shard": 8}
+
+
+def test_curate_cli_refuses_bad_corpus_options_before_running(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["--corpus", "nope", "--root", str(tmp_path)], "unknown corpus adapter 'nope'"),
+        (["--corpus", "librispeech"], "needs --root"),
+        (["--corpus", "librispeech", "--root", str(tmp_path / "missing")], "not a folder"),
+        (["--corpus", "librispeech", "--root", str(tmp_path), "--option", "bogus=1"], "has no option(s) ['bogus']"),
+        (["--corpus", "librispeech", "--root", str(tmp_path), "--option", "split"], "expected key=value"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["curate", "--workspace", str(tmp_path / "ws"), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+    assert not (tmp_path / "ws" / "curate").exists()  # refused before the flow started

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from unimoe.audio_io import SPAN_REASONS, AudioSpanError, load_audio, load_span, resample, save_wav, to_mono
 from unimoe.codec import DAC_RELEASE_URLS, AudioCodec, CodecLoadError, load_dac_weights
+from unimoe.common.audio import SPAN_REASONS, AudioSpanError, load_audio, load_span, resample, save_wav, to_mono
 from unimoe.config import CodecConfig, tiny_random_preset
 from unimoe.io import ChecksumError, MissingWeightsError, sha256_file
 
@@ -146,6 +145,37 @@ def test_batched_equals_one_at_a_time(codec):
     assert len(stacked) == len(single) and all(len(w) == 2 * HOP for w in stacked)
 
 
+def test_inference_snake_is_dacs_snake_bit_for_bit(codec):
+    from dac.nn.layers import Snake1d, snake
+
+    from unimoe.codec import use_inference_snake
+
+    fast = [m for m in codec.model.modules() if isinstance(m, Snake1d)]
+    assert fast and all(type(m).__name__ == "InferenceSnake1d" for m in fast)  # the codec uses it everywhere
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 999) * 3
+    m = use_inference_snake(torch.nn.Sequential(Snake1d(16)))[0]
+    assert type(m).__name__ == "InferenceSnake1d"
+    m.alpha.data = torch.rand(1, 16, 1) * 2 + 0.05
+    with torch.inference_mode():
+        assert torch.equal(m(x), snake(x, m.alpha))
+    # with gradients it is DAC's own function (in-place ops would break autograd)
+    xg = x.clone().requires_grad_()
+    y = m(xg)
+    y.sum().backward()
+    assert torch.equal(y.detach(), snake(x, m.alpha).detach()) and xg.grad is not None
+    # whole encoder: identical codes with DAC's Snake and with the in-place one
+    wavs = [noise(n, seed=i) for i, n in enumerate([8000, 2500, 5123])]
+    codes_fast = codec.encode(wavs, SR, batch_size=3)
+    for mod in fast:
+        mod.__class__ = Snake1d
+    try:
+        codes_dac = codec.encode(wavs, SR, batch_size=3)
+    finally:
+        use_inference_snake(codec.model)
+    assert all(torch.equal(a, b) for a, b in zip(codes_fast, codes_dac))
+
+
 def test_stereo_is_downmixed_to_the_mean(codec):
     left, right = noise(4000, seed=2), noise(4000, seed=3)
     (st,) = codec.encode([np.stack([left, right])], SR)
@@ -174,7 +204,7 @@ def test_resampling_44k1_to_16k(codec):
 
 
 def test_chunked_equals_unchunked(cfg, codec):
-    chunked = AudioCodec.from_config(dataclasses.replace(cfg, chunk_seconds=0.2), num_codebooks=K)
+    chunked = AudioCodec.from_config(cfg.replace(chunk_seconds=0.2), num_codebooks=K)
     assert chunked._chunk_frames() == 10
     wavs = [noise(16_000 + 123, seed=6), noise(3000, seed=7)]
     full = codec.encode(wavs, SR)
@@ -189,7 +219,7 @@ def test_chunked_equals_unchunked(cfg, codec):
 def test_deterministic_by_seed(cfg, codec):
     x = noise(4000, seed=8)
     again = AudioCodec.from_config(cfg, num_codebooks=K)
-    other = AudioCodec.from_config(dataclasses.replace(cfg, random_seed=cfg.random_seed + 1), num_codebooks=K)
+    other = AudioCodec.from_config(cfg.replace(random_seed=cfg.random_seed + 1), num_codebooks=K)
     assert torch.equal(codec.encode([x], SR)[0], again.encode([x], SR)[0])
     assert not torch.equal(codec.encode([x], SR)[0], other.encode([x], SR)[0])
     # building a codec leaves the global RNG alone
@@ -218,7 +248,7 @@ def _saved(codec: AudioCodec, store: Path, name: str = "dac/weights_16khz.pth") 
 
 def test_dac_file_round_trip_with_checksum(cfg, codec, store):
     name, sha = _saved(codec, store)
-    real_cfg = dataclasses.replace(cfg, random_init=False, weights_path=name, weights_sha256=sha)
+    real_cfg = cfg.replace(random_init=False, weights_path=name, weights_sha256=sha)
     loaded = AudioCodec.from_config(real_cfg, num_codebooks=K)
     assert loaded.is_random_init is False and "weights_16khz.pth" in loaded.label and sha[:12] in loaded.label
     assert loaded.weights_path == store / name and loaded.info()["weights_sha256"] == sha
@@ -231,7 +261,7 @@ def test_dac_file_round_trip_with_checksum(cfg, codec, store):
 
 def test_rvq_truncation(cfg, codec, store):
     name, sha = _saved(codec, store)
-    two = AudioCodec.from_config(dataclasses.replace(cfg, random_init=False, weights_path=name, weights_sha256=sha),
+    two = AudioCodec.from_config(cfg.replace(random_init=False, weights_path=name, weights_sha256=sha),
                                  num_codebooks=2)
     x = noise(4000, seed=10)
     (c4,) = codec.encode([x], SR)
@@ -239,35 +269,35 @@ def test_rvq_truncation(cfg, codec, store):
     assert c2.shape == (2, c4.shape[1]) and torch.equal(c2, c4[:2])
     assert len(two.decode([c2])[0]) == c2.shape[1] * HOP
     with pytest.raises(CodecLoadError, match="4 codebooks"):
-        AudioCodec.from_config(dataclasses.replace(cfg, random_init=False, weights_path=name), num_codebooks=5)
+        AudioCodec.from_config(cfg.replace(random_init=False, weights_path=name), num_codebooks=5)
 
 
 def test_missing_weights_names_file_and_origin(cfg, store):
-    real_cfg = dataclasses.replace(cfg, random_init=False, weights_path="dac/weights_16khz.pth")
+    real_cfg = cfg.replace(random_init=False, weights_path="dac/weights_16khz.pth")
     with pytest.raises(MissingWeightsError) as e:
         AudioCodec.from_config(real_cfg, num_codebooks=K)
     msg = str(e.value)
     assert str(store / "dac/weights_16khz.pth") in msg
     assert DAC_RELEASE_URLS["16khz"] in msg and "0.0.5/weights_16khz.pth" in msg
     with pytest.raises(CodecLoadError, match="weights_path is not set"):
-        AudioCodec.from_config(dataclasses.replace(cfg, random_init=False), num_codebooks=K)
+        AudioCodec.from_config(cfg.replace(random_init=False), num_codebooks=K)
 
 
 def test_checksum_mismatch(cfg, codec, store):
     name, sha = _saved(codec, store)
     wrong = "0" * 64
     with pytest.raises(ChecksumError, match=sha):
-        AudioCodec.from_config(dataclasses.replace(cfg, random_init=False, weights_path=name, weights_sha256=wrong),
+        AudioCodec.from_config(cfg.replace(random_init=False, weights_path=name, weights_sha256=wrong),
                                num_codebooks=K)
 
 
 def test_config_mismatch_is_refused(cfg, codec, store):
     name, _ = _saved(codec, store)
-    other_rate = dataclasses.replace(cfg, random_init=False, weights_path=name, sample_rate=24_000, frame_rate=75.0)
+    other_rate = cfg.replace(random_init=False, weights_path=name, sample_rate=24_000, frame_rate=75.0)
     with pytest.raises(CodecLoadError, match="sample rate 16000"):
         AudioCodec.from_config(other_rate, num_codebooks=K)
     with pytest.raises(CodecLoadError, match="codebook size"):
-        AudioCodec.from_config(dataclasses.replace(cfg, random_init=False, weights_path=name), num_codebooks=K,
+        AudioCodec.from_config(cfg.replace(random_init=False, weights_path=name), num_codebooks=K,
                                codebook_size=512)
 
 
@@ -434,9 +464,9 @@ def test_audio_span_error_pickles():
 
 
 def test_pipeline_modules_share_the_span_reader(stereo_file, tmp_path):
-    """Tokenisation, quality filtering and captioning all read spans with unimoe.audio_io.load_span."""
+    """Tokenisation, quality filtering and captioning all read spans with unimoe.common.audio.load_span."""
     import data.captioning as captioning
-    import data.tokenize as tokenize
+    import data.tokenize.encode as tokenize
     from data.quality import UnreadableAudio
     from data.quality import load_span as quality_span
 

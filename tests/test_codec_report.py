@@ -326,7 +326,7 @@ def test_report_wer_of_ground_truth_is_real_pocketsphinx(report_run, manifest):
     from data.manifest import read_manifest
     from evaluation.scorers.pocketsphinx_wer import PocketSphinxWER
     from evaluation.text import normalize
-    from unimoe.audio_io import load_span
+    from unimoe.common.audio import load_span
 
     rep = json.loads((report_run[1] / "report.json").read_text())
     by_id = {it["id"]: it for it in rep["items"]}

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from unimoe.config import ConfigError, UniMoEConfig, get_preset, overlay, paper_preset, tiny_preset
+from unimoe.training.config import TrainConfig
 
 
 @pytest.mark.parametrize("name", ["tiny", "paper"])
@@ -92,9 +93,76 @@ def test_curate_config_tokenises_with_a_trained_codec_file():
     from data.curate import STEP_FIELDS, CurateConfig
 
     cfg = CurateConfig.from_dict({"codec_weights": "/ws/codec/codec.safetensors", "codec_sha256": "cd" * 32})
-    codec = cfg.model_config().codec
+    codec = cfg.model_preset_config().codec
     assert (codec.variant, codec.weights_path, codec.weights_sha256) == ("trained", "/ws/codec/codec.safetensors", "cd" * 32)
-    assert CurateConfig().model_config().codec.variant == "demo"
+    assert CurateConfig().model_preset_config().codec.variant == "demo"
     assert {"codec_weights", "codec_sha256"} <= set(STEP_FIELDS["tokenize"])  # a new codec re-tokenises
     with pytest.raises(ValueError, match="codec_weights"):
         CurateConfig.from_dict({"codec_sha256": "cd" * 32})
+
+
+def _curate(d):
+    from data.curate import CurateConfig
+
+    return CurateConfig.from_dict(d)
+
+
+def _bench(**kw):
+    from evaluation.bench.config import BenchConfig
+
+    return BenchConfig(**kw)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: TrainConfig.from_dict({"lr": "fast"}), "train.lr: expected a number, got 'fast'"),
+    (lambda: overlay(tiny_preset(), {"moe": {"top_k": True}}), "moe.top_k: expected an integer, got True"),
+    (lambda: overlay(tiny_preset(), {"ffn": 5}), "ffn: expected a string or a list, got 5"),
+    (lambda: overlay(tiny_preset(), {"moe": {"kept_slices": [[0, "1"]]}}),
+     r"moe.kept_slices\[0\]\[1\]: expected an integer, got '1'"),
+    (lambda: _curate({"quality": {"utmos_min": "high"}}), "curate.quality.utmos_min: expected a number, got 'high'"),
+    (lambda: _curate({"balance": {"totl": 5}}), r"curate.balance: unknown key\(s\) \['totl'\]"),
+    (lambda: _curate({"quality": {"min_dbfs": 0.0}}), "curate.quality: min_dbfs 0.0 > max_dbfs -2.0"),
+    (lambda: _bench(seeds=["1"]), r"bench.seeds\[0\]: expected an integer, got '1'"),
+    (lambda: _bench(toplines=1), "bench.toplines: expected true/false, got 1"),
+])
+def test_every_config_names_the_key_path_of_a_wrong_value(build, message):
+    """One error type for every config, its message the full key path and what was expected."""
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_an_integer_is_a_number_and_is_stored_as_one():
+    cfg = TrainConfig.from_dict({"lr": 1})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and "lr: 1.0" in cfg.to_yaml()
+
+
+def test_curate_config_nests_typed_parts_but_records_only_the_fields_given():
+    """The cache keys of the curate steps hash ``to_dict()``: a nested part holds what the YAML said, not
+    the defaults of its class, and reads back to the same typed config."""
+    from data.balance import BalanceConfig
+    from data.curate import CurateConfig, step_config
+
+    demo = CurateConfig.demo("small")
+    d = demo.to_dict()
+    assert d["quality"] == {"dnsmos_ovrl_min": 2.2}
+    assert d["balance"] == {"by": "count", "total": 12, "splits": ["train"], "warmup_fraction": 0.25}
+    assert isinstance(demo.balance_config(), BalanceConfig) and demo.balance_config().splits == ("train",)
+    assert demo.quality_config().dnsmos_ovrl_min == 2.2 and demo.quality_config().utmos_min == 3.0
+    assert CurateConfig.from_dict(d) == demo and CurateConfig.from_dict(d).to_dict() == d
+    assert step_config(CurateConfig().to_dict(), "filter") == {"quality": {}}
+    assert yaml.safe_load(yaml.safe_dump(d)) == d  # plain YAML types only
+
+
+def test_settings_are_read_from_the_environment_at_call_time(monkeypatch, tmp_path):
+    from unimoe.io import weights_root
+    from unimoe.settings import settings
+
+    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("UNIMOE_WORKERS", "3")
+    monkeypatch.delenv("UNIMOE_DASK_ADDRESS", raising=False)
+    assert weights_root() == tmp_path and settings().workers == 3 and settings().dask_address == ""
+    monkeypatch.delenv("UNIMOE_WORKERS")
+    assert settings().workers is None
+    monkeypatch.setenv("UNIMOE_WORKERS", "many")
+    with pytest.raises(ConfigError, match="UNIMOE_WORKERS: expected an integer, got 'many'"):
+        settings()

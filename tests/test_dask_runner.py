@@ -41,7 +41,7 @@ threads = curate.with_options(task_runner=task_runner(""))(config=cfg, workspace
 expected = outputs()
 shutil.move(ws, ws.with_name("ws-threads"))  # same path again: manifests record absolute paths
 
-# In embedded mode (no Prefect server) the workers must be threads (shared/notes/prefect.md); Dask still
+# In embedded mode (no Prefect server) the workers must be threads; Dask still
 # pickles every task it is handed.
 with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
                   dashboard_address=None) as cluster:
@@ -110,3 +110,57 @@ def test_curate_on_a_dask_cluster_equals_the_thread_runner(tmp_path):
     assert "curated.parquet" in result["files"] and any(f.startswith("tokens/") for f in result["files"])
     assert result["same"], result
     assert result["counts"][0] == result["counts"][1]
+
+
+GPU_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+from distributed import Scheduler, SpecCluster, Worker, get_worker
+from prefect import flow, task
+from flows.common import run_cached_map, task_runner
+
+@task
+def where(i: int) -> str:
+    return get_worker().name
+
+def cluster(with_gpu: bool) -> SpecCluster:
+    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1, "name": "cpu"}}}
+    if with_gpu:
+        workers["gpu"] = {"cls": Worker, "options": {"nthreads": 1, "name": "gpu", "resources": {"GPU": 1}}}
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
+
+out = {}
+for name, with_gpu, resources in [("mixed", True, {"GPU": 1}), ("mixed-free", True, None), ("cpu-only", False, {"GPU": 1})]:
+    with cluster(with_gpu) as c:
+        @flow(task_runner=task_runner(c.scheduler_address))
+        def run(ws: str) -> list:
+            return run_cached_map(where, Path(ws), resources=resources, i=list(range(8)))
+        out[name] = run(str(Path(sys.argv[1]) / name))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_gpu_tasks_go_to_gpu_workers_and_never_wait_for_a_missing_one(tmp_path):
+    """Tasks that need a worker resource (a GPU scorer's) run only on the worker declaring it in a mixed
+    CPU/GPU cluster; without such a worker they still run (on any worker) instead of waiting for ever."""
+    out = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout[out.stdout.rindex("RESULT ") + 7:].splitlines()[0])
+    assert result["mixed"] == ["gpu"] * 8
+    assert set(result["mixed-free"]) <= {"cpu", "gpu"} and len(result["mixed-free"]) == 8
+    assert result["cpu-only"] == ["cpu"] * 8
+    assert "no Dask worker declares {'GPU': 1}; they run on any worker" in out.stdout + out.stderr
+
+
+def test_scorers_declare_the_resources_their_tasks_need():
+    from evaluation.scorers import scorer_class, scorer_resources
+
+    assert scorer_resources(["dnsmos"]) == {}  # ONNX on the CPU: the demo filter needs no GPU
+    for name in ("utmos22_strong", "audiobox_aesthetics", "clap"):  # the paper's quality scorers
+        assert scorer_class(name).resources == {"GPU": 1}
+    assert scorer_resources(["dnsmos", "utmos22_strong", "clap"]) == {"GPU": 1}
+    from data.curate import CurateConfig
+    from flows.curate import filter_resources
+
+    assert filter_resources(CurateConfig.demo("small")) == {}

@@ -148,7 +148,16 @@ def test_ids_unique_among_kept_but_quarantined_duplicates_are_accounted(tmp_path
 
 
 def test_quarantined_rows_need_only_id_status_reason():
-    validate_records([ManifestRecord(id="x", status="quarantined", reason="not_audio")])
+    bare = ManifestRecord(id="x", status="quarantined", reason="not_audio")
+    assert validate_records([bare]) == [bare]
+    # The same row without a reason code, or blank, is one problem; as a kept row it lacks everything a kept
+    # row needs, starting with its task.
+    for reason in (None, "  "):
+        with pytest.raises(ManifestError, match=r"1 problem\(s\):\n  row 0 \(id='x'\): column 'reason' "
+                                                 "quarantined rows need a reason code$"):
+            validate_records([ManifestRecord(id="x", status="quarantined", reason=reason)])
+    with pytest.raises(ManifestError, match="column 'task' kept rows need a task"):
+        validate_records([ManifestRecord(id="x", status="kept")])
 
 
 def test_failed_write_keeps_the_previous_manifest(tmp_path):
@@ -210,8 +219,15 @@ def test_read_accepts_safely_castable_types_and_reports_missing_file(tmp_path):
 
 
 def test_tasks_are_the_config_tasks():
+    assert sorted(TASKS) == ["en_tts", "t2m", "v2m", "zh_tts"]  # the paper's four generation tasks
     for t in TASKS:
-        validate_records([rec("a", task=t, video_path="/v.mp4" if t == "v2m" else None)])
+        r = rec("a", task=t, video_path="/v.mp4" if t == "v2m" else None)
+        assert validate_records([r]) == [r]
+    with pytest.raises(ManifestError, match=r"column 'task' must be one of "
+                                             r"\('zh_tts', 'en_tts', 't2m', 'v2m'\) or null, got 'asr'"):
+        validate_records([rec("a", task="asr")])
+    with pytest.raises(ManifestError, match="column 'video_path' kept v2m rows need a video path"):
+        validate_records([rec("a", task="v2m")])
 
 
 # ---------------------------------------------------------------- segmentation

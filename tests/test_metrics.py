@@ -20,6 +20,7 @@ from evaluation.metrics import (
     kl_gen_ref,
     kl_ref_gen,
     subsample_ci,
+    subsample_interval,
 )
 
 
@@ -258,6 +259,21 @@ def test_bootstrap_ci_basic_and_deterministic():
     assert all(math.isnan(x) for x in bootstrap_ci([]))
 
 
+def test_bootstrap_ci_is_the_percentile_bootstrap_of_seeded_index_resamples():
+    """The interval is the alpha/2 and 1 - alpha/2 percentiles (linear interpolation) of the statistic over
+    ``n_boot`` resamples of item indices ``numpy.random.default_rng(seed).integers(0, n, (n_boot, n))``,
+    written out here without scipy."""
+    x = np.random.default_rng(3).exponential(size=37)
+    for stat, alpha, seed in ((np.mean, 0.05, 0), (np.median, 0.1, 7)):
+        idx = np.random.default_rng(seed).integers(0, 37, size=(400, 37))
+        expected = np.percentile([stat(x[i]) for i in idx], [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        got = bootstrap_ci(x, stat, n_boot=400, alpha=alpha, seed=seed)
+        assert got == pytest.approx(tuple(expected), rel=1e-12)
+    assert bootstrap_ci([2.5]) == (2.5, 2.5)  # one item: every resample is that item
+    # resamples with a NaN: no interval
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0, math.nan, 2.0], n_boot=50))
+
+
 def test_bootstrap_ci_rows_for_corpus_rate():
     """Rows (errors, ref_len) are resampled together; statistic gets the [n, 2] resample."""
     rows = np.array([[1, 10], [0, 5], [3, 6], [2, 8], [0, 4]] * 8)
@@ -308,6 +324,24 @@ def test_subsample_ci_scale_matches_the_sampling_spread_of_a_mean():
         lo, hi = subsample_ci(x, mean, m=m, n_sub=2000)
         assert lo < x.mean() < hi
         assert hi - lo == pytest.approx(2 * 1.96 * x.std() / 20, rel=0.12)
+
+
+def test_subsample_interval_is_the_scaled_spread_of_seeded_half_samples():
+    """Subsets: the first m of a ``default_rng(seed)`` permutation per row; interval ``T_n - s * q`` with
+    ``q`` the percentiles of the subset values' deviations from their median and ``s = sqrt(m / (n - m))``."""
+    x = np.random.default_rng(1).normal(size=40)
+    res = subsample_interval(x, np.mean, m=10, n_sub=100)
+    assert res.m == 10 and res.scale == pytest.approx(math.sqrt(10 / 30))
+    idx = np.argsort(np.random.default_rng(0).random((100, 40)), axis=1)[:, :10]
+    t = np.array([x[i].mean() for i in idx])
+    q_lo, q_hi = np.percentile(t - np.median(t), [2.5, 97.5])
+    s = math.sqrt(10 / 30)
+    assert (res.lo, res.hi) == pytest.approx((x.mean() - s * q_hi, x.mean() - s * q_lo), rel=1e-12)
+    assert subsample_ci(x, np.mean, m=10, n_sub=100) == (res.lo, res.hi)
+    half = subsample_interval(x, np.mean)
+    assert (half.m, half.scale) == (20, 1.0)
+    none = subsample_interval(np.arange(3.0), np.mean)  # too few items: no interval, no subsets
+    assert none.m == 0 and all(math.isnan(v) for v in (none.lo, none.hi, none.scale))
 
 
 def test_subsample_ci_contains_the_point_even_for_a_skewed_statistic_and_edge_cases():

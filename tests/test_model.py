@@ -99,3 +99,42 @@ def test_paper_preset_parameter_count_on_meta_device():
     assert abs(report["total"] - 7.1e9) <= 0.05 * 7.1e9
     assert report["active_min"] < report["active_avg_at_k"][2] < report["active_max"] == report["total"]
     assert 0.6e9 < report["vision_tower"] < 0.7e9
+
+
+# ---- codebook cross-entropy as reducible sums
+
+
+def test_codebook_ce_sums_add_up_over_shards():
+    """Data parallelism: with the target counts summed over shards of a batch and each shard's own CE
+    sums, the shards' losses add up to the loss of the whole batch, for both codebook reductions; a
+    codebook without targets is left out of the mean."""
+    from unimoe.audio_tokens import IGNORE_INDEX
+    from unimoe.model import codebook_ce, codebook_ce_sums
+
+    torch.manual_seed(0)
+    n, k, v = 10, 3, 7
+    logits, labels = torch.randn(n, k, v), torch.randint(0, v, (n, k))
+    labels[:4, 1] = IGNORE_INDEX
+    labels[:, 2] = IGNORE_INDEX  # no targets at all
+    ce, sums, counts = codebook_ce_sums(logits, labels)
+    assert counts.tolist() == [10, 6, 0] and (ce[:4, 1] == 0).all() and (ce[:, 2] == 0).all()
+    # per codebook: the mean cross-entropy over its targets (independent reference)
+    ref = [torch.nn.functional.cross_entropy(logits[labels[:, j] >= 0, j], labels[labels[:, j] >= 0, j])
+           for j in (0, 1)]
+    torch.testing.assert_close(codebook_ce(sums, counts, "mean"), (ref[0] + ref[1]) / 2)
+    torch.testing.assert_close(codebook_ce(sums, counts, "sum"), ref[0] + ref[1])
+    shards = [codebook_ce_sums(logits[a:b], labels[a:b]) for a, b in ((0, 3), (3, 10))]
+    global_counts = sum(s[2] for s in shards)
+    assert torch.equal(global_counts, counts)
+    for reduction in ("mean", "sum"):
+        parts = [codebook_ce(s[1], global_counts, reduction) for s in shards]
+        torch.testing.assert_close(sum(parts), codebook_ce(sums, counts, reduction))
+        assert abs(float(parts[0]) - float(codebook_ce(sums, counts, reduction))) > 1e-3  # shares, not copies
+    with pytest.raises(ValueError, match="reduction"):
+        codebook_ce(sums, counts, "max")
+
+
+def test_model_loss_is_the_codebook_mean(tiny_model, builder, tokenizer, tiny_cfg):
+    out = tiny_model.loss(_batch(builder, tokenizer, tiny_cfg, _examples(tiny_cfg.audio.num_codebooks)))
+    assert torch.isfinite(out["per_codebook"]).all()
+    torch.testing.assert_close(out["ce"].detach(), out["per_codebook"].mean())

@@ -1,5 +1,5 @@
-"""DCMoE layer (DESIGN §2.2): selection rules, mixing weights, grouped dispatch vs the loop oracle,
-null/shared experts, balance loss, padding and routing statistics."""
+"""DCMoE layer (UniMoE-Audio, arXiv 2510.13344): selection rules, mixing weights, grouped dispatch vs the
+loop oracle, null/shared experts, balance loss, padding and routing statistics."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import unimoe.moe as moe_module
 from unimoe.config import TASKS, MoEConfig, UniMoEConfig, tiny_preset
 from unimoe.moe import (
     DCMoE,
     FFNOutput,
+    GroupedDispatcher,
     GroupedExperts,
+    LoopDispatcher,
     SwiGLU,
     TopKRouter,
     TopPRouter,
     balance_loss,
+    balance_loss_from_sums,
+    balance_sums,
+    build_dispatcher,
     build_ffn,
     combine_weights,
     top_k_mask,
@@ -231,17 +235,23 @@ def _run(layer, x, mask=None, task_ids=None):
 @pytest.mark.parametrize("mixing", ["softmax", "add"])
 @pytest.mark.parametrize("grouped_mm", [True, False])
 def test_grouped_matches_loop(router, weighting, mixing, grouped_mm, monkeypatch):
-    monkeypatch.setattr(GroupedExperts, "use_grouped_mm", grouped_mm)
+    gmm_calls = []
+    if hasattr(torch, "_grouped_mm"):
+        real_gmm = torch._grouped_mm
+        monkeypatch.setattr(torch, "_grouped_mm", lambda *a, **k: gmm_calls.append(1) or real_gmm(*a, **k))
     layer = make_moe(router, weighting=weighting, shared_mixing=mixing)
+    layer.experts.use_grouped_mm = grouped_mm
     x = torch.randn(2, 9, D)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 6:] = False
-    layer.dispatch = "grouped"
+    assert isinstance(layer.dispatcher, GroupedDispatcher)  # the config's default
     res_g, grads_g = _run(layer, x, mask)
-    layer.dispatch = "loop"
+    # the grouped kernel runs exactly when asked for (3 projections forward, no silent fallback)
+    assert (len(gmm_calls) >= 3) == (grouped_mm and hasattr(torch, "_grouped_mm"))
+    layer.dispatcher = build_dispatcher("loop", layer.num_routed)
+    gmm_calls.clear()
     res_l, grads_l = _run(layer, x, mask)
-    if grouped_mm and hasattr(torch, "_grouped_mm"):
-        assert moe_module._GMM_WORKS.get(("cpu", torch.float32)), "torch._grouped_mm path silently unused"
+    assert not gmm_calls
     torch.testing.assert_close(res_g.out, res_l.out)
     torch.testing.assert_close(res_g.aux_loss, res_l.aux_loss)
     assert grads_g.keys() == grads_l.keys()
@@ -406,6 +416,24 @@ def test_balance_loss_matches_direct_computation(form, router):
     assert direct == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("form", ["switch", "official"])
+def test_balance_sums_add_up_over_shards(form):
+    """Data parallelism: with the selection counts and token counts summed over shards of a batch and each
+    shard's own probability sums, the shards' losses add up to the loss of the whole batch."""
+    torch.manual_seed(0)
+    z = torch.randn(11, 5, dtype=torch.float64)
+    sel = top_p_mask(torch.softmax(z, -1), 0.7)
+    whole = balance_loss(z, sel, form)
+    shards = [balance_sums(z[a:b], sel[a:b], form) for a, b in ((0, 4), (4, 4), (4, 11))]  # one empty
+    counts, tokens = sum(s.counts for s in shards), sum(s.tokens for s in shards)
+    assert tokens == 11 and torch.equal(counts, sel.sum(0).double())
+    parts = [balance_loss_from_sums(counts, s.prob_sums, tokens) for s in shards]
+    torch.testing.assert_close(sum(parts), whole)
+    assert float(parts[1]) == 0.0 and abs(float(parts[0]) - float(whole)) > 1e-3  # shares, not copies
+    # each shard on its own is a different (local) balance loss
+    assert abs(float(balance_loss(z[:4], sel[:4], form)) - float(whole)) > 1e-3
+
+
 def test_balance_loss_is_one_for_perfect_balance():
     # uniform probabilities and uniform selection: N_dyn * sum (1/E * 1/E) * E... = 1
     z = torch.zeros(6, 3)
@@ -497,8 +525,8 @@ def test_build_ffn_kinds_and_router_layout():
     for kind in ("top_p", "top_k"):
         layer = build_ffn(cfg, kind)
         m = cfg.moe
-        assert isinstance(layer, DCMoE) and layer.dispatch == m.dispatch
-        assert isinstance(layer.router, torch.nn.Linear) and layer.router.bias is None
+        assert isinstance(layer, DCMoE) and m.dispatch == "grouped"
+        assert isinstance(layer.dispatcher, GroupedDispatcher)
         assert layer.router.weight.shape == (m.num_dynamic + m.num_shared_experts, cfg.hidden_size)
         assert layer.experts.w_gate.shape == (m.num_routed_experts, m.routed_intermediate, cfg.hidden_size)
         assert layer.experts.w_down.shape == (m.num_routed_experts, cfg.hidden_size, m.routed_intermediate)
@@ -509,6 +537,38 @@ def test_build_ffn_kinds_and_router_layout():
         assert res.out.shape == x.shape and res.aux_loss.dim() == 0
     with pytest.raises(ValueError):
         build_ffn(cfg, "moe")
+    with pytest.raises(ValueError, match="unknown dispatch"):
+        build_dispatcher("scatter", 4)
+
+
+def test_checkpoint_keys_are_the_released_layout():
+    """Checkpoints written before the router/dispatcher split hold exactly these keys (the router's gate
+    as ``router.weight``, the stacked experts as ``w_gate/w_up/w_down``); they must load strictly, and
+    the dispatchers add no state."""
+    old_keys = {"router.weight", "experts.w_gate", "experts.w_up", "experts.w_down",
+                "shared_experts.w_gate", "shared_experts.w_up", "shared_experts.w_down"}
+    src, dst = make_moe("top_p", seed=1), make_moe("top_p", seed=2, dispatch="loop")
+    old_format = {k: v.clone() for k, v in src.state_dict().items()}
+    assert set(old_format) == old_keys
+    assert not any(torch.equal(old_format[k], dst.state_dict()[k]) for k in old_keys)
+    dst.load_state_dict(old_format, strict=True)
+    x = torch.randn(5, D)
+    torch.testing.assert_close(dst(x).out, src(x).out)  # loop and grouped dispatch, same weights
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch._grouped_mm not in this torch")
+def test_use_grouped_mm_is_per_layer(monkeypatch):
+    """No process-wide switch: turning the kernel off in one layer leaves another layer on it."""
+    calls = []
+    real_gmm = torch._grouped_mm
+    monkeypatch.setattr(torch, "_grouped_mm", lambda *a, **k: calls.append(1) or real_gmm(*a, **k))
+    a, b = make_moe("top_p", seed=0), make_moe("top_p", seed=0)
+    a.experts.use_grouped_mm = False
+    x = torch.randn(6, D)
+    out_a = a(x).out
+    assert not calls
+    torch.testing.assert_close(b(x).out, out_a)
+    assert len(calls) >= 3
 
 
 # ---- router input jitter (issue 14) -----------------------------------------------------------------------
@@ -567,4 +627,5 @@ def test_experts_sliced_from_dense_reassemble_it():
         ex.load_expert_from_dense(e, dense, start=8 * e)
     x = torch.randn(6, D)
     sel = torch.ones(6, 4, dtype=torch.bool)
-    torch.testing.assert_close(ex.forward_loop(x, sel, torch.ones(6, 4)), dense(x).out)
+    torch.testing.assert_close(LoopDispatcher()(x, sel, torch.ones(6, 4), ex), dense(x).out)
+    torch.testing.assert_close(GroupedDispatcher(4)(x, sel, torch.ones(6, 4), ex), dense(x).out)

@@ -1,4 +1,4 @@
-"""Scale-out (DESIGN §3): expert parallelism and FSDP on two CPU processes (gloo), plus the single-process
+"""Scale-out: expert parallelism and FSDP on two CPU processes (gloo), plus the single-process
 behaviour of the helpers.
 
 The two-process cases run in ONE ``torch.distributed.run`` launch (tests/parallel_worker.py; a launch
@@ -186,7 +186,7 @@ def test_expert_parallel_needs_a_process_group():
         pytest.skip("a process group is already initialised in this process")
     moe = DCMoE(16, MoEConfig(num_routed_experts=4, routed_intermediate=8, shared_intermediate=8))
     with pytest.raises(RuntimeError, match="process group"):
-        par.ExpertParallelDCMoE(moe)
+        par.expert_parallel(moe)
     with pytest.raises(RuntimeError, match="process group"):
         par.wrap_fsdp(torch.nn.Linear(2, 2))
 
@@ -195,8 +195,7 @@ def test_shard_experts_copies_the_slice():
     from unimoe.moe import GroupedExperts
 
     torch.manual_seed(0)
-    full = GroupedExperts(6, 16, 8)
-    full.use_grouped_mm = False
+    full = GroupedExperts(6, 16, 8, use_grouped_mm=False)
     shard = par.shard_experts(full, 2, 2)
     assert shard.num_experts == 2 and shard.use_grouped_mm is False
     for n in ("w_gate", "w_up", "w_down"):

@@ -27,7 +27,7 @@ from data.quality import (
     quality_report,
     signal_checks,
 )
-from unimoe.audio_io import save_wav
+from unimoe.common.audio import save_wav
 
 SR = 16000
 HASH = "0" * 64

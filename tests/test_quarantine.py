@@ -18,7 +18,6 @@ import pytest
 import soundfile as sf
 
 from data.audio_probe import (
-    REASONS,
     ProbeLimits,
     ProbeResult,
     QuarantineReason,
@@ -28,6 +27,7 @@ from data.audio_probe import (
 )
 from data.manifest import STATUSES, read_manifest, split_by_status, write_manifest
 from data.sources import base, get_adapter
+from unimoe.common.reasons import Reason
 
 SR = 16000
 
@@ -190,7 +190,7 @@ def test_every_row_ends_in_exactly_one_status(salted, tmp_path):
     # clear reasons: a known code and a message naming the row
     for r in records:
         if r.status == "quarantined":
-            assert r.reason in REASONS, r.reason
+            assert r.reason in set(Reason), r.reason
             assert r.detail and r.detail.startswith(r.source_ref), r.detail
     bad_kinds = {reason for _, reason in expected.values() if reason}
     assert len(bad_kinds) >= 12, sorted(bad_kinds)
@@ -202,6 +202,9 @@ def test_every_row_ends_in_exactly_one_status(salted, tmp_path):
     assert len(parts["kept"]) == 3 and len(parts["quarantined"]) == len(expected) - 3
     latin = next(r for r in back if r.reason == "non_utf8_text")
     assert latin.text == "caf\ufffd cr\ufffdme"
+    # what the Parquet holds is the plain code: the column reads back as str, equal to what was written
+    assert [type(r.reason) for r in back if r.reason] == [str] * (len(expected) - 3)
+    assert [r.reason for r in back] == [r.reason for r in records]
 
 
 def test_specific_reason_messages(salted):
@@ -360,3 +363,35 @@ def test_probe_video_and_text_checks(tmp_path):
     assert check_text(None).code == "missing_text"
     assert check_text(None, required=False) is None and check_text("", required=False) is None
     assert str(QuarantineReason("empty_text", "text is empty")) == "empty_text: text is empty"
+
+
+# Every code a manifest, a shard index or a report has ever carried (ingestion, segmentation, captioning,
+# quality filtering, tokenisation): files written before Reason existed must read the same.
+WRITTEN_CODES = {
+    "path_escape", "missing_file", "not_a_file", "zero_length", "not_audio", "corrupt_audio", "truncated",
+    "non_finite", "bad_sample_rate", "too_many_channels", "too_long", "too_short", "non_utf8_text",
+    "non_utf8_path", "empty_text", "missing_text", "missing_id", "duplicate_id", "invalid_task",
+    "missing_video", "not_video", "missing_metadata", "sample_rate_mismatch", "duration_mismatch",
+    "bad_segment", "bad_row", "build_failed", "internal_error", "short_tail", "too_short_for_clip",
+    "caption_failed", "unknown_task", "unreadable_audio", "score_failed", "quality:no_text",
+    "encode_failed", "bad_text", "corrupt_video",
+}
+
+
+def test_one_reason_vocabulary():
+    """Reason is the one list of codes: it holds every code ever written, each with a meaning; the span
+    reader's and the tokenizer's codes are Reasons; a member is its code wherever a string is used."""
+    from data.captioning import CAPTION_FAILED
+    from data.tokenize import REASONS as TOKENIZE_REASONS
+    from unimoe.common.audio import SPAN_REASONS
+
+    assert {r.value for r in Reason} == WRITTEN_CODES
+    assert all(r.meaning for r in Reason)
+    assert set(SPAN_REASONS) | set(TOKENIZE_REASONS) | {CAPTION_FAILED} <= set(Reason)
+    assert Reason("quality:no_text") is Reason.QUALITY_NO_TEXT
+    assert Reason.TRUNCATED == "truncated" and f"{Reason.TRUNCATED}" == "truncated"
+    # the same hash as its code: a Counter of reasons adds up members and the strings read back from Parquet
+    assert {Reason.TRUNCATED: 1}.get("truncated") == 1
+    assert QuarantineReason("bad_row", "x").code is Reason.BAD_ROW
+    with pytest.raises(ValueError, match="not_a_reason"):
+        QuarantineReason("not_a_reason", "a typo is caught where the code is made")

@@ -1,8 +1,12 @@
 """Result tables: schema, append-only part files written atomically, hive date partitions, filters."""
 
+import shutil
+import subprocess
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -47,8 +51,9 @@ def test_bad_rows_write_nothing(tmp_path):
         R.write_rows(tmp_path, "aggregate", [dict(agg_row(), secret="x")], run_id="r")
     with pytest.raises(ValueError, match="missing"):
         R.write_rows(tmp_path, "items", [{"run_id": "r"}], run_id="r")
-    with pytest.raises(Exception):
-        R.write_rows(tmp_path, "aggregate", [agg_row(value="not a number")], run_id="r")
+    with pytest.raises(pa.ArrowInvalid,
+                       match="Could not convert 'not a number' with type str: tried to convert to double"):
+        R.write_rows(tmp_path, "aggregate", [dict(agg_row(), value="not a number")], run_id="r")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
     assert R.write_rows(tmp_path, "aggregate", [], run_id="r") is None
 
@@ -80,14 +85,34 @@ def test_latest_run(tmp_path):
 
 def test_provenance_helpers():
     assert R.config_hash({"a": 1, "b": [1, 2]}) == R.config_hash({"b": [1, 2], "a": 1}) != R.config_hash({"a": 2})
-    commit = R.git_commit()
-    assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_git_commit_is_head_marked_dirty_by_tracked_changes(monkeypatch):
+    """The commit recorded with results is ``git rev-parse HEAD`` of this checkout, with ``-dirty`` exactly
+    when ``git diff HEAD`` (tracked files, staged or not) is non-empty; "unknown" when git cannot run."""
+    root = Path(R.__file__).resolve().parents[1]
+    git = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)  # noqa: E731
+    head = git("rev-parse", "HEAD")
+    if shutil.which("git") is None or head.returncode != 0:
+        pytest.skip("needs git and a git checkout")
+    dirty = git("diff", "--quiet", "HEAD").returncode == 1
+    R.git_commit.cache_clear()
+    try:
+        assert R.git_commit() == head.stdout.strip() + ("-dirty" if dirty else "")
+
+        def no_git(*args, **kwargs):
+            raise FileNotFoundError("git")
+
+        monkeypatch.setattr(R.subprocess, "run", no_git)
+        R.git_commit.cache_clear()
+        assert R.git_commit() == "unknown"
+    finally:
+        R.git_commit.cache_clear()
 
 
 def test_older_parts_without_new_columns_read_back_filled(tmp_path):
     """A table written before columns were added to its schema (here the regression table's gate fields)
     reads back with every current column: null in the old rows, filterable without error."""
-    import pyarrow as pa
 
     old_names = ["run_id", "baseline_run_id", "benchmark", "task", "metric", "value", "baseline_value", "delta",
                  "threshold", "ci_low", "ci_high", "regressed", "timestamp"]
@@ -114,7 +139,6 @@ def test_older_parts_without_new_columns_read_back_filled(tmp_path):
 def test_system_and_n_asked_columns_with_defaults_for_older_parts(tmp_path):
     """``system`` / ``n_asked``: written when given, defaulted ('model' / null) when a row omits them,
     and parts written before the columns existed read as model rows, filters on ``system`` included."""
-    import pyarrow as pa
 
     assert R.SYSTEMS == ("model", "ground_truth", "codec_resynth")
     old_schema = pa.schema([f for f in R.SCHEMAS["aggregate"] if f.name not in ("system", "n_asked")])
@@ -151,7 +175,6 @@ def test_trust_columns_and_transcripts_read_null_from_older_parts(tmp_path):
     """The columns a comparison needs (manifest / reference-set hashes, decoding, voice prompt, scorer
     protocol, device, dtype, packages; per-item transcripts): written when given, null when a row omits
     them and in parts written before they existed; filters on them work."""
-    import pyarrow as pa
 
     when = datetime(2024, 1, 1, tzinfo=timezone.utc)
     old_agg = pa.schema([f for f in R.SCHEMAS["aggregate"] if f.name not in R.TRUST_COLUMNS])

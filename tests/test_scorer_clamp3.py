@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
-from unimoe.audio_io import resample
+from unimoe.common.audio import resample
 from unimoe.io import sha256_file
 
 transformers = pytest.importorskip("transformers")

@@ -13,7 +13,7 @@ pytest.importorskip("speechmos")
 pytest.importorskip("onnxruntime")
 
 from evaluation.scorers import AudioItem, available_scorers, load_scorer
-from unimoe.audio_io import load_audio, resample, to_mono
+from unimoe.common.audio import load_audio, resample, to_mono
 
 SENTENCE = (
     "The quick brown fox jumps over the lazy dog. Please call Stella and ask her to bring these things."

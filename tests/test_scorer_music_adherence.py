@@ -13,7 +13,8 @@ import pytest
 
 from evaluation.scorers import AudioItem, available_scorers, load_scorer
 from evaluation.scorers import music_adherence as M
-from unimoe.audio_io import load_audio
+from unimoe.common.audio import load_audio
+from unimoe.common.music import KK_MAJOR, KK_MINOR
 
 SR = 22_050
 
@@ -106,8 +107,8 @@ def test_key_rule(est, req, score):
 
 def test_key_profile_estimate():
     # the major profile itself, rotated to A, is A major
-    assert M.estimate_key(np.roll(M.KK_MAJOR, 9))[0] == (9, "major")
-    assert M.estimate_key(np.roll(M.KK_MINOR, 2))[0] == (2, "minor")
+    assert M.estimate_key(np.roll(KK_MAJOR, 9))[0] == (9, "major")
+    assert M.estimate_key(np.roll(KK_MINOR, 2))[0] == (2, "minor")
     assert M.estimate_key(np.ones(12))[0] is None
 
 

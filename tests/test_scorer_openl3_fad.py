@@ -233,7 +233,7 @@ def _write(path, wav, sr):
 
 
 def _loaded(path):
-    from unimoe.audio_io import load_audio
+    from unimoe.common.audio import load_audio
 
     wav, sr = load_audio(path)
     return AudioItem("x", wav, sr)
@@ -241,22 +241,22 @@ def _loaded(path):
 
 def test_runner_gives_set_scorers_stereo_so_references_take_the_left_right_path(tiny, tmp_path):
     """Issue 12 item 8: a stereo reference is embedded as L||R (the runner used to downmix it first)."""
-    from evaluation import runner
+    from evaluation.bench import score as bench_score
 
     sr = 22_050
     stereo = _write(tmp_path / "ref.wav", np.stack([tone(1.5, sr, 220.0, seed=1), tone(1.5, sr, 1760.0, seed=2)]), sr)
     item = {"id": "a", "task": "t2m", "reference_audio": stereo}
-    got = runner._embed_cached(tiny, tiny.version, [("a", stereo, item, "sha-a")], tmp_path / "cache", False, "x")["a"]
+    got = bench_score._embed_cached(tiny, tiny.version, [("a", stereo, item, "sha-a")], tmp_path / "cache", False, "x")["a"]
     expect = tiny.item_frames(_loaded(stereo))
     np.testing.assert_allclose(got, expect, rtol=1e-6, atol=1e-7)
     assert not np.allclose(got[:, :3], got[:, 3:])  # L and R differ: not a downmix duplicated
     # cached per item (frames array), read back as it was written
-    again = runner._embed_cached(tiny, tiny.version, [("a", stereo, item, "sha-a")], tmp_path / "cache", False, "x")
+    again = bench_score._embed_cached(tiny, tiny.version, [("a", stereo, item, "sha-a")], tmp_path / "cache", False, "x")
     np.testing.assert_array_equal(again["a"], got)
 
 
 def test_runner_set_level_fad_pools_frames_with_an_interval_around_it(tiny, tmp_path):
-    from evaluation import runner
+    from evaluation.bench import score as bench_score
 
     sr = 16_000
     rows, gen_paths, ref_paths = [], [], []
@@ -267,8 +267,8 @@ def test_runner_set_level_fad_pools_frames_with_an_interval_around_it(tiny, tmp_
         gen_paths.append(g)
         ref_paths.append(r)
         rows.append({"item": {"id": f"i{k}", "task": "t2m", "reference_audio": r}, "seed": 0, "system": "model",
-                     "audio": g, "audio_sha256": runner.file_hash(g)})
-    agg, failed = runner._score_set(tiny, tiny.version, rows, "t2m", "model", {"fad": False}, tmp_path / "cache",
+                     "audio": g, "audio_sha256": bench_score.file_hash(g)})
+    agg, failed = bench_score._score_set(tiny, tiny.version, rows, "t2m", "model", {"fad": False}, tmp_path / "cache",
                                     20, False)
     assert failed == [] and [r["metric"] for r in agg] == ["fad"]
     expect = frechet_distance_from_frames([tiny.item_frames(_loaded(p)) for p in gen_paths],

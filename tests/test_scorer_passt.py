@@ -208,7 +208,7 @@ def test_runner_scores_is_without_reference_audio_and_kl_where_there_is_one(scor
     dropped, and with them IS); KL is computed over the items that have a reference."""
     import soundfile as sf
 
-    from evaluation import runner
+    from evaluation.bench import score as bench_score
 
     def wav(name, f0, seed):
         path = tmp_path / f"{name}.wav"
@@ -221,25 +221,25 @@ def test_runner_scores_is_without_reference_audio_and_kl_where_there_is_one(scor
         if k < 2:
             item["reference_audio"] = wav(f"r{k}", 500.0 + 150 * k, 10 + k)
         g = wav(f"g{k}", 200.0 + 120 * k, k)
-        rows.append({"item": item, "seed": 0, "system": "model", "audio": g, "audio_sha256": runner.file_hash(g)})
+        rows.append({"item": item, "seed": 0, "system": "model", "audio": g, "audio_sha256": bench_score.file_hash(g)})
     directions = {m: d == "higher" for m, d in scorer.metrics.items()}
 
     def embed(path):
-        from unimoe.audio_io import load_audio
+        from unimoe.common.audio import load_audio
 
         w, sr = load_audio(path)
         return scorer.embed([AudioItem("x", w, sr)])[0]
 
     gen = np.stack([embed(r["audio"]) for r in rows])
     ref = np.stack([embed(r["item"]["reference_audio"]) for r in rows[:2]])
-    agg, failed = runner._score_set(scorer, scorer.version, rows, "t2m", "model", directions, tmp_path / "c", 10, False)
+    agg, failed = bench_score._score_set(scorer, scorer.version, rows, "t2m", "model", directions, tmp_path / "c", 10, False)
     got = {r["metric"]: r for r in agg}
     assert failed == [] and set(got) == {"is", "kl_gen_ref"}
     assert got["is"]["value"] == pytest.approx(inception_score(gen, splits=5)[0], rel=1e-6) and got["is"]["n"] == 5
     assert got["kl_gen_ref"]["value"] == pytest.approx(kl_gen_ref(gen[:2], ref), rel=1e-6)
     # no item with reference audio: IS alone
     bare = [{**r, "item": {"id": r["item"]["id"], "task": "t2m"}} for r in rows]
-    agg, _ = runner._score_set(scorer, scorer.version, bare, "t2m", "model", directions, tmp_path / "c", 10, False)
+    agg, _ = bench_score._score_set(scorer, scorer.version, bare, "t2m", "model", directions, tmp_path / "c", 10, False)
     assert [r["metric"] for r in agg] == ["is"] and agg[0]["value"] == pytest.approx(got["is"]["value"])
 
 

@@ -14,7 +14,7 @@ pytest.importorskip("librosa")
 from data.speech_synth import BUILTIN_VOICES, check_voice, synthesize
 from evaluation.scorers import AudioItem, available_scorers, load_scorer
 from evaluation.scorers.resemblyzer_sim import METRIC, PROTOCOL, ResemblyzerSim
-from unimoe.audio_io import resample
+from unimoe.common.audio import resample
 
 A = "The quick brown fox jumps over the lazy dog near the river bank."
 B = "Please call Stella and ask her to bring these things with her from the store."

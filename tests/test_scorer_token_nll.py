@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
 
 def _by_hand(ckpt, item) -> dict[str, float]:
     """NLL from the model's logits, computed here without the trainer's loss code."""
-    from unimoe.audio_io import load_audio
+    from unimoe.common.audio import load_audio
     from unimoe.checkpoint import load_checkpoint
     from unimoe.codec import AudioCodec
     from unimoe.sequence import Example, SequenceBuilder, collate
@@ -179,12 +179,10 @@ def test_codes_cache_is_shared_per_codec_and_audio(setup, tmp_path):
 
 
 def test_codec_key_names_the_codec_config():
-    from dataclasses import replace
-
     from evaluation.codes_cache import codec_key
     from unimoe.config import tiny_preset
 
     cfg = tiny_preset()
     assert codec_key(cfg) == codec_key(tiny_preset())
-    assert codec_key(replace(cfg, codec=replace(cfg.codec, random_seed=1))) != codec_key(cfg)
-    assert codec_key(replace(cfg, codec=replace(cfg.codec, weights_path="elsewhere.pth"))) == codec_key(cfg)
+    assert codec_key(cfg.replace(codec=cfg.codec.replace(random_seed=1))) != codec_key(cfg)
+    assert codec_key(cfg.replace(codec=cfg.codec.replace(weights_path="elsewhere.pth"))) == codec_key(cfg)

@@ -266,7 +266,7 @@ def test_score_formula_against_head(scorer):
 
 def test_resampling_mono_and_bad_items(scorer):
     wav16 = _clip(6, 16000)
-    from unimoe.audio_io import resample
+    from unimoe.common.audio import resample
 
     wav24 = resample(wav16, 16000, 24000)
     stereo = np.stack([wav16, wav16])

@@ -243,7 +243,7 @@ def test_cosine_math_and_channel_handling(scorer):
     assert out[1][METRIC] == pytest.approx(1.0, abs=1e-6)
     assert out[2][METRIC] == pytest.approx(out[0][METRIC], abs=1e-6)
     # resampled input: close to the 16 kHz score
-    from unimoe.audio_io import resample
+    from unimoe.common.audio import resample
 
     r = scorer.score([AudioItem("r", resample(a, 16000, 24000), 24000, reference=b, reference_sample_rate=16000)])
     assert r[0][METRIC] == pytest.approx(out[0][METRIC], abs=0.05)

@@ -138,7 +138,23 @@ def test_rejects_non_whisper_checkpoint(tmp_path):
         load_scorer("whisper_wer", weights_path=str(p), sha256=None)
 
 
-def test_long_clip_is_transcribed_long_form(scorer):
+def test_long_clip_is_transcribed_long_form(scorer, monkeypatch):
+    """A clip over 30 s goes whole (not cut to one window) through ``whisper.transcribe`` at temperature 0,
+    and its score is the WER of that transcript."""
     x = np.concatenate([_tone(16000 * 31), _tone(16000, 2)])  # 32 s: more than one 30 s window
+    calls = []
+    real = scorer._w.transcribe
+
+    def spy(model, audio, **kw):
+        out = real(model, audio, **kw)
+        calls.append((np.asarray(audio).copy(), kw, out["text"]))
+        return out
+
+    monkeypatch.setattr(scorer._w, "transcribe", spy)
     out = scorer.score([AudioItem("long", x, 16000, text="a long clip")])[0]
-    assert math.isfinite(out[METRIC])
+    assert len(calls) == 1
+    audio, kw, text = calls[0]
+    assert audio.shape == (32 * 16000,) and np.array_equal(audio, x)
+    assert (kw["language"], kw["task"], kw["temperature"], kw["condition_on_previous_text"]) == \
+        ("en", "transcribe", 0.0, False)
+    assert out == WhisperWER.score_transcript("a long clip", text)

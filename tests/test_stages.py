@@ -1,4 +1,4 @@
-"""Curriculum model construction (DESIGN §2.2, §3): specialist configs, the slicing rule, building the
+"""Curriculum model construction: specialist configs, the slicing rule, building the
 DCMoE model from dense specialists, and which parameters train in stages 2 and 3."""
 
 from __future__ import annotations

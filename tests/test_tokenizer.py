@@ -14,7 +14,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from unimoe.config import TokenizerConfig
 from unimoe.special_tokens import (AUDIO_START, EOT, PAD, SPECIAL_TOKENS, SPEECH_END, SPEECH_START, VIDEO_PAD)
-from unimoe.tokenizer import MIN_TRAINED_VOCAB, TextTokenizer
+from unimoe.tokenizer import MIN_TRAINED_VOCAB, TextTokenizer, tokenizer_fingerprint, train_or_load_tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -200,3 +200,22 @@ def test_from_config_trains_and_caches(tok, tmp_path):
     assert other.backend.to_str() == TextTokenizer.train(CORPUS[:8], 300).backend.to_str()
     # without a cache path it just trains
     assert TextTokenizer.from_config(cfg, corpus_texts=CORPUS).backend.to_str() == tok.backend.to_str()
+
+
+def test_train_or_load_fits_on_kept_rows_sorted_by_id_and_reuses_the_cache(tmp_path):
+    """Fitting on manifest-like rows: only ``kept`` rows with text count, in id order, so the cache (keyed
+    by the corpus hash) is reused untouched when the same rows come in another order; the fingerprint
+    is the SHA-256 of the saved tokenizer.json."""
+    from types import SimpleNamespace as Row
+
+    rows = [Row(id=f"r{i:02d}", status="kept", text=t) for i, t in enumerate(CORPUS)]
+    noise = [Row(id="a-filtered", status="filtered", text="zzzz qqqq " * 50),
+             Row(id="b-empty", status="kept", text=None)]
+    cfg, cache = TokenizerConfig(trained_vocab_size=VOCAB), tmp_path / "tokenizer.json"
+    tok = train_or_load_tokenizer(cfg, list(reversed(rows)) + noise, cache)
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(TextTokenizer.train(CORPUS, VOCAB))
+    assert tokenizer_fingerprint(tok) == hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert tokenizer_fingerprint("abc") == "abc"
+    mtime = cache.stat().st_mtime_ns
+    again = train_or_load_tokenizer(cfg, rows, cache)
+    assert cache.stat().st_mtime_ns == mtime and tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)

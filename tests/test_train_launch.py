@@ -1,7 +1,9 @@
 """Launching a curriculum stage under torchrun (unimoe.training.launch): two CPU (gloo) processes give
 the losses of one process with the same global batch; the in-process path is the same code."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ def _spec(workdir, tok_file, batch_size):
             "variant": "unimoe-top-p0.7", "train_overrides": {**TRAIN, "batch_size": batch_size},
             "variant_overlay": {}, "tokenizer": str(tok_file), "init": None, "stage": 3,
             "subset_ids": [f"syn-0-{i:05d}" for i in range(8)],
-            "dataset": {"factory": "unimoe.training.data:synthetic_dataset", "args": [8, 4],
+            "dataset": {"kind": "synthetic", "args": [8, 4],
                         "kwargs": {"seed": 0, "tasks": ["zh_tts", "en_tts", "t2m", "v2m"]}}}
 
 
@@ -55,7 +57,7 @@ def test_launch_command_and_errors(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="nproc"):
         run_stage({}, nproc=0)
     bad = _spec(tmp_path / "bad", tokenizer.save(tmp_path / "t.json"), 2)
-    bad["dataset"]["factory"] = "unimoe.training.data:no_such_factory"
+    bad["dataset"]["kind"] = "no_such_dataset"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with pytest.raises(RuntimeError, match="torchrun"):
         run_stage(bad, nproc=2, env=env, timeout=300)
@@ -92,15 +94,24 @@ def test_sharded_torchrun_stage_matches_one_process_and_resumes(tokenizer, tmp_p
         torch.testing.assert_close(v, ref[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
-def test_stage_spec_names_the_token_reader_and_refuses_unknown_kinds():
-    from unimoe.training.launch import stage_spec
+def test_stage_spec_names_the_token_reader_and_refuses_unknown_kinds(tmp_path):
+    from unimoe.training.launch import build_dataset, stage_spec
+    from unimoe.training.shards import TokenizeError
 
     spec = stage_spec("joint", {"d": 1}, "/ws/tokens", "/ws/out", "rid", "v", {"max_steps": 2}, {"lr": 1.0},
                       init=None, stage=3)
-    assert spec["dataset"] == {"factory": "data.tokenize:TokenShardReader", "args": ["/ws/tokens"], "kwargs": {}}
+    assert spec["dataset"] == {"kind": "tokens", "args": ["/ws/tokens"], "kwargs": {}}
     assert (spec["kind"], spec["workdir"], spec["train_overrides"], spec["stage"]) == ("joint", "/ws/out", {"max_steps": 2}, 3)
     with pytest.raises(ValueError, match="unknown stage kind"):
         stage_spec("pretrain", {}, "t", "o", "r", "v", {}, {})
+    # "tokens" is the shard reader (which refuses a directory without an index), "synthetic" the test data;
+    # anything else, e.g. an import string, is refused
+    with pytest.raises(TokenizeError, match="no index.json"):
+        build_dataset({"dataset": {"kind": "tokens", "args": [str(tmp_path)]}})
+    items = build_dataset(_spec(tmp_path, tmp_path / "t.json", 2))
+    assert [x.id for x in items] == [f"syn-0-{i:05d}" for i in range(8)] and items[0].codes.shape[0] == 4
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        build_dataset({"dataset": {"kind": "unimoe.training.data:synthetic_dataset", "args": [8, 4]}})
 
 
 def test_step_overrides_scale_warmup_and_checkpoints_with_the_step_cap():
@@ -133,3 +144,27 @@ def test_claim_run_dir_moves_a_run_of_another_config_aside(tmp_path):
     legacy = tmp_path / "train" / "old"
     (legacy / "stage3").mkdir(parents=True)  # a run from before run keys existed
     assert claim_run_dir(legacy, {"lr": 1}, archive).name == "old.unkeyed"
+
+
+def test_worker_reads_the_balancers_subset_file_without_the_data_package(tmp_path):
+    """scripts/train_worker.py's --ids-file reads what data/balance.py writes (the same ids as its
+    reader), a JSON list, or whitespace-separated ids; anything else is refused."""
+    import importlib.util
+
+    from data.balance import read_subset, write_subset
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_worker.py"
+    spec = importlib.util.spec_from_file_location("train_worker", script)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    ids = ["b-2", "a-1", "zh_中文"]
+    subset = write_subset(tmp_path / "subset.json", ids, {"report": {"rows": 3}})
+    assert worker.read_ids(str(subset)) == read_subset(subset) == ids
+    (tmp_path / "list.json").write_text(json.dumps(ids))
+    (tmp_path / "ids.txt").write_text("b-2\na-1 zh_中文\n")
+    (tmp_path / "number.txt").write_text("12345\n")
+    assert worker.read_ids(str(tmp_path / "list.json")) == worker.read_ids(str(tmp_path / "ids.txt")) == ids
+    assert worker.read_ids(str(tmp_path / "number.txt")) == ["12345"]
+    (tmp_path / "bad.json").write_text(json.dumps({"ids": [1, 2]}))
+    with pytest.raises(SystemExit, match="expected a subset file"):
+        worker.read_ids(str(tmp_path / "bad.json"))

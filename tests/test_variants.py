@@ -1,4 +1,4 @@
-"""Ablation variants as named config overlays (DESIGN §3)."""
+"""Ablation variants as named config overlays."""
 
 from __future__ import annotations
 

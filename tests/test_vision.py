@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 
@@ -188,7 +187,7 @@ def test_batch_of_two_videos_concatenates(encoder, vcfg):
 def test_merged_token_order_is_raster_over_merge_blocks(vcfg):
     """With no transformer blocks, merged token i depends only on merge block i (raster order
     over t, h // merge, w // merge): the patchify layout agrees with the merger and window order."""
-    cfg = dataclasses.replace(vcfg, depth=0, fullatt_block_indexes=[])
+    cfg = vcfg.replace(depth=0, fullatt_block_indexes=[])
     torch.manual_seed(0)
     enc = VisionEncoder(cfg, OUT).eval()
     fr = _frames(4, 112, 168)

@@ -1,4 +1,4 @@
-"""Audio tokens (DESIGN §2.3): the codebook delay pattern, summed per-codebook embeddings, one
+"""Audio tokens: the codebook delay pattern, summed per-codebook embeddings, one
 parallel output head, and the per-codebook loss.
 
 Delay layout, for codes [K, T] and delays d_c (d_0 = 0 in the default pattern):
@@ -87,22 +87,3 @@ def audio_labels(next_frames: Tensor, audio: AudioConfig) -> Tensor:
     labels = next_frames.clone()
     labels[(labels == audio.pad_id) | (labels == audio.bos_id)] = IGNORE_INDEX
     return labels
-
-
-def codebook_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-codebook cross-entropy.
-
-    logits [N, K, V], labels [N, K] (IGNORE_INDEX where nothing is predicted).
-    Returns (loss: mean over codebooks with at least one target, equal weights;
-             per_codebook [K] (nan where a codebook has no target); counts [K]).
-    """
-    n, k, v = logits.shape
-    ce = F.cross_entropy(logits.reshape(n * k, v).float(), labels.reshape(n * k),
-                         ignore_index=IGNORE_INDEX, reduction="none").view(n, k)
-    valid = labels != IGNORE_INDEX
-    counts = valid.sum(0)
-    per_codebook = (ce * valid).sum(0) / counts.clamp(min=1)
-    has = counts > 0
-    loss = per_codebook[has].mean() if bool(has.any()) else logits.sum() * 0.0
-    per_codebook = torch.where(has, per_codebook, torch.full_like(per_codebook, float("nan")))
-    return loss, per_codebook.detach(), counts

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from unimoe.common.files import atomic_write_json
 from unimoe.config import UniMoEConfig
-from unimoe.io import atomic_write_json, sha256_file
+from unimoe.io import sha256_file
 
 WEIGHTS, CONFIG, STATE, TOKENIZER = "model.safetensors", "config.json", "state.json", "tokenizer.json"
 

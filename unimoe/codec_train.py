@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unimoe.audio_io import load_span, resample, to_mono
-from unimoe.io import atomic_path, sha256_file
+from unimoe.common.audio import load_span, resample, to_mono
+from unimoe.common.files import atomic_path
+from unimoe.io import sha256_file
 
 CHECKPOINT = "latest.pt"
 LOG = "train_log.jsonl"

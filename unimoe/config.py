@@ -1,23 +1,24 @@
-"""One validated config type for the model, with named presets and overlays.
+"""One validated config type for the model, with named presets and overlays — and the base every
+config in the project builds on.
 
-Every config is a tree of dataclasses. ``from_dict`` rejects unknown keys and wrong types, so a typo
-in a YAML file fails loudly instead of silently falling back to a default. Presets are plain
-functions returning a config; variants (ablations) are dict overlays applied with ``overlay``.
+Every config is a pydantic model (``ConfigModel``): unknown keys and wrong types are rejected with the
+key path (``train.lr: expected a number, got 'fast'``), so a typo in a YAML file fails loudly instead of
+silently falling back to a default. Types are strict (no ``"64"`` for an integer, no ``1`` for true); an
+integer is accepted for a float (YAML writes ``1e-4`` and ``1`` alike). Presets are plain functions
+returning a config; variants (ablations) are dict overlays applied with ``overlay``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 FFN_KINDS = ("dense", "top_p", "top_k")
 # The four tasks, in the order used for task ids everywhere (routing statistics, manifests, losses).
@@ -25,14 +26,117 @@ TASKS = ("zh_tts", "en_tts", "t2m", "v2m")
 
 
 class ConfigError(ValueError):
-    """A config could not be parsed or failed validation."""
+    """A config could not be parsed or failed validation. ``problems`` holds (key path, what is wrong)
+    pairs, the path relative to the config that raised; the message names each with its full path."""
+
+    def __init__(self, message: str, problems: list[tuple[tuple, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems if problems is not None else [((), message)]
 
 
-class ConfigFile:
-    """File I/O and hashing for a validated config dataclass (subclasses give ``from_dict``)."""
+_T = TypeVar("_T")
+# YAML and JSON have lists, never tuples: a tuple-typed field takes a list too.
+TupleOf = Annotated[tuple[_T, ...], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+
+# Pydantic error types -> what the field expected, in words.
+_EXPECTED = {"int_type": "an integer", "int_from_float": "an integer", "int_parsing": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "bool_type": "true/false",
+             "bool_parsing": "true/false", "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
+             "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+             "none_required": "null"}
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+class ConfigModel(BaseModel):
+    """A validated config: strict types, unknown keys rejected, every error a ``ConfigError`` whose
+    message carries the key path (prefixed with ``section``, the config's name in messages). Checks that
+    span fields are ``model_validator(mode="after")`` methods raising ``ConfigError``; the model config
+    keeps its explicit ``validate()`` (presets build it piecewise)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    section: ClassVar[str] = ""
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise _config_error(type(self), e) from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None):
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.section or 'config'}: expected a mapping, got {type(data).__name__}")
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes`` (validated, like constructing it anew)."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+
+    def overrides(self) -> dict[str, Any]:
+        """Only the fields given explicitly (to the constructor or in the file), JSON-friendly: a nested
+        part of a larger config records these, so a changed default of this class is not frozen into it."""
+        return self.model_dump(mode="json", include=self.model_fields_set)
+
+
+def _config_error(cls: type[ConfigModel], err: ValidationError) -> ConfigError:
+    """One ``ConfigError`` for all of ``err``'s problems. A nested config raised its own ``ConfigError``
+    (pydantic validates it through its ``__init__``): its problems are re-rooted at the field's path."""
+    problems: list[tuple[tuple, str]] = []
+    unknown: dict[tuple, list[str]] = {}
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not _is_union_tag(p))
+        cause = (e.get("ctx") or {}).get("error")
+        if e["type"] in _UNKNOWN_KEY:
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        elif isinstance(cause, ConfigError):
+            problems += [(loc + path, msg) for path, msg in cause.problems]
+        elif cause is not None:
+            problems.append((loc, str(cause)))
+        elif e["type"] in _EXPECTED:
+            problems.append((loc, f"expected {_EXPECTED[e['type']]}, got {e['input']!r}"))
+        else:
+            problems.append((loc, e["msg"]))
+    for loc, keys in unknown.items():
+        valid = sorted(cls.model_fields) if not loc else None
+        problems.append((loc, f"unknown key(s) {sorted(keys)}" + (f"; valid keys: {valid}" if valid else "")))
+    problems = _merge_union_alternatives(problems)
+    return ConfigError("; ".join(f"{_key_path(cls.section, loc) or 'config'}: {msg}" for loc, msg in problems),
+                       problems)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Pydantic names the member of a union it tried (``str``, ``list[str]``) in an error's location;
+    it is not a key."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+
+
+def _merge_union_alternatives(problems: list[tuple[tuple, str]]) -> list[tuple[tuple, str]]:
+    """``expected a string, got 5`` and ``expected a list, got 5`` at one key (a ``str | list`` field)
+    become ``expected a string or a list, got 5``."""
+    out: dict[tuple, str] = {}
+    for loc, msg in problems:
+        prev = out.get(loc)
+        if prev and prev.startswith("expected ") and msg.startswith("expected "):
+            what, _, got = msg[len("expected "):].partition(", got ")
+            head, _, prev_got = prev.partition(", got ")
+            out[loc] = f"{head} or {what}, got {got}" if got == prev_got else f"{prev}; {msg}"
+        else:
+            out[loc] = f"{prev}; {msg}" if prev else msg
+    return list(out.items())
+
+
+def _key_path(section: str, loc: tuple) -> str:
+    path = section
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+class ConfigFile(ConfigModel):
+    """File I/O and hashing for a top-level config."""
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -41,7 +145,7 @@ class ConfigFile:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        from unimoe.io import atomic_write_text
+        from unimoe.common.files import atomic_write_text
 
         path = Path(path)
         atomic_write_text(path, self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json())
@@ -56,15 +160,16 @@ class ConfigFile:
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: {e}", e.problems) from None
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass
-class MoEConfig:
-    """Dynamic-Capacity MoE settings (DESIGN §2.2)."""
+class MoEConfig(ConfigModel):
+    """Dynamic-Capacity MoE settings (the paper's Top-P routing with null and shared experts)."""
+
+    section = "moe"
 
     num_routed_experts: int = 8
     routed_intermediate: int = 2752
@@ -95,7 +200,7 @@ class MoEConfig:
     # input_jitter_noise (UniMoE_Audio_core.py, released config.json); 0 turns it off.
     router_input_jitter: float = 0.01
     # Provenance of the routed experts (stage 2 slices specialists' FFNs along the intermediate dim).
-    specialists: list[str] = field(default_factory=lambda: ["zh_tts", "en_tts", "t2m", "v2m"])
+    specialists: list[str] = Field(default_factory=lambda: ["zh_tts", "en_tts", "t2m", "v2m"])
     slices_per_specialist: int = 2
     # Indices of the kept slices per specialist (each specialist's FFN is cut into
     # intermediate_size // routed_intermediate slices); None keeps the first slices_per_specialist.
@@ -130,9 +235,11 @@ class MoEConfig:
         return self.balance_weight_start + frac * (self.balance_weight_end - self.balance_weight_start)
 
 
-@dataclass
-class AudioConfig:
-    """Audio token layout (DESIGN §2.3). Special ids follow the codes: EOS, PAD, BOS."""
+class AudioConfig(ConfigModel):
+    """Audio token layout (DAC codebooks with a per-codebook frame delay). Special ids follow the codes:
+    EOS, PAD, BOS."""
+
+    section = "audio"
 
     num_codebooks: int = 12
     codebook_size: int = 1024
@@ -169,10 +276,11 @@ class AudioConfig:
         return self.codebook_size + 3
 
 
-@dataclass
-class CodecConfig:
+class CodecConfig(ConfigModel):
     """Descript Audio Codec. Real weights come from a local store; ``random_init`` builds a small,
     randomly initialised DAC of the same family for tests and the offline demo."""
+
+    section = "codec"
 
     variant: str = "16khz"
     sample_rate: int = 16_000
@@ -183,9 +291,9 @@ class CodecConfig:
     random_seed: int = 0
     # Shapes of the DAC built when random_init is true (encoder rates fix the hop, hence frame rate).
     encoder_dim: int = 64
-    encoder_rates: list[int] = field(default_factory=lambda: [2, 4, 5, 8])
+    encoder_rates: list[int] = Field(default_factory=lambda: [2, 4, 5, 8])
     decoder_dim: int = 1536
-    decoder_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
+    decoder_rates: list[int] = Field(default_factory=lambda: [8, 5, 4, 2])
     codebook_dim: int = 8
     # Long audio is encoded in chunks of this many seconds.
     chunk_seconds: float = 30.0
@@ -199,9 +307,10 @@ class CodecConfig:
                f"codec: sample_rate/prod(encoder_rates) = {self.sample_rate / hop} != frame_rate {self.frame_rate}")
 
 
-@dataclass
-class VisionConfig:
+class VisionConfig(ConfigModel):
     """Qwen2.5-VL vision tower + patch merger (projector to the decoder width)."""
+
+    section = "vision"
 
     depth: int = 32
     hidden_size: int = 1280
@@ -212,21 +321,22 @@ class VisionConfig:
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
     window_size: int = 112
-    fullatt_block_indexes: list[int] = field(default_factory=lambda: [7, 15, 23, 31])
+    fullatt_block_indexes: list[int] = Field(default_factory=lambda: [7, 15, 23, 31])
 
     def validate(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "vision.hidden_size must divide by vision.num_heads")
         _check(all(0 <= i < self.depth for i in self.fullatt_block_indexes), "vision.fullatt_block_indexes out of range")
 
 
-@dataclass
-class TokenizerConfig:
+class TokenizerConfig(ConfigModel):
+    """The text tokenizer."""
+
+    section = "tokenizer"
     # A Qwen2.5 tokenizer.json on local disk; None means "train one on corpus text" (offline demo).
     path: str | None = None
     trained_vocab_size: int = 512
 
 
-@dataclass
 class UniMoEConfig(ConfigFile):
     """The whole model: decoder backbone, FFN kinds, audio tokens, codec, vision, tokenizer."""
 
@@ -242,11 +352,11 @@ class UniMoEConfig(ConfigFile):
     max_position: int = 32_768
     # FFN kind per layer: one kind for all layers, or a list with one entry per layer.
     ffn: str | list[str] = "top_p"
-    moe: MoEConfig = field(default_factory=MoEConfig)
-    audio: AudioConfig = field(default_factory=AudioConfig)
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    vision: VisionConfig | None = field(default_factory=VisionConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    moe: MoEConfig = Field(default_factory=MoEConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    vision: VisionConfig | None = Field(default_factory=VisionConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     init_std: float = 0.02
 
     # ---- validation -----------------------------------------------------------------------------
@@ -279,8 +389,8 @@ class UniMoEConfig(ConfigFile):
 
     # ---- (de)serialisation: to_dict/to_json/to_yaml/save/load/config_hash from ConfigFile ------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "UniMoEConfig":
-        return _build(cls, data, "").validate()
+    def from_dict(cls, data: Mapping[str, Any]) -> "UniMoEConfig":
+        return super().from_dict(data).validate()
 
 
 # ---- presets ---------------------------------------------------------------------------------------
@@ -328,8 +438,8 @@ def codec_for_tokens(cfg: UniMoEConfig, codec_info: dict) -> UniMoEConfig:
         return cfg
     _check(bool(codec_info.get("weights_path")) and bool(sha), f"token shards' codec record lacks weights: {codec_info}")
     out = copy.deepcopy(cfg)
-    out.codec = dataclasses.replace(trained_codec_config(codec_info["weights_path"], sha),
-                                    sample_rate=int(codec_info["sample_rate"]), frame_rate=float(codec_info["frame_rate"]))
+    out.codec = trained_codec_config(codec_info["weights_path"], sha).replace(
+        sample_rate=int(codec_info["sample_rate"]), frame_rate=float(codec_info["frame_rate"]))
     return out.validate()
 
 
@@ -395,61 +505,3 @@ def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Construct dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise ConfigError(f"{where}: must not be null")
-        errors = []
-        for opt in options:
-            if opt is type(None):
-                continue
-            try:
-                return _coerce(opt, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: {value!r} matches none of the allowed types ({'; '.join(errors)})")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {tp}")

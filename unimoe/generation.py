@@ -1,4 +1,4 @@
-"""Generation (DESIGN §2.5): one audio frame (all codebooks) per step with a KV cache, classifier-free
+"""Generation: one audio frame (all codebooks) per step with a KV cache, classifier-free
 guidance with conditional and unconditional rows in one batched forward, greedy or sampled codes, EOS
 only on codebook 0 followed by an exact countdown for the delayed codebooks, and the delay undone.
 

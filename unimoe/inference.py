@@ -84,7 +84,7 @@ class CheckpointGenerator:
 
             frames = read_video_frames(req.video)
         if req.prompt_audio and req.task in ("en_tts", "zh_tts"):
-            from unimoe.audio_io import load_audio
+            from unimoe.common.audio import load_audio
 
             wav, sr = load_audio(req.prompt_audio)
             ref_codes = self.codec.encode([wav], sr)[0]

@@ -1,18 +1,11 @@
-"""Atomic file writes, checksums and the local weights store.
-
-Everything bulky is written to a temporary file beside its destination and renamed into place, so
-a killed process never leaves a half-written file under the final name.
-"""
+"""Checksums and the local weights store (atomic writes live in :mod:`unimoe.common.files`)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+
+from unimoe.settings import settings
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -21,44 +14,6 @@ class MissingWeightsError(FileNotFoundError):
 
 class ChecksumError(ValueError):
     """A file's SHA-256 differs from the one recorded in config."""
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the destination's folder; rename it to ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; final files get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -71,7 +26,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def weights_root() -> Path:
     """The local weights store: $UNIMOE_WEIGHTS, else ./weights."""
-    return Path(os.environ.get("UNIMOE_WEIGHTS", "weights"))
+    return Path(settings().weights)
 
 
 # Weights that ship inside the package (the demo codec): ``builtin:codecs/demo-dac.safetensors``.

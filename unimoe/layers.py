@@ -44,7 +44,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 @dataclass
 class KVCache:
     """Per-layer key/value tensors preallocated to ``capacity`` positions, so a decoding step costs
-    O(current length) attention and no re-allocation (DESIGN §2.5)."""
+    O(current length) attention and no re-allocation."""
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)

@@ -8,12 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unimoe.audio_tokens import AudioEmbedding, AudioHead, audio_labels, codebook_losses
+from unimoe.audio_tokens import IGNORE_INDEX, AudioEmbedding, AudioHead, audio_labels
 from unimoe.config import UniMoEConfig
 from unimoe.layers import Attention, KVCache, RMSNorm, rotary_cos_sin, rotary_inv_freq
-from unimoe.moe import DCMoE, RoutingStats, build_ffn
+from unimoe.moe import DCMoE, Router, RoutingStats, build_ffn
 
 
 @dataclass
@@ -90,7 +91,7 @@ class UniMoEAudio(nn.Module):
         for name, module in self.named_modules():
             if name.startswith("vision"):
                 continue  # the vision tower keeps its own (transformers) initialisation
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, (nn.Linear, nn.Embedding, Router)):
                 nn.init.normal_(module.weight, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -156,7 +157,11 @@ class UniMoEAudio(nn.Module):
         predict_from = batch.target_mask[:, 1:]            # position i predicts frame i + 1
         hidden = out.hidden[:, :-1][predict_from]           # [N, D]
         labels = audio_labels(batch.audio_codes[:, 1:][predict_from], self.cfg.audio)
-        ce, per_codebook, counts = codebook_losses(self.audio_logits(hidden), labels)
+        _, ce_sums, counts = codebook_ce_sums(self.audio_logits(hidden), labels)
+        ce = codebook_ce(ce_sums, counts, "mean")
+        with torch.no_grad():
+            per_codebook = torch.where(counts > 0, ce_sums / counts.clamp(min=1),
+                                       torch.full_like(ce_sums, float("nan")))
         rows = torch.arange(batch.input_ids.shape[0], device=hidden.device)[:, None].expand_as(predict_from)[predict_from]
         return {"ce": ce, "aux": out.aux_loss, "per_codebook": per_codebook, "counts": counts,
                 "rows": rows, "routing": out.routing}
@@ -177,6 +182,33 @@ class UniMoEAudio(nn.Module):
         p = self.embed_tokens.weight
         return KVCache.allocate(self.cfg.num_layers, batch, self.cfg.num_kv_heads, capacity,
                                 self.cfg.head_dim, p.dtype, p.device)
+
+
+# ---- codebook cross-entropy as reducible sums -------------------------------------------------------------
+
+
+def codebook_ce_sums(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Cross-entropy of every target, ``logits [N, K, V]`` against ``labels [N, K]`` (``IGNORE_INDEX``
+    where nothing is predicted), in fp32. Returns ``(ce [N, K]`` (0 where ignored), ``ce_sums [K]``
+    (differentiable), ``counts [K]`` targets per codebook): sums and counts add up over ranks."""
+    n, k, v = logits.shape
+    ce = F.cross_entropy(logits.reshape(n * k, v).float(), labels.reshape(n * k),
+                         ignore_index=IGNORE_INDEX, reduction="none").view(n, k)
+    return ce, ce.sum(0), (labels != IGNORE_INDEX).sum(0)
+
+
+def codebook_ce(ce_sums: Tensor, counts: Tensor, reduction: str = "mean") -> Tensor:
+    """The codebook loss: per codebook the mean ``ce_sums / counts``, then the sum (the official
+    UniMoE-Audio objective adds its codebook losses: UniMoE_Audio_model.py, ``codec_loss +=
+    channel_loss``) or the mean over the codebooks with targets.
+
+    With ``counts`` summed over the ranks of a data-parallel group and each rank's own ``ce_sums``, the
+    ranks' values add up to the loss of the global batch. 0 (still in the graph) without targets."""
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"unknown codebook reduction {reduction!r}")
+    has = counts > 0
+    total = (ce_sums / counts.clamp(min=1).to(ce_sums.dtype) * has).sum()
+    return total / has.sum().clamp(min=1) if reduction == "mean" else total
 
 
 # ---- parameter accounting (no weights allocated) ---------------------------------------------------------

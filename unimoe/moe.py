@@ -1,4 +1,5 @@
-"""Dynamic-Capacity Mixture-of-Experts (DCMoE) feed-forward layer and the dense SwiGLU FFN (DESIGN §2.2).
+"""Dynamic-Capacity Mixture-of-Experts (DCMoE) feed-forward layer and the dense SwiGLU FFN
+(UniMoE-Audio, arXiv 2510.13344, section 3).
 
 Every FFN of the model is one of three kinds behind one interface (``build_ffn``):
 
@@ -9,10 +10,17 @@ Every FFN of the model is one of three kinds behind one interface (``build_ffn``
 All of them take ``forward(x, token_mask=None, task_ids=None)`` with ``x`` of shape [B, L, D] or
 [T, D] and return an :class:`FFNOutput` ``(out, aux_loss, stats)``.
 
+A DCMoE layer is a pipeline of small modules, as torchtitan's MoE (``torchtitan/models/moe``):
+``router`` (logits, selection) -> combination weights -> ``dispatcher`` (routes the selected
+(token, routed expert) pairs through ``experts`` and sums the weighted outputs) + ``shared_experts``
+(every token). The dispatcher is chosen by ``MoEConfig.dispatch``: ``grouped`` (:class:`GroupedDispatcher`,
+the default), ``loop`` (:class:`LoopDispatcher`, the test and benchmark oracle); expert parallelism swaps
+in the all-to-all dispatcher of ``unimoe.training.parallel``.
+
 Experts of a DCMoE layer
 ------------------------
 The dynamic pool is ``N`` routed experts followed by ``M`` null experts; ``S`` shared experts come
-last. The router is one ``nn.Linear(D, N + M + S, bias=False)`` evaluated in fp32; its logit columns
+last. The router's gate is one ``[N + M + S, D]`` matrix (no bias) evaluated in fp32; its logit columns
 are ordered ``[routed 0..N-1 | null N..N+M-1 | shared N+M..N+M+S-1]``.
 
 * routed experts: SwiGLUs stored stacked (``w_gate/w_up [N, I, D]``, ``w_down [N, D, I]``, the
@@ -60,16 +68,20 @@ train mode, the router sees ``x * u`` with ``u ~ U(1 - j, 1 + j)`` drawn per ele
 Balance loss (per layer, over the dynamic pool including null experts, non-padding tokens only):
 ``L_aux = N_dyn * sum_i f_i * Pbar_i`` with ``f_i`` the fraction of tokens that selected expert i and
 ``Pbar_i`` the mean probability of expert i: the full softmax over the dynamic logits (``switch``) or
-the softmax over the logits masked to the token's selected experts (``official``). The layer returns
+the softmax over the logits masked to the token's selected experts (``official``). It is computed from
+sums over tokens (:class:`BalanceSums`: selection counts, probability sums, token count) so that the
+data-parallel trainer can all-reduce the counts and get the loss of the global batch. The layer returns
 the unweighted loss; the caller averages over layers and multiplies by ``MoEConfig.balance_weight``.
 
-Dispatch is dropless. ``grouped`` sorts (token, expert) pairs by expert id, runs each expert on one
-contiguous slice (a single ``torch._grouped_mm`` where available) and scatter-adds back once;
-``loop`` is the straightforward loop over experts, kept as the test and benchmark oracle.
+Dispatch is dropless. ``grouped`` sorts (token, expert) pairs by expert id (:class:`TokenReorderer`),
+runs each expert on one contiguous slice (a single ``torch._grouped_mm`` where available) and
+scatter-adds back once; ``loop`` is the straightforward loop over experts.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -81,10 +93,11 @@ from torch import Tensor, nn
 from unimoe.config import TASKS, MoEConfig, UniMoEConfig
 
 __all__ = [
-    "FFNOutput", "RoutingStats", "Routing", "Dispatch",
-    "top_p_mask", "top_k_mask", "combine_weights", "balance_loss", "routing_stats",
-    "SwiGLU", "GroupedExperts", "TokenReorderer", "Router", "TopPRouter", "TopKRouter", "DCMoE",
-    "build_ffn",
+    "FFNOutput", "RoutingStats", "Routing", "Dispatch", "BalanceSums",
+    "top_p_mask", "top_k_mask", "combine_weights", "balance_sums", "balance_loss_from_sums", "balance_loss",
+    "routing_stats", "SwiGLU", "StackedSwiGLU", "GroupedExperts", "SharedExperts", "TokenReorderer",
+    "TokenDispatcher", "GroupedDispatcher", "LoopDispatcher", "build_dispatcher", "Router", "TopPRouter",
+    "TopKRouter", "DCMoE", "build_ffn",
 ]
 
 
@@ -195,19 +208,40 @@ def combine_weights(dyn_logits: Tensor, shared_logits: Tensor, selected: Tensor,
     raise ValueError(f"unknown shared_mixing {shared_mixing!r}")
 
 
-def balance_loss(dyn_logits: Tensor, selected: Tensor, form: str = "switch") -> Tensor:
-    """``N_dyn * sum_i f_i * Pbar_i`` over the given (non-padding) tokens; 0 when there are none."""
-    n_tokens, n_dyn = dyn_logits.shape
-    if n_tokens == 0:
-        return dyn_logits.sum() * 0.0  # keeps the router in the graph
+class BalanceSums(NamedTuple):
+    """The balance loss of a set of tokens as sums over those tokens (module docstring). Counts and
+    token numbers add up over ranks; see :func:`balance_loss_from_sums`."""
+
+    counts: Tensor                 # fp32 [E_dyn]: tokens that selected each dynamic expert (no gradient)
+    prob_sums: Tensor              # fp32 [E_dyn]: sum over tokens of each expert's probability
+    tokens: int                    # number of tokens
+
+
+def balance_sums(dyn_logits: Tensor, selected: Tensor, form: str = "switch") -> BalanceSums:
+    """The sums behind the balance loss of the given (non-padding) tokens; ``form`` picks the
+    probabilities: full softmax (``switch``) or softmax over each token's selected experts (``official``)."""
     if form == "switch":
         probs = torch.softmax(dyn_logits, dim=-1)
     elif form == "official":
         probs = torch.softmax(dyn_logits.masked_fill(~selected, float("-inf")), dim=-1)
     else:
         raise ValueError(f"unknown balance loss form {form!r}")
-    f = selected.to(probs.dtype).mean(0)  # a count: carries no gradient
-    return n_dyn * (f * probs.mean(0)).sum()
+    return BalanceSums(selected.sum(0).to(probs.dtype), probs.sum(0), dyn_logits.shape[0])
+
+
+def balance_loss_from_sums(counts: Tensor, prob_sums: Tensor, tokens: float) -> Tensor:
+    """``N_dyn * sum_i (counts_i / T) * (prob_sums_i / T)``; 0 (still in the graph) when ``T = 0``.
+
+    With ``counts`` and ``tokens`` summed over the ranks of a data-parallel group and each rank's own
+    ``prob_sums``, the ranks' values add up to the balance loss of the global batch."""
+    if tokens == 0:
+        return prob_sums.sum() * 0.0  # keeps the router in the graph
+    return counts.shape[-1] * (counts * prob_sums).sum() / (tokens * tokens)
+
+
+def balance_loss(dyn_logits: Tensor, selected: Tensor, form: str = "switch") -> Tensor:
+    """``N_dyn * sum_i f_i * Pbar_i`` over the given (non-padding) tokens; 0 when there are none."""
+    return balance_loss_from_sums(*balance_sums(dyn_logits, selected, form))
 
 
 @torch.no_grad()
@@ -253,8 +287,22 @@ class SwiGLU(nn.Module):
 
 # ---- routed / shared experts ------------------------------------------------------------------------------
 
-# (device type, dtype) -> whether torch._grouped_mm worked there (checked once, on first use).
-_GMM_WORKS: dict[tuple[str, torch.dtype], bool] = {}
+
+@functools.cache
+def grouped_mm_works(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``torch._grouped_mm`` runs on this device type and dtype: tried once on a tiny input
+    (older torch builds lack the op; CUDA needs a recent architecture)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    try:
+        x = torch.zeros(4, 8, device=device_type, dtype=dtype)
+        w = torch.zeros(2, 8, 8, device=device_type, dtype=dtype)
+        offs = torch.tensor([2, 4], dtype=torch.int32, device=device_type)
+        torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
+        return True
+    except (RuntimeError, NotImplementedError) as e:
+        warnings.warn(f"torch._grouped_mm unavailable for {device_type}/{dtype} ({e}); using the slice loop")
+        return False
 
 
 def _gmm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
@@ -266,15 +314,12 @@ def _gmm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     return y
 
 
-class GroupedExperts(nn.Module):
+class StackedSwiGLU(nn.Module):
     """``E`` SwiGLU experts stored stacked: ``w_gate, w_up [E, I, D]`` and ``w_down [E, D, I]``.
 
     Expert e computes ``w_down[e] @ (silu(w_gate[e] @ x) * (w_up[e] @ x))``, i.e. exactly a
     :class:`SwiGLU` whose ``gate_proj/up_proj/down_proj`` weights are ``w_gate[e]/w_up[e]/w_down[e]``.
     """
-
-    # Set to False to force the per-expert slice loop instead of torch._grouped_mm (tests, benchmarks).
-    use_grouped_mm: bool = True
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, init_std: float = 0.02):
         super().__init__()
@@ -300,45 +345,46 @@ class GroupedExperts(nn.Module):
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden={self.hidden}, intermediate={self.intermediate}"
 
-    # -- grouped dispatch ---------------------------------------------------------------------------------
-    def forward(self, x: Tensor, dispatch: Dispatch) -> Tensor:
-        """Grouped dispatch: gather the token rows of all pairs once (already grouped by expert), run
-        each expert on its contiguous slice, weight, and scatter-add back once. ``x [T, D] -> [T, D]``."""
-        xs = x.index_select(0, dispatch.token_idx)
-        ys = self._grouped_swiglu(xs, dispatch.counts)
-        ys = ys * dispatch.weights.to(ys.dtype).unsqueeze(-1)
-        return torch.zeros_like(x).index_add_(0, dispatch.token_idx, ys)
+    def forward_all(self, x: Tensor, weights: Tensor) -> Tensor:
+        """Every expert on every token, ``sum_e weights[:, e] * expert_e(x)`` (``x [T, D]``,
+        ``weights [T, E]``). The stacked gate/up weights are read as one ``[E * I, D]`` matrix (a view, no
+        copy), so the up-projections of all experts are two matmuls."""
+        t, e, i = x.shape[0], self.num_experts, self.intermediate
+        h = F.silu(F.linear(x, self.w_gate.view(e * i, self.hidden))) * F.linear(x, self.w_up.view(e * i, self.hidden))
+        # Scaling the [T, I] activations is the same as scaling the output (down is linear).
+        h = (h.view(t, e, i) * weights.to(h.dtype).unsqueeze(-1)).unbind(1)
+        out = torch.zeros_like(x)
+        for k, down in enumerate(self.w_down.unbind(0)):
+            out = out + F.linear(h[k], down)
+        return out
 
-    def _grouped_swiglu(self, xs: Tensor, counts: Tensor) -> Tensor:
+
+class SharedExperts(StackedSwiGLU):
+    """The always-on experts of a DCMoE layer: ``forward(x [T, D], weights [T, S])`` runs every expert
+    on every token and returns the weighted sum."""
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        return self.forward_all(x, weights)
+
+
+class GroupedExperts(StackedSwiGLU):
+    """The routed experts: ``forward(xs [P, D], counts [E])`` runs expert e on its contiguous rows
+    ``counts[:e].sum() .. counts[:e + 1].sum()`` of ``xs`` (as a dispatcher lays them out) and returns the
+    un-weighted outputs ``[P, D]``, with one ``torch._grouped_mm`` per projection where the kernel runs
+    (``use_grouped_mm``, tried once per device type and dtype) or a loop over the slices otherwise."""
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, init_std: float = 0.02,
+                 use_grouped_mm: bool = True):
+        super().__init__(num_experts, hidden, intermediate, init_std)
+        self.use_grouped_mm = use_grouped_mm
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, use_grouped_mm={self.use_grouped_mm}"
+
+    def forward(self, xs: Tensor, counts: Tensor) -> Tensor:
         if self._can_use_gmm(xs):
-            key = (xs.device.type, xs.dtype)
-            if key in _GMM_WORKS:
-                return self._swiglu_gmm(xs, counts)
-            try:  # first use on this device/dtype: fall back for good if the kernel is missing
-                out = self._swiglu_gmm(xs, counts)
-                _GMM_WORKS[key] = True
-                return out
-            except (RuntimeError, NotImplementedError) as e:
-                _GMM_WORKS[key] = False
-                warnings.warn(f"torch._grouped_mm unavailable for {key} ({e}); using the slice loop")
-        return self._swiglu_slices(xs, counts)
-
-    def _can_use_gmm(self, xs: Tensor) -> bool:
-        if not (self.use_grouped_mm and hasattr(torch, "_grouped_mm")):
-            return False
-        if _GMM_WORKS.get((xs.device.type, xs.dtype)) is False:
-            return False
-        # The kernel wants 16-byte aligned row strides and does not do float64.
-        esize = xs.element_size()
-        return (xs.dtype in (torch.float32, torch.bfloat16, torch.float16) and xs.dtype == self.w_gate.dtype
-                and (self.hidden * esize) % 16 == 0 and (self.intermediate * esize) % 16 == 0)
-
-    def _swiglu_gmm(self, xs: Tensor, counts: Tensor) -> Tensor:
-        offs = counts.cumsum(0).to(torch.int32)
-        h = F.silu(_gmm(xs, self.w_gate, offs)) * _gmm(xs, self.w_up, offs)
-        return _gmm(h, self.w_down, offs)
-
-    def _swiglu_slices(self, xs: Tensor, counts: Tensor) -> Tensor:
+            offs = counts.cumsum(0).to(torch.int32)
+            return _gmm(F.silu(_gmm(xs, self.w_gate, offs)) * _gmm(xs, self.w_up, offs), self.w_down, offs)
         # split/unbind (not xs[a:b] / w[e]) so that backward builds each gradient once, instead of one
         # full-size zero tensor per expert.
         outs = []
@@ -348,32 +394,16 @@ class GroupedExperts(nn.Module):
                 outs.append(F.linear(F.silu(F.linear(xe, gates[e])) * F.linear(xe, ups[e]), downs[e]))
         return torch.cat(outs) if outs else xs.new_zeros(0, self.hidden)
 
-    # -- reference and dense paths --------------------------------------------------------------------------
-    def forward_loop(self, x: Tensor, selected: Tensor, weights: Tensor) -> Tensor:
-        """Reference: for each expert, pick its tokens, compute, accumulate. ``selected/weights [T, E]``."""
-        out = torch.zeros_like(x)
-        gates, ups, downs = self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0)
-        for e in range(self.num_experts):
-            idx = selected[:, e].nonzero().squeeze(-1)
-            if idx.numel() == 0:
-                continue
-            xe = x[idx]
-            ye = F.linear(F.silu(F.linear(xe, gates[e])) * F.linear(xe, ups[e]), downs[e])
-            out = out.index_add(0, idx, ye * weights[idx, e].to(ye.dtype).unsqueeze(-1))
-        return out
+    def _can_use_gmm(self, xs: Tensor) -> bool:
+        # The kernel wants 16-byte aligned row strides and does not do float64.
+        esize = xs.element_size()
+        return (self.use_grouped_mm and xs.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and xs.dtype == self.w_gate.dtype
+                and (self.hidden * esize) % 16 == 0 and (self.intermediate * esize) % 16 == 0
+                and grouped_mm_works(xs.device.type, xs.dtype))
 
-    def forward_all(self, x: Tensor, weights: Tensor) -> Tensor:
-        """Every expert on every token (the shared experts), ``sum_e weights[:, e] * expert_e(x)``.
-        The stacked gate/up weights are read as one ``[E * I, D]`` matrix (a view, no copy), so the
-        up-projections of all experts are two matmuls."""
-        t, e, i = x.shape[0], self.num_experts, self.intermediate
-        h = F.silu(F.linear(x, self.w_gate.view(e * i, self.hidden))) * F.linear(x, self.w_up.view(e * i, self.hidden))
-        # Scaling the [T, I] activations is the same as scaling the output (down is linear).
-        h = (h.view(t, e, i) * weights.to(h.dtype).unsqueeze(-1)).unbind(1)
-        out = torch.zeros_like(x)
-        for k, down in enumerate(self.w_down.unbind(0)):
-            out = out + F.linear(h[k], down)
-        return out
+
+# ---- token dispatch ---------------------------------------------------------------------------------------
 
 
 class TokenReorderer(nn.Module):
@@ -392,25 +422,94 @@ class TokenReorderer(nn.Module):
         return Dispatch(token_idx, expert_idx, weights[token_idx, expert_idx], counts)
 
 
+class TokenDispatcher(nn.Module):
+    """Sends tokens to the routed experts and sums their weighted outputs:
+    ``forward(x [T, D], selected [T, N], weights [T, N], experts) -> [T, D]``, with
+    ``out[t] = sum_{e: selected[t, e]} weights[t, e] * experts_e(x[t])``. Holds no parameters."""
+
+    def forward(self, x: Tensor, selected: Tensor, weights: Tensor, experts: GroupedExperts) -> Tensor:
+        raise NotImplementedError
+
+
+class LoopDispatcher(TokenDispatcher):
+    """The reference: for each expert, pick its tokens, compute, accumulate (test and benchmark oracle)."""
+
+    def forward(self, x: Tensor, selected: Tensor, weights: Tensor, experts: GroupedExperts) -> Tensor:
+        out = torch.zeros_like(x)
+        gates, ups, downs = experts.w_gate.unbind(0), experts.w_up.unbind(0), experts.w_down.unbind(0)
+        for e in range(experts.num_experts):
+            idx = selected[:, e].nonzero().squeeze(-1)
+            if idx.numel() == 0:
+                continue
+            xe = x[idx]
+            ye = F.linear(F.silu(F.linear(xe, gates[e])) * F.linear(xe, ups[e]), downs[e])
+            out = out.index_add(0, idx, ye * weights[idx, e].to(ye.dtype).unsqueeze(-1))
+        return out
+
+
+class GroupedDispatcher(TokenDispatcher):
+    """Local grouped dispatch: gather the token rows of all pairs once (grouped by expert), run the experts
+    on their contiguous slices, weight, and scatter-add back once."""
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.reorderer = TokenReorderer(num_experts)
+
+    def forward(self, x: Tensor, selected: Tensor, weights: Tensor, experts: GroupedExperts) -> Tensor:
+        d = self.reorderer(selected, weights)
+        return self.combine(x, d, experts(self.gather(x, d), d.counts))
+
+    @staticmethod
+    def gather(x: Tensor, d: Dispatch) -> Tensor:
+        """The token row of every pair, ``[P, D]`` in ``d`` order."""
+        # Advanced indexing rather than index_select: its backward is one index_put_(accumulate=True)
+        # kernel, where index_add_ on CPU loops over the rows (several times slower at paper width).
+        return x[d.token_idx]
+
+    @staticmethod
+    def combine(x: Tensor, d: Dispatch, ys: Tensor) -> Tensor:
+        """Scale the pairs' expert outputs ``ys [P, D]`` (in ``d`` order) and scatter-add them per token."""
+        ys = ys * d.weights.to(ys.dtype).unsqueeze(-1)
+        return torch.zeros_like(x).index_put_((d.token_idx,), ys, accumulate=True)
+
+
+def build_dispatcher(kind: str, num_experts: int) -> TokenDispatcher:
+    """``MoEConfig.dispatch``: ``grouped`` or ``loop`` (expert parallelism installs its own)."""
+    if kind == "grouped":
+        return GroupedDispatcher(num_experts)
+    if kind == "loop":
+        return LoopDispatcher()
+    raise ValueError(f"unknown dispatch {kind!r}")
+
+
 # ---- router ---------------------------------------------------------------------------------------------
 
 
-class Router(nn.Linear):
-    """``z = x W_g`` (no bias, fp32) with one logit per routed, null and shared expert, in that order.
-    An ``nn.Linear`` (so ``router.weight`` is ``[E_dyn + S, D]``) whose forward returns a :class:`Routing`;
-    subclasses choose the selection rule over the dynamic pool. In train mode with ``input_jitter > 0``
-    the input is first multiplied by ``U(1 - input_jitter, 1 + input_jitter)`` noise (module docstring)."""
+class Router(nn.Module):
+    """The gate ``z = x W_g`` (no bias, fp32) with one logit per routed, null and shared expert, in that
+    order; ``forward`` returns a :class:`Routing`, subclasses choose the selection rule over the dynamic
+    pool. ``weight`` is the gate in the ``nn.Linear`` layout ``[E_dyn + S, D]`` (kept under that name, so
+    checkpoints hold ``...router.weight``). In train mode with ``input_jitter > 0`` the input is first
+    multiplied by ``U(1 - input_jitter, 1 + input_jitter)`` noise (module docstring)."""
 
     def __init__(self, hidden: int, num_dynamic: int, num_shared: int, input_jitter: float = 0.0):
-        super().__init__(hidden, num_dynamic + num_shared, bias=False)
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_dynamic + num_shared, hidden))
         self.num_dynamic, self.num_shared = num_dynamic, num_shared
         self.input_jitter = input_jitter
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default initialisation: DCMoE overwrites it, but drawing it keeps the random stream,
+        # and so every seeded model, the same as when the router was an nn.Linear.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def select(self, probs: Tensor) -> Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, input_jitter={self.input_jitter}"
+        return (f"hidden={self.weight.shape[1]}, num_dynamic={self.num_dynamic}, "
+                f"num_shared={self.num_shared}, input_jitter={self.input_jitter}")
 
     def forward(self, x: Tensor) -> Routing:
         x = x.float()
@@ -456,7 +555,8 @@ class TopKRouter(Router):
 
 
 class DCMoE(nn.Module):
-    """Dynamic-Capacity MoE FFN: routed + null + shared experts (see the module docstring)."""
+    """Dynamic-Capacity MoE FFN: router -> dispatcher -> routed experts, plus shared experts (see the
+    module docstring)."""
 
     def __init__(self, hidden: int, moe: MoEConfig, router: str = "top_p", init_std: float = 0.02):
         super().__init__()
@@ -464,7 +564,7 @@ class DCMoE(nn.Module):
         self.num_shared = moe.num_shared_experts
         self.num_dynamic = moe.num_dynamic
         self.weighting, self.shared_mixing = moe.weighting, moe.shared_mixing
-        self.balance_form, self.dispatch = moe.balance_loss, moe.dispatch
+        self.balance_form = moe.balance_loss
         if router == "top_p":
             self.router: Router = TopPRouter(hidden, self.num_dynamic, self.num_shared, moe.top_p,
                                              moe.router_input_jitter)
@@ -474,9 +574,9 @@ class DCMoE(nn.Module):
         else:
             raise ValueError(f"unknown router {router!r}")
         nn.init.normal_(self.router.weight, 0.0, init_std)
-        self.reorderer = TokenReorderer(self.num_routed)
         self.experts = GroupedExperts(self.num_routed, hidden, moe.routed_intermediate, init_std)
-        self.shared_experts = GroupedExperts(self.num_shared, hidden, moe.shared_intermediate, init_std)
+        self.shared_experts = SharedExperts(self.num_shared, hidden, moe.shared_intermediate, init_std)
+        self.dispatcher = build_dispatcher(moe.dispatch, self.num_routed)
         # Generation turns this off: the balance loss and statistics cost more than a one-token step.
         self.collect_stats = True
 
@@ -500,9 +600,10 @@ class DCMoE(nn.Module):
         w_dyn, w_shared = combine_weights(routing.dyn_logits, routing.shared_logits, routing.selected,
                                           self.weighting, self.shared_mixing)
         # Null experts (columns N..N+M-1) output zero: drop them here, weights untouched.
-        y = self._routed(xv, routing.selected[:, : self.num_routed], w_dyn[:, : self.num_routed])
+        n = self.num_routed
+        y = self.dispatcher(xv, routing.selected[:, :n], w_dyn[:, :n], self.experts)
         if self.num_shared:
-            y = y + self.shared_experts.forward_all(xv, w_shared)
+            y = y + self.shared_experts(xv, w_shared)
 
         out = y if keep is None else torch.zeros_like(x).index_copy(0, keep, y)
         if not self.collect_stats:
@@ -510,14 +611,6 @@ class DCMoE(nn.Module):
         aux = balance_loss(routing.dyn_logits, routing.selected, self.balance_form)
         stats = routing_stats(routing.selected, self.num_routed, task_ids)
         return FFNOutput(out.reshape(shape), aux, stats)
-
-    def _routed(self, xv: Tensor, selected: Tensor, weights: Tensor) -> Tensor:
-        """The routed experts' weighted sum for tokens ``xv [T, D]`` (expert parallelism overrides this)."""
-        if self.dispatch == "grouped":
-            return self.experts(xv, self.reorderer(selected, weights))
-        if self.dispatch == "loop":
-            return self.experts.forward_loop(xv, selected, weights)
-        raise ValueError(f"unknown dispatch {self.dispatch!r}")
 
 
 def build_ffn(cfg: UniMoEConfig, kind: str) -> nn.Module:

@@ -1,4 +1,4 @@
-"""One sequence format for every task (DESIGN §2.4), and collation into a model ``Batch``.
+"""One sequence format for every task, and collation into a model ``Batch``.
 
     TTS          <|speech_prompt_start|> text <|speech_prompt_end|>
                  [<|voice_prompt_start|> ref transcript <|audio_start|> ref frames <|audio_end|> <|voice_prompt_end|>]

@@ -1,4 +1,4 @@
-"""Special text tokens shared by the tokenizer, the sequence builder and the model (DESIGN §2.4)."""
+"""Special text tokens shared by the tokenizer, the sequence builder and the model."""
 
 PAD = "<|pad|>"
 EOT = "<|endoftext|>"

@@ -1,4 +1,4 @@
-"""The text tokenizer (DESIGN §2.4), built on the ``tokenizers`` package only.
+"""The text tokenizer, built on the ``tokenizers`` package only.
 
 Two sources:
 - a Qwen2.5 ``tokenizer.json`` from local disk (``TokenizerConfig.path``), to which any of our special
@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from unimoe.common.files import atomic_write_json, atomic_write_text
 from unimoe.config import TokenizerConfig
-from unimoe.io import atomic_write_json, atomic_write_text
 from unimoe.special_tokens import EOT, PAD, SPECIAL_TOKENS
 
 BYTE_ALPHABET_SIZE = 256
@@ -185,6 +185,31 @@ class TextTokenizer:
 
     def __repr__(self) -> str:
         return f"TextTokenizer({self.source}, vocab_size={self.vocab_size})"
+
+
+def tokenizer_fingerprint(tokenizer: TextTokenizer | str) -> str:
+    """SHA-256 of the tokenizer's serialised form (equal to the SHA-256 of the ``tokenizer.json`` it
+    writes with ``save``). A string is returned as is."""
+    if isinstance(tokenizer, str):
+        return tokenizer
+    return hashlib.sha256(tokenizer.backend.to_str(pretty=False).encode("utf-8")).hexdigest()
+
+
+# ---- fitting on a corpus ------------------------------------------------------------------------------
+
+
+def corpus_texts(rows: Iterable) -> list[str]:
+    """The texts a tokenizer is trained on: those of the kept rows (``status == "kept"``, e.g. manifest
+    records), sorted by id."""
+    return [r.text for r in sorted((r for r in rows if r.status == "kept"), key=lambda r: r.id) if r.text]
+
+
+def train_or_load_tokenizer(tok_cfg: TokenizerConfig, rows: Iterable,
+                            cache_path: str | Path | None) -> TextTokenizer:
+    """``tok_cfg.path`` if configured (a local Qwen tokenizer.json); otherwise the tokenizer trained on
+    the kept rows' texts (:func:`corpus_texts`), reused from ``cache_path`` when it was trained on the
+    same."""
+    return TextTokenizer.from_config(tok_cfg, corpus_texts=corpus_texts(rows), cache_path=cache_path)
 
 
 def _meta_path(cache_path: Path) -> Path:

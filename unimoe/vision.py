@@ -1,4 +1,4 @@
-"""Video/vision input path (DESIGN §2.4): frames -> Qwen2.5-VL patches -> vision tower + merger.
+"""Video/vision input path: frames -> Qwen2.5-VL patches -> vision tower + merger.
 
 * ``read_video_frames`` decodes a video file with the ``ffmpeg`` binary (fps sampling, scale + pad
   to a square, rgb24 raw pipe).

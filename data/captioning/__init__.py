@@ -1,4 +1,4 @@
-"""Audio captioning (DESIGN §4): a captioner interface with an offline and a Gemini backend.
+"""Audio captioning: a captioner interface with an offline and a Gemini backend.
 
 - :class:`OfflineCaptioner` — captions from audio analysis (tempo, key, loudness, brightness,
   texture; instruments from MIDI metadata hints). No network; deterministic.
@@ -36,7 +36,7 @@ from data.captioning.gemini import (
     api_key_from_env,
 )
 from data.captioning.offline import OfflineCaptioner, analyse, describe
-from unimoe.audio_io import AudioSpanError, load_span  # re-exported: the one span reader
+from unimoe.common.audio import AudioSpanError, load_span  # re-exported: the one span reader
 
 BACKENDS = ("offline", "gemini")
 

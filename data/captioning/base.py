@@ -1,4 +1,4 @@
-"""The captioner interface shared by every backend (DESIGN §4, "Captioning").
+"""The captioner interface shared by every backend.
 
 A :class:`Captioner` turns :class:`CaptionRequest` s (an audio span plus optional *hints* — the
 instruments / tempo / key known from MIDI metadata) into :class:`CaptionResult` s. The contract:
@@ -8,9 +8,9 @@ instruments / tempo / key known from MIDI metadata) into :class:`CaptionResult` 
   retries) comes back with ``caption=None`` and ``error`` set, so the caller can filter it with a
   reason. Only a *configuration* error that would fail every item the same way (e.g. the API
   rejecting the key) raises :class:`CaptionerFatalError`.
-- The span is read once with :func:`unimoe.audio_io.load_span` (only the frames it covers; a
+- The span is read once with :func:`unimoe.common.audio.load_span` (only the frames it covers; a
   missing file, bad bounds, a truncated or empty span or NaN/inf samples raise
-  :class:`~unimoe.audio_io.AudioSpanError`, which becomes the item's ``error`` with its reason code)
+  :class:`~unimoe.common.audio.AudioSpanError`, which becomes the item's ``error`` with its reason code)
   and hashed; with a
   :class:`~data.captioning.cache.CaptionCache` the result is looked up under
   ``sha256(span samples) + prompt + model + backend``; a hit is returned with ``cached=True``
@@ -35,14 +35,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from data.manifest import MUSIC_TASKS, ManifestRecord, mark
-from unimoe.audio_io import load_span
+from unimoe.common.audio import load_span
+from unimoe.common.reasons import Reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from data.captioning.cache import CaptionCache
 
 log = logging.getLogger(__name__)
 
-CAPTION_FAILED = "caption_failed"  # manifest reason code for rows whose captioning failed
+CAPTION_FAILED = Reason.CAPTION_FAILED  # manifest reason code for rows whose captioning failed
 
 
 class CaptionerFatalError(RuntimeError):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unimoe.io import atomic_write_text
+from unimoe.common.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

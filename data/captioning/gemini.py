@@ -10,7 +10,7 @@ concatenated ``candidates[0].content.parts[*].text``.
   text the server sends back is scrubbed of it, too).
 - **Rate limit**: a thread-safe token bucket (``requests_per_minute``, bursts of ``burst``) taken
   before every HTTP attempt, retries included.
-- **Retries**: 429, 5xx, timeouts, connection errors and unparsable bodies are retried up to
+- **Retries** (tenacity): 429, 5xx, timeouts, connection errors and unparsable bodies are retried up to
   ``max_retries`` times with exponential backoff and full jitter, waiting at least what the server
   asks for (``Retry-After`` header or a ``google.rpc.RetryInfo`` ``retryDelay``). Other 4xx and an
   answer without a usable candidate (e.g. blocked by safety filters) fail the item at once.
@@ -38,9 +38,10 @@ from typing import Any, Callable, Sequence
 import httpx
 import numpy as np
 import soundfile as sf
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from data.captioning.base import Captioner, CaptionerFatalError, CaptionRequest, CaptionResult
-from unimoe.audio_io import resample, to_mono
+from unimoe.common.audio import resample, to_mono
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +307,23 @@ class GeminiCaptioner(Captioner):
             body["generationConfig"] = self.generation_config
         return body
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        cap = min(self.backoff_max_s, self.backoff_base_s * (2**attempt))
+    def _wait(self, state: RetryCallState) -> float:
+        """Seconds before the next attempt: exponential backoff with full jitter (tenacity's
+        ``wait_random_exponential``, drawn from this captioner's seeded RNG), but at least what the
+        server asked for (capped at ``max_retry_after_s``)."""
+        cap = min(self.backoff_max_s, self.backoff_base_s * 2 ** (state.attempt_number - 1))
         with self._rng_lock:
-            delay = self._rng.uniform(0.0, cap)  # full jitter
+            delay = self._rng.uniform(0.0, cap)
+        retry_after = state.outcome.exception().retry_after
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_retry_after_s))
         return delay
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        with self._stats_lock:
+            self.stats["retries"] += 1
+        log.info("gemini: attempt %d/%d failed (%s); retrying in %.2f s", state.attempt_number,
+                 self.max_retries + 1, self._redact(str(state.outcome.exception())), state.next_action.sleep)
 
     def _attempt(self, body: bytes) -> dict[str, Any]:
         """One HTTP attempt: the parsed JSON, or :class:`_Retryable` / :class:`GeminiError` / fatal."""
@@ -351,22 +362,18 @@ class GeminiCaptioner(Captioner):
 
     def _call(self, prompt: str, wav_bytes: bytes) -> tuple[str, dict[str, Any]]:
         body = json.dumps(self.request_body(prompt, wav_bytes)).encode("utf-8")
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                payload = self._attempt(body)
-                return parse_response(payload)
-            except _Retryable as e:
-                last = str(e)
-                if attempt >= self.max_retries:
-                    break
-                delay = self._backoff(attempt, e.retry_after)
-                with self._stats_lock:
-                    self.stats["retries"] += 1
-                log.info("gemini: attempt %d/%d failed (%s); retrying in %.2f s",
-                         attempt + 1, self.max_retries + 1, self._redact(last), delay)
-                self._sleep(delay)
-        raise GeminiError(f"gave up after {self.max_retries + 1} attempts; last error: {last}")
+        # The one retry layer for transient HTTP faults. Prefect's retries on the caption-shard task never
+        # see these (a captioner raises only CaptionerFatalError, which no retry can fix); they stay for
+        # what fails the whole task (a lost worker, a failed shard write), where the caption cache makes
+        # the re-run cheap.
+        retrying = Retrying(retry=retry_if_exception_type(_Retryable),
+                            stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
+                            sleep=self._sleep, before_sleep=self._before_retry, reraise=True)
+        try:
+            payload = retrying(self._attempt, body)
+        except _Retryable as e:
+            raise GeminiError(f"gave up after {self.max_retries + 1} attempts; last error: {e}") from None
+        return parse_response(payload)
 
     def _generate(self, request: CaptionRequest, wav: np.ndarray, sr: int) -> tuple[str, dict[str, Any]]:
         return self._call(self.build_prompt(request), encode_wav(wav, sr))

@@ -2,9 +2,11 @@
 
 :func:`analyse` measures a mono span (resampled to 22.05 kHz; one STFT shared by every feature):
 
-- tempo: librosa's beat tracker (``unimoe.beat.beat_track``) on the onset-strength envelope (BPM, beat count); no tempo is
-  named when the onsets on the beats are not clearly stronger than elsewhere (noise, drones);
-- key: the mean chroma correlated with the 24 rotated Krumhansl–Kessler profiles (major/minor);
+- tempo: librosa's beat tracker (``unimoe.common.music.beat_track``) on the onset-strength envelope (BPM,
+  beat count); no tempo is named when the onsets on the beats are not clearly stronger than elsewhere
+  (noise, drones);
+- key: the mean chroma correlated with the 24 rotated Krumhansl–Kessler profiles
+  (``unimoe.common.music.estimate_key``);
   the best correlation is reported as ``key_confidence`` and a weak one names no key;
 - loudness: integrated LUFS (ITU-R BS.1770 via ``pyloudnorm`` when importable) and RMS dBFS;
 - brightness: the energy-weighted mean spectral centroid (Hz);
@@ -27,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from data.captioning.base import Captioner, CaptionRequest
-from unimoe.audio_io import resample, to_mono
-from unimoe.beat import beat_track, onset_detect
+from unimoe.common.audio import resample, to_mono
+from unimoe.common.music import beat_track, estimate_key, key_name, onset_detect, onset_strength
 
 ANALYSIS_SR = 22050
 N_FFT = 2048
@@ -37,11 +39,6 @@ SILENCE_DBFS = -60.0  # RMS below this: the span is treated as silence
 KEY_MIN_CONFIDENCE = 0.5  # correlation with the best key profile needed to name a key
 MIN_BEATS = 4
 MIN_PULSE = 1.8  # onset strength on the beats / mean onset strength; noise scores ~1.3, music > 2
-
-# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
-_KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-_KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 
 # (upper bound, word): the first bound the value is below wins.
 BRIGHTNESS_WORDS = ((1200.0, "dark"), (2200.0, "warm"), (math.inf, "bright"))  # centroid, Hz
@@ -71,20 +68,6 @@ def _lufs(y: np.ndarray, sr: int) -> float | None:
     except (ValueError, ZeroDivisionError):  # pragma: no cover
         return None
     return v if math.isfinite(v) else None
-
-
-def estimate_key(chroma_mean: np.ndarray) -> tuple[str | None, float]:
-    """Krumhansl–Schmuckler: the best of 24 keys for a 12-bin pitch-class profile, and its correlation."""
-    c = np.asarray(chroma_mean, dtype=np.float64)
-    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-9:
-        return None, 0.0
-    best, best_r = None, -2.0
-    for mode, prof in (("major", _KK_MAJOR), ("minor", _KK_MINOR)):
-        for tonic in range(12):
-            r = float(np.corrcoef(c, np.roll(prof, tonic))[0, 1])
-            if r > best_r + 1e-12:
-                best, best_r = f"{PITCH_NAMES[tonic]} {mode}", r
-    return best, best_r
 
 
 def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
@@ -117,8 +100,7 @@ def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
 
     mag = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP, center=True))
     power = mag**2
-    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=128)
-    oenv = librosa.onset.onset_strength(S=librosa.power_to_db(mel, ref=np.max), sr=sr, hop_length=HOP)
+    oenv = onset_strength(power, sr, HOP)
     tempo, beats = beat_track(oenv, sr, HOP)  # librosa's tracker, without its crash-prone numba kernels
     tempo = float(np.atleast_1d(tempo)[0])
     pulse = float(oenv[beats].mean() / max(float(oenv.mean()), 1e-9)) if len(beats) else 0.0
@@ -130,6 +112,7 @@ def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
     frame_energy = power.sum(axis=0)
     w = frame_energy / frame_energy.sum() if frame_energy.sum() > 0 else None
     key, key_r = estimate_key(np.average(chroma, axis=1, weights=w))
+    key = key_name(key)
 
     cent = librosa.feature.spectral_centroid(S=mag, sr=sr, n_fft=N_FFT)[0]
     centroid = float(np.average(cent, weights=w)) if w is not None else float(np.mean(cent))

@@ -11,7 +11,7 @@ or in one go, with the manifest written atomically::
     ingest("musicnet", "/corpora/musicnet", "workspace/manifests/musicnet.parquet", max_duration=None)
 
 Every adapter yields exactly one record per input row — kept, or quarantined with a stable reason
-code (see :data:`data.audio_probe.REASONS`) — and never raises on a bad item; a missing corpus
+code (see :class:`unimoe.common.reasons.Reason`) — and never raises on a bad item; a missing corpus
 root or top-level metadata file raises :class:`MissingCorpusError`.
 """
 

@@ -34,6 +34,7 @@ from data.audio_probe import (
     repair_text,
 )
 from data.manifest import TTS_TASKS, ManifestRecord
+from unimoe.common.reasons import Reason
 from unimoe.config import TASKS
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
@@ -178,15 +179,16 @@ class Adapter:
                     tb = traceback.format_exception_only(type(e), e)[-1].strip()
                     ref = str(getattr(item, "source_ref", None) or f"item {n}")
                     rid = item.id if isinstance(getattr(item, "id", None), str) and item.id.strip() else None
-                    rec = self.quarantine(ref, rid, "internal_error", tb)
+                    rec = self.quarantine(ref, rid, Reason.INTERNAL_ERROR, tb)
             if rec.status == "kept":
                 kept_ids.add(rec.id)
             yield rec
 
     def quarantine(
-        self, source_ref: str, rid: str | None, code: str, message: str, **fields: Any
+        self, source_ref: str, rid: str | None, code: Reason | str, message: str, **fields: Any
     ) -> ManifestRecord:
-        """A quarantined record for a row that could not be turned into an :class:`Item`."""
+        """A quarantined record for a row that could not be turned into an :class:`Item`. ``code``: a
+        :class:`~unimoe.common.reasons.Reason`, or a corpus builder's own code (:func:`is_reason_code`)."""
         source_ref = repair_text(str(source_ref))
         if not (isinstance(rid, str) and rid.strip() and not has_surrogates(rid)):
             rid = f"{self.name}:{source_ref}"
@@ -240,7 +242,7 @@ class Adapter:
             item.id = str(item.id)
         rec = self._base_record(item, fallback_id=f"{self.name}:?")
 
-        def q(code: str, message: str, **changes: Any) -> ManifestRecord:
+        def q(code: Reason, message: str, **changes: Any) -> ManifestRecord:
             return rec.replace(
                 status="quarantined",
                 reason=code,
@@ -251,13 +253,13 @@ class Adapter:
         if item.problem is not None:
             return q(item.problem.code, item.problem.message, provenance_sha256=item.problem.sha256)
         if not isinstance(item.id, str) or not item.id.strip():
-            return q("missing_id", "row has no id")
+            return q(Reason.MISSING_ID, "row has no id")
         if has_surrogates(item.id):
-            return q("bad_row", f"id {repair_text(item.id)!r} is not valid UTF-8")
+            return q(Reason.BAD_ROW, f"id {repair_text(item.id)!r} is not valid UTF-8")
         if item.task not in TASKS:
-            return q("invalid_task", f"task {repair_text(str(item.task))!r} is not one of {TASKS}")
+            return q(Reason.INVALID_TASK, f"task {repair_text(str(item.task))!r} is not one of {TASKS}")
         if rec.id in kept_ids:
-            return q("duplicate_id", f"id {rec.id!r} was already kept from an earlier row")
+            return q(Reason.DUPLICATE_ID, f"id {rec.id!r} was already kept from an earlier row")
 
         if rec.language is None and item.task in _TTS_LANGUAGE:
             rec = rec.replace(language=_TTS_LANGUAGE[item.task])
@@ -266,7 +268,7 @@ class Adapter:
         if item.text is None:
             if require_text:
                 what = "transcript" if item.task in TTS_TASKS else "caption"
-                return q("missing_text", f"no {what} found for this audio")
+                return q(Reason.MISSING_TEXT, f"no {what} found for this audio")
         else:
             checked = check_text(
                 item.text, required=True, what="transcript" if item.task in TTS_TASKS else "caption"
@@ -277,7 +279,7 @@ class Adapter:
 
         if item.audio is None:
             return q(
-                "missing_file",
+                Reason.MISSING_FILE,
                 f"no audio file found{' (' + item.missing_audio_hint + ')' if item.missing_audio_hint else ''}",
             )
         probe = probe_audio(item.audio, self.root, self.limits)
@@ -289,7 +291,7 @@ class Adapter:
         video_path = None
         if item.video is not None or item.require_video or item.task == "v2m":
             if item.video is None:
-                return q("missing_video", "no video file found for this pair")
+                return q(Reason.MISSING_VIDEO, "no video file found for this pair")
             vp = probe_video(item.video, self.root, hash_files=self.limits.hash_files)
             if isinstance(vp, QuarantineReason):
                 return q(vp.code, vp.message)
@@ -300,14 +302,14 @@ class Adapter:
 
         if item.declared_sample_rate is not None and int(item.declared_sample_rate) != probe.sample_rate:
             return q(
-                "sample_rate_mismatch",
+                Reason.SAMPLE_RATE_MISMATCH,
                 f"metadata declares {item.declared_sample_rate} Hz, the file is {probe.sample_rate} Hz",
             )
         if item.declared_duration is not None:
             tol = max(0.1, 0.02 * float(item.declared_duration))
             if abs(float(item.declared_duration) - probe.duration) > tol:
                 return q(
-                    "duration_mismatch",
+                    Reason.DURATION_MISMATCH,
                     f"metadata declares {float(item.declared_duration):.3f} s, the file holds {probe.duration:.3f} s",
                 )
 
@@ -315,10 +317,10 @@ class Adapter:
         if item.segment is not None:
             start, end = item.segment
             if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-                return q("bad_segment", f"segment [{start}, {end}] s is not a valid span")
+                return q(Reason.BAD_SEGMENT, f"segment [{start}, {end}] s is not a valid span")
             if start >= probe.duration or end > probe.duration + 0.05:
                 return q(
-                    "bad_segment",
+                    Reason.BAD_SEGMENT,
                     f"segment [{start}, {end}] s lies outside the file ({probe.duration:.3f} s)",
                 )
             offset, duration = float(start), float(min(end, probe.duration) - start)
@@ -380,7 +382,7 @@ def iter_csv(
             except StopIteration:
                 return
             except csv.Error as e:
-                yield line_before + 1, QuarantineReason("bad_row", f"CSV error: {e}")
+                yield line_before + 1, QuarantineReason(Reason.BAD_ROW, f"CSV error: {e}")
                 if reader.line_num == line_before:  # pragma: no cover - no progress: stop rather than loop
                     return
                 continue
@@ -391,7 +393,7 @@ def iter_csv(
                 yield (
                     line,
                     QuarantineReason(
-                        "bad_row", f"{len(row)} fields, the header has {len(header)} (unquoted comma?)"
+                        Reason.BAD_ROW, f"{len(row)} fields, the header has {len(header)} (unquoted comma?)"
                     ),
                 )
                 continue
@@ -406,10 +408,10 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | QuarantineRea
         try:
             obj = json.loads(line)
         except ValueError as e:
-            yield i, QuarantineReason("bad_row", f"not valid JSON ({e})")
+            yield i, QuarantineReason(Reason.BAD_ROW, f"not valid JSON ({e})")
             continue
         if not isinstance(obj, dict):
-            yield i, QuarantineReason("bad_row", f"expected a JSON object, got {type(obj).__name__}")
+            yield i, QuarantineReason(Reason.BAD_ROW, f"expected a JSON object, got {type(obj).__name__}")
             continue
         yield i, obj
 
@@ -419,7 +421,7 @@ def read_bytes(path: Path) -> tuple[bytes | None, QuarantineReason | None]:
     try:
         return path.read_bytes(), None
     except OSError as e:
-        return None, QuarantineReason("missing_text", f"cannot read {path.name}: {e.strerror or e}")
+        return None, QuarantineReason(Reason.MISSING_TEXT, f"cannot read {path.name}: {e.strerror or e}")
 
 
 def find_audio_files(folder: Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:

@@ -7,7 +7,8 @@ Routes: ``/`` (query parameters ``runs``, ``variants`` — repeated or comma-sep
 ``/api/compare.json`` (the metric table as JSON, same parameters as ``/``).
 
 Each section is built on its own: a missing table or a failing query gives that section a message,
-never a 500 for the page. All strings that come from the URL or the data are HTML-escaped.
+never a 500 for the page. The HTML comes from Jinja2 templates with autoescaping (:mod:`.templates`), so
+every string from the URL or the data is escaped where it is rendered.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from markupsafe import Markup
+
 from evaluation.dashboard import charts
-from evaluation.dashboard.charts import esc, fmt
+from evaluation.dashboard.charts import fmt
 from evaluation.dashboard.queries import TOPLINE_LABELS, DashboardData, Section, Series, split_list
+from evaluation.dashboard.templates import render
 
 log = logging.getLogger(__name__)
 
@@ -122,94 +126,103 @@ def resolve(data: DashboardData, params: dict[str, list[str]]) -> View:
 
 
 # -- sections -------------------------------------------------------------------------------------
-def _msg(text: str | None, cls: str = "note") -> str:
-    return f'<p class="{cls}">{esc(text)}</p>' if text else ""
+def _figures(note: str | None, figs: list[Markup] | None = None, lead: Markup | None = None) -> Markup:
+    return render("figures", note=note, lead=lead, figs=figs)
 
 
-def _section(sid: str, title: str, build: Callable[[], str], blurb: str = "") -> str:
+def _msg(text: str | None) -> Markup:
+    return _figures(text)
+
+
+def _section(sid: str, title: str, build: Callable[[], Markup], blurb: str = "") -> Markup:
+    inner, error = None, None
     try:
         inner = build()
     except Exception as e:  # one broken section must not take the page down
         log.exception("dashboard section %s failed", sid)
-        inner = _msg(f"This section could not be built: {type(e).__name__}: {e}", "error")
-    return (f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>' + (f'<p class="blurb">{esc(blurb)}</p>' if blurb else "")
-            + inner + "</section>")
+        error = f"This section could not be built: {type(e).__name__}: {e}"
+    return render("section", sid=sid, title=title, blurb=blurb, inner=inner, error=error)
 
 
-def _ci(lo: float, hi: float, signed: bool = False) -> str:
+def _ci(lo: float, hi: float, signed: bool = False) -> tuple[str, str] | None:
     if lo is None or hi is None or any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
-        return ""
-    return f' <span class="ci">[{esc(fmt(lo, signed))}, {esc(fmt(hi, signed))}]</span>'
+        return None
+    return fmt(lo, signed), fmt(hi, signed)
 
 
 def _asked(c: dict) -> str:
     return f" of {c['n_asked']} asked" if c.get("n_asked") is not None else ""
 
 
-def metric_table(data: DashboardData, v: View) -> str:
+def _th(label: str, cls: str | None = None, small: str | None = None) -> dict[str, str | None]:
+    return {"label": label, "cls": cls, "small": small}
+
+
+def _cell(cls: str | None, where: dict[str, str], text: str = "–", ci: tuple[str, str] | None = None,
+          **attrs: str | None) -> dict[str, Any]:
+    """One ``<td>``: its class, the ``data-*`` attributes saying where it is, then ``attrs``."""
+    return {"attrs": {"class": cls, **where, **{k.replace("_", "-"): v for k, v in attrs.items()}},
+            "text": text, "ci": ci}
+
+
+def metric_table(data: DashboardData, v: View) -> Markup:
     cmp = v.compare(data)
     if cmp.empty:
         return _msg(cmp.message)
     others = [s for s in v.series if s != v.baseline]
-    head = ["<th>benchmark</th><th>task</th><th>metric</th>"]
+    head = [_th("benchmark"), _th("task"), _th("metric")]
     if v.baseline:
-        head.append(f'<th class="baseline">{esc(v.baseline.label)}<br><small>baseline</small></th>')
+        head.append(_th(v.baseline.label, "baseline", "baseline"))
     for s in others:
-        head.append(f'<th>{esc(s.label)}</th>' + (f'<th>Δ {esc(s.label)}</th>' if v.baseline else ""))
+        head += [_th(s.label)] + ([_th(f"Δ {s.label}")] if v.baseline else [])
     toplines = cmp.meta.get("toplines", [])
-    for t in toplines:
-        head.append(f'<th class="topline">{esc(TOPLINE_LABELS.get(t, t))}<br><small>topline</small></th>')
+    head += [_th(TOPLINE_LABELS.get(t, t), "topline", "topline") for t in toplines]
     rows = []
     counts = {"regressed": 0, "improved": 0}
     for r in cmp.df.itertuples(index=False):
-        arrow = "↑" if r.higher_is_better else "↓"
-        cells = [f"<td>{esc(r.benchmark)}</td><td>{esc(r.task)}</td>"
-                 f'<td title="{"higher" if r.higher_is_better else "lower"} is better">{esc(r.metric)} {arrow}</td>']
+        row = [_cell(None, {}, r.benchmark), _cell(None, {}, r.task),
+               _cell(None, {}, f"{r.metric} {'↑' if r.higher_is_better else '↓'}",
+                     title=f"{'higher' if r.higher_is_better else 'lower'} is better")]
+        where_row = {"data-metric": r.metric, "data-task": r.task, "data-benchmark": r.benchmark}
         for s in ([v.baseline] if v.baseline else []) + others:
             c = r.cells.get(s.key)
-            attrs = f'data-series="{esc(s.key)}" data-metric="{esc(r.metric)}" data-task="{esc(r.task)}" ' \
-                    f'data-benchmark="{esc(r.benchmark)}"'
+            where = {"data-series": s.key, **where_row}
+            with_delta = v.baseline and s != v.baseline
             if c is None:
-                cells.append(f'<td class="value missing" {attrs}>–</td>' + ('<td class="delta missing">–</td>'
-                                                                           if v.baseline and s != v.baseline else ""))
+                row.append(_cell("value missing", where))
+                if with_delta:
+                    row.append(_cell("delta missing", {}))
                 continue
-            tip = f"run {c['run_id']}, n={c['n']}{_asked(c)}, {c['timestamp']}"
-            cells.append(f'<td class="value" {attrs} title="{esc(tip)}">{esc(fmt(c["value"]))}'
-                         f'{_ci(c["ci_low"], c["ci_high"])}</td>')
-            if v.baseline and s != v.baseline:
+            row.append(_cell("value", where, fmt(c["value"]), _ci(c["ci_low"], c["ci_high"]),
+                             title=f"run {c['run_id']}, n={c['n']}{_asked(c)}, {c['timestamp']}"))
+            if with_delta:
                 if c["delta"] is None:
-                    cells.append(f'<td class="delta missing" {attrs}>no baseline value</td>')
+                    row.append(_cell("delta missing", where, "no baseline value"))
                     continue
                 status = c["status"] or "same"
                 counts[status] = counts.get(status, 0) + 1
-                dci = _ci(*c["delta_ci"], signed=True) if c["delta_ci"] else ""
-                cells.append(f'<td class="delta {status}" {attrs} data-delta="{c["delta"]:.6g}" data-status="{status}" '
-                             f'title="threshold {esc(fmt(c["threshold"]))}">'
-                             f'{esc(fmt(c["delta"], signed=True))}{dci}</td>')
+                row.append(_cell(f"delta {status}", where, fmt(c["delta"], signed=True),
+                                 _ci(*c["delta_ci"], signed=True) if c["delta_ci"] else None,
+                                 data_delta=f"{c['delta']:.6g}", data_status=status,
+                                 title=f"threshold {fmt(c['threshold'])}"))
         tops = getattr(r, "toplines", None) or {}
         for t in toplines:
-            attrs = f'data-topline="{esc(t)}" data-metric="{esc(r.metric)}" data-task="{esc(r.task)}" ' \
-                    f'data-benchmark="{esc(r.benchmark)}"'
+            where = {"data-topline": t, **where_row}
             c = tops.get(t)
             if c is None:
-                cells.append(f'<td class="value topline missing" {attrs}>–</td>')
+                row.append(_cell("value topline missing", where))
                 continue
-            tip = f"{TOPLINE_LABELS.get(t, t)} of run {c['run_id']}, n={c['n']}{_asked(c)}, {c['timestamp']}"
-            cells.append(f'<td class="value topline" {attrs} title="{esc(tip)}">{esc(fmt(c["value"]))}'
-                         f'{_ci(c["ci_low"], c["ci_high"])}</td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    summary = ""
-    if v.baseline:
-        summary = (f'<p class="summary">Against <b>{esc(v.baseline.label)}</b>: '
-                   f'<span class="regressed">{counts["regressed"]} regressed</span>, '
-                   f'<span class="improved">{counts["improved"]} improved</span> '
-                   f'(worse/better beyond the CI and ' + (f"{v.threshold:.1%} of the baseline" if v.threshold is not None
-                                                          else "the regression check's per-metric threshold") + ").</p>")
-    return (summary + _msg(cmp.message) + '<div class="scroll"><table class="metrics"><thead><tr>' + "".join(head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+            row.append(_cell("value topline", where, fmt(c["value"]), _ci(c["ci_low"], c["ci_high"]),
+                             title=f"{TOPLINE_LABELS.get(t, t)} of run {c['run_id']}, n={c['n']}{_asked(c)}, "
+                                   f"{c['timestamp']}"))
+        rows.append(row)
+    threshold = (f"{v.threshold:.1%} of the baseline" if v.threshold is not None
+                 else "the regression check's per-metric threshold")
+    return render("metric_table", baseline=v.baseline.label if v.baseline else None, counts=counts,
+                  threshold=threshold, message=cmp.message, head=head, rows=rows)
 
 
-def radar_section(data: DashboardData, v: View) -> str:
+def radar_section(data: DashboardData, v: View) -> Markup:
     cmp = v.compare(data)
     if cmp.empty:
         return _msg(cmp.message)
@@ -237,7 +250,7 @@ def radar_section(data: DashboardData, v: View) -> str:
     return _msg(note) + charts.radar(axes, series, raw=raw, groups=groups, title=title)
 
 
-def experts_section(data: DashboardData, v: View) -> str:
+def experts_section(data: DashboardData, v: View) -> Markup:
     s = data.experts_per_token(v.series, v.stage)
     if s.empty:
         return _msg(s.message)
@@ -263,10 +276,10 @@ def experts_section(data: DashboardData, v: View) -> str:
         maps.append(charts.heatmap([f"L{layer}" for layer in layers], [str(k) for k in ks], matrix,
                                    title=f"Share of tokens by experts selected — {n}", row_title="layer",
                                    col_title="dynamic experts selected", figure="experts-heatmap"))
-    return _msg(s.message) + f'<div class="fig">{bars}</div><div class="figs">' + "".join(maps) + "</div>"
+    return _figures(s.message, maps, lead=bars)
 
 
-def task_share_section(data: DashboardData, v: View) -> str:
+def task_share_section(data: DashboardData, v: View) -> Markup:
     s = data.task_share(v.series, v.stage, v.layer)
     if s.empty:
         return _msg(s.message)
@@ -283,10 +296,10 @@ def task_share_section(data: DashboardData, v: View) -> str:
         stacks = [(t, [share.get((e, t), 0.0) for e in experts]) for t in tasks]
         figs.append(charts.stacked_bars(cats, stacks, title=f"Task share per expert — {n} (stage {s.meta['stage']}, {where})",
                                         figure="task-share"))
-    return _msg(s.message) + '<div class="figs">' + "".join(figs) + "</div>"
+    return _figures(s.message, figs)
 
 
-def loss_section(data: DashboardData, v: View) -> str:
+def loss_section(data: DashboardData, v: View) -> Markup:
     s = data.loss_curves(v.series)
     if s.empty:
         return _msg(s.message)
@@ -303,10 +316,10 @@ def loss_section(data: DashboardData, v: View) -> str:
                           "color": curve_color.get(curve, 8), "dash": series_names.index(name)})
         figs.append(charts.line_chart(lines, title=f"Stage {stage}: training loss", x_label="step", y_label="loss",
                                       figure="loss-curves", width=620))
-    return _msg(s.message) + '<div class="figs">' + "".join(figs) + "</div>"
+    return _figures(s.message, figs)
 
 
-def nightly_section(data: DashboardData, v: View) -> str:
+def nightly_section(data: DashboardData, v: View) -> Markup:
     variants = [s.name for s in v.series if s.kind == "variant"]
     s = data.nightly(v.benchmark, variants)
     if s.empty:
@@ -323,10 +336,10 @@ def nightly_section(data: DashboardData, v: View) -> str:
         hib = bool(g["higher_is_better"].iloc[0])
         figs.append(charts.line_chart(lines, title=f"{metric} {'↑' if hib else '↓'} — {task}, {bench}", time_axis=True,
                                       y_label=metric, figure="nightly", width=520, height=220))
-    return _msg(s.message) + '<div class="figs">' + "".join(figs) + "</div>"
+    return _figures(s.message, figs)
 
 
-def regression_section(data: DashboardData, v: View) -> str:
+def regression_section(data: DashboardData, v: View) -> Markup:
     cmp = v.compare(data)
     runs = {s.name for s in v.series if s.kind == "run"}
     if not cmp.empty:
@@ -334,83 +347,23 @@ def regression_section(data: DashboardData, v: View) -> str:
     s = data.regressions(sorted(runs))
     if s.empty:
         return _msg(s.message or "No regression checks were recorded for the runs shown above.")
-    rows = []
-    for r in s.df.itertuples(index=False):
-        cls = "regressed" if bool(r.regressed) else ""
-        rows.append(f'<tr class="{cls}"><td>{esc(r.run_id)}</td><td>{esc(r.baseline_run_id)}</td><td>{esc(r.benchmark)}'
-                    f'</td><td>{esc(r.task)}</td><td>{esc(r.metric)}</td><td>{esc(fmt(r.value))}</td>'
-                    f'<td>{esc(fmt(r.baseline_value))}</td><td>{esc(fmt(r.delta, True))}</td><td>{esc(fmt(r.threshold))}</td>'
-                    f'<td>{"yes" if r.regressed else "no"}</td></tr>')
-    return ('<table class="regression"><thead><tr><th>run</th><th>baseline run</th><th>benchmark</th><th>task</th>'
-            '<th>metric</th><th>value</th><th>baseline</th><th>Δ</th><th>threshold</th><th>regressed</th></tr></thead>'
-            "<tbody>" + "".join(rows) + "</tbody></table>")
+    return render("regression_table", rows=list(s.df.itertuples(index=False)))
 
 
 # -- page ------------------------------------------------------------------------------------------
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:0 1.5rem 2rem;color:#222}
-h1{font-size:1.4rem;margin:1rem 0 .3rem} h2{font-size:1.15rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:1.8rem}
-form.controls{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start;background:#f6f7f9;padding:.7rem;border-radius:6px}
-fieldset{border:1px solid #ccc;border-radius:4px;max-height:11rem;overflow:auto;min-width:10rem}
-fieldset label{display:block;white-space:nowrap;font-size:.9rem}
-table{border-collapse:collapse;font-size:.88rem} th,td{border:1px solid #ddd;padding:.25rem .45rem;text-align:left}
-th{background:#f0f0f0} td.value,td.delta{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.ci{color:#777;font-size:.8em} td.regressed,tr.regressed,span.regressed{background:#fde0e0;color:#a00}
-td.improved,span.improved{background:#e2f5e2;color:#075} td.topline,th.topline{background:#f4f1fa}
-td.regressed{font-weight:600} .note{color:#555;font-style:italic} .error{color:#a00} .blurb{color:#555;font-size:.9rem}
-.figs{display:flex;flex-wrap:wrap;gap:1rem} .scroll{overflow-x:auto} .meta{color:#777;font-size:.8rem}
-"""
-
-SCRIPT = """
-// Keep the baseline in the comparison and say how many series are picked.
-document.addEventListener('DOMContentLoaded', function () {
-  var form = document.getElementById('controls');
-  function count() {
-    var n = form.querySelectorAll('input[name=variants]:checked, input[name=runs]:checked').length;
-    document.getElementById('picked').textContent = n + ' picked';
-  }
-  form.addEventListener('change', count); count();
-});
-"""
-
-
-def _controls(v: View) -> str:
-    chosen = {s.key for s in v.series}
-    var_boxes = "".join(
-        f'<label><input type="checkbox" name="variants" value="{esc(x)}"{" checked" if f"variant:{x}" in chosen else ""}> '
-        f'{esc(x)}</label>' for x in v.variants_all) or "<i>none</i>"
-    run_boxes = []
-    if not v.runs_all.empty:
-        for r in v.runs_all.df.head(MAX_RUNS_LISTED).itertuples(index=False):
-            ts = str(r.timestamp)[:16]
-            run_boxes.append(f'<label title="{esc(r.benchmarks)}"><input type="checkbox" name="runs" value="{esc(r.run_id)}"'
-                             f'{" checked" if f"run:{r.run_id}" in chosen else ""}> {esc(r.run_id)} '
-                             f'<small>({esc(r.kind)}, {esc(r.variant)}, {esc(ts)})</small></label>')
+def _controls(v: View) -> Markup:
+    runs = [] if v.runs_all.empty else [
+        {"run_id": r.run_id, "benchmarks": r.benchmarks, "kind": r.kind, "variant": r.variant,
+         "ts": str(r.timestamp)[:16]} for r in v.runs_all.df.head(MAX_RUNS_LISTED).itertuples(index=False)]
     base_opts = [("", "(none)")] + [(f"variant:{x}", f"variant {x}") for x in v.variants_all]
-    if not v.runs_all.empty:
-        base_opts += [(f"run:{r}", f"run {r}") for r in v.runs_all.df["run_id"].head(MAX_RUNS_LISTED)]
+    base_opts += [(f"run:{r['run_id']}", f"run {r['run_id']}") for r in runs]
     if v.baseline and v.baseline.key not in {k for k, _ in base_opts}:
         base_opts.append((v.baseline.key, v.baseline.key))
-    bkey = v.baseline.key if v.baseline else ""
-    baseline = "".join(f'<option value="{esc(k)}"{" selected" if k == bkey else ""}>{esc(lab)}</option>' for k, lab in base_opts)
-    bench = '<option value="all">all</option>' + "".join(
-        f'<option value="{esc(b)}"{" selected" if b == v.benchmark else ""}>{esc(b)}</option>' for b in v.benchmarks_all)
-    if v.benchmark and v.benchmark not in v.benchmarks_all:
-        bench += f'<option value="{esc(v.benchmark)}" selected>{esc(v.benchmark)}</option>'
-    return f"""<form id="controls" class="controls" method="get" action="/">
-<fieldset id="pick-variants"><legend>Variants</legend>{var_boxes}</fieldset>
-<fieldset id="pick-runs"><legend>Runs</legend>{"".join(run_boxes) or "<i>none</i>"}</fieldset>
-<div><label>Baseline<br><select name="baseline" id="baseline">{baseline}</select></label><br>
-<label>Benchmark<br><select name="benchmark" id="benchmark">{bench}</select></label><br>
-<label title="A change counts as a regression only beyond the CI and beyond the threshold: blank = the nightly
- check's per-metric thresholds, a number = that fraction of the baseline for every metric">Threshold
-<br><input type="number" name="threshold" id="threshold" min="0" step="0.01" placeholder="per metric"
- value="{esc('' if v.threshold is None else v.threshold)}"></label></div>
-<div><label>Stage (routing)<br><input type="number" name="stage" id="stage" min="1" max="3" value="{esc(v.stage or '')}"
- placeholder="last"></label><br><label>MoE layer (task share)<br><input type="number" name="layer" id="layer" min="0"
- value="{esc('' if v.layer is None else v.layer)}" placeholder="all"></label><br><br>
-<button type="submit" id="update">Update</button> <span id="picked" class="meta"></span></div>
-</form>"""
+    return render("controls", chosen={s.key for s in v.series}, variants=v.variants_all, runs=runs,
+                  baseline_options=base_opts, baseline=v.baseline.key if v.baseline else "",
+                  benchmarks=v.benchmarks_all, benchmark=v.benchmark,
+                  threshold="" if v.threshold is None else v.threshold, stage=v.stage or "",
+                  layer="" if v.layer is None else v.layer)
 
 
 def render_page(data: DashboardData, params: dict[str, list[str]]) -> str:
@@ -436,13 +389,9 @@ def render_page(data: DashboardData, params: dict[str, list[str]]) -> str:
                  "Nightly runs (kind='nightly') per metric over time with the CI band; red rings mark recorded regressions."),
         _section("regressions", "Recorded regression checks", lambda: regression_section(data, v)),
     ]
-    tables = data.status()
-    meta = ", ".join(f"{k}: {n}" for k, n in tables.items())
-    notes = "".join(_msg(n) for n in v.notes)
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>UniMoE-Audio ablations</title>"
-            f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body><h1>UniMoE-Audio ablation dashboard</h1>"
-            f'<p class="meta">workspace {esc(data.workspace)} — Parquet files: {esc(meta)}</p>'
-            f"{_controls(v)}{notes}{''.join(sections)}</body></html>")
+    files = ", ".join(f"{k}: {n}" for k, n in data.status().items())
+    return str(render("page", workspace=data.workspace, files=files, controls=_controls(v), notes=v.notes,
+                      sections=sections))
 
 
 def compare_json(data: DashboardData, params: dict[str, list[str]]) -> dict[str, Any]:
@@ -497,12 +446,10 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/api/compare.json":
                 self._send(200, json.dumps(compare_json(data, params), default=str), "application/json")
             else:
-                self._send(404, f"<!doctype html><title>not found</title><p>No page at {esc(url.path)}. "
-                                f'<a href="/">Dashboard</a></p>', "text/html")
+                self._send(404, str(render("not_found", path=url.path)), "text/html")
         except Exception as e:  # the last resort; sections already catch their own failures
             log.error("dashboard request %s failed:\n%s", self.path, traceback.format_exc())
-            self._send(500, f"<!doctype html><title>error</title><p>Internal error: {esc(type(e).__name__)}: {esc(e)}</p>",
-                       "text/html")
+            self._send(500, str(render("error", error=f"{type(e).__name__}: {e}")), "text/html")
 
 
 class DashboardServer(ThreadingHTTPServer):

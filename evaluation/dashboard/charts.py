@@ -1,16 +1,18 @@
 """Server-side SVG charts for the dashboard: radar, grouped bars, heat map, stacked bars, line chart.
 
-Plain strings, no plotting library and nothing fetched at run time. Every text that can come from data
-(series, metric, task names) is XML-escaped. Shapes carry ``data-*`` attributes (series, category,
-value) so tests and browser checks can read what was drawn.
+No plotting library and nothing fetched at run time. Each element is a ``markupsafe.Markup`` template
+(Jinja2's autoescaping layer): every value formatted into it (series, metric, task names) is escaped, so
+no call site escapes by hand, and a chart is ``Markup`` that the page templates embed as it is. Shapes
+carry ``data-*`` attributes (series, category, value) so tests and browser checks can read what was drawn.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from html import escape
 from typing import Sequence
+
+from markupsafe import Markup
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
@@ -23,8 +25,9 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def esc(s: object) -> str:
-    return escape(str(s), quote=True)
+def tag(template: str, **values: object) -> Markup:
+    """``template`` (trusted markup) with ``values`` escaped into its ``{name}`` fields."""
+    return Markup(template).format(**values)
 
 
 def _num(x: float) -> str:
@@ -42,14 +45,19 @@ def fmt(v: float | None, signed: bool = False) -> str:
     return s.replace("-", "−")
 
 
-def svg_doc(figure: str, width: int, height: int, body: Sequence[str], label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-figure="{esc(figure)}" role="img" '
-            f'aria-label="{esc(label)}" width="{width}" height="{height}" viewBox="0 0 {width} {height}" {FONT} '
-            f'font-size="11"><title>{esc(label)}</title>' + "".join(body) + "</svg>")
+def svg_doc(figure: str, width: int, height: int, body: Sequence[Markup], label: str) -> Markup:
+    return tag('<svg xmlns="http://www.w3.org/2000/svg" class="chart" data-figure="{figure}" role="img" '
+               'aria-label="{label}" width="{w}" height="{h}" viewBox="0 0 {w} {h}" ' + FONT
+               + ' font-size="11"><title>{label}</title>{body}</svg>',
+               figure=figure, label=label, w=width, h=height, body=Markup("").join(body))
 
 
-def empty_svg(figure: str, message: str, width: int = 420, height: int = 60) -> str:
-    return svg_doc(figure, width, height, [f'<text x="10" y="34" fill="#666">{esc(message)}</text>'], message)
+def _title(title: str) -> list[Markup]:
+    return [tag('<text x="8" y="16" font-size="13" font-weight="600">{t}</text>', t=title)] if title else []
+
+
+def empty_svg(figure: str, message: str, width: int = 420, height: int = 60) -> Markup:
+    return svg_doc(figure, width, height, [tag('<text x="10" y="34" fill="#666">{m}</text>', m=message)], message)
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -84,14 +92,11 @@ def _fit(width: float, title: str, legend: Sequence[str] = (), legend_x: float |
     return int(math.ceil(need))
 
 
-def _legend(names: Sequence[str], x: float, y: float, dashed: bool = False) -> list[str]:
-    out = []
-    for i, name in enumerate(names):
-        yy = y + 14 * i
-        dash = f' stroke-dasharray="{DASHES[i % len(DASHES)]}"' if dashed and DASHES[i % len(DASHES)] else ""
-        out.append(f'<line x1="{_num(x)}" y1="{_num(yy)}" x2="{_num(x + 18)}" y2="{_num(yy)}" stroke="{color(i)}" '
-                   f'stroke-width="3"{dash}/><text x="{_num(x + 22)}" y="{_num(yy + 4)}">{esc(name)}</text>')
-    return out
+def _legend(names: Sequence[str], x: float, y: float) -> list[Markup]:
+    return [tag('<line x1="{x}" y1="{y}" x2="{x2}" y2="{y}" stroke="{c}" stroke-width="3"/>'
+                '<text x="{tx}" y="{ty}">{name}</text>', x=_num(x), y=_num(y + 14 * i), x2=_num(x + 18), c=color(i),
+                tx=_num(x + 22), ty=_num(y + 14 * i + 4), name=name)
+            for i, name in enumerate(names)]
 
 
 # -- radar --------------------------------------------------------------------------------------
@@ -122,7 +127,7 @@ def radar_point(value: float, i: int, n: int, cx: float, cy: float, radius: floa
 
 def radar(axes: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],
           raw: Sequence[Sequence[float | None]] | None = None, groups: Sequence[str] | None = None,
-          title: str = "", figure: str = "radar", size: int = 460) -> str:
+          title: str = "", figure: str = "radar", size: int = 460) -> Markup:
     """``series``: (name, normalised value per axis in [0, 1]); missing values are drawn at the centre.
     ``raw`` (same shape) goes into the vertex tooltips; ``groups`` (per axis, e.g. "speech"/"music")
     colours the axis labels."""
@@ -133,47 +138,51 @@ def radar(axes: Sequence[str], series: Sequence[tuple[str, Sequence[float | None
     side = min(260.0, max(120.0, max(text_width(a) for a in axes) * 0.8))
     w, h = int(size + 2 * side), size + legend_h
     cx, cy, r = w / 2, size / 2 + 4, size / 2 - 70
-    body = [f'<text x="8" y="16" font-size="13" font-weight="600">{esc(title)}</text>'] if title else []
+    body = _title(title)
     for ring in (0.25, 0.5, 0.75, 1.0):
         pts = " ".join(f"{_num(x)},{_num(y)}" for x, y in (radar_point(ring, i, n, cx, cy, r) for i in range(n)))
-        body.append(f'<polygon points="{pts}" fill="none" stroke="#ddd"/>')
+        body.append(tag('<polygon points="{pts}" fill="none" stroke="#ddd"/>', pts=pts))
     group_color = {"speech": "#1a5fb4", "music": "#a51d2d"}
     for i, name in enumerate(axes):
         x, y = radar_point(1.0, i, n, cx, cy, r)
         lx, ly = radar_point(1.12, i, n, cx, cy, r)
         anchor = "middle" if abs(lx - cx) < 8 else ("start" if lx > cx else "end")
         fill = group_color.get(groups[i], "#333") if groups else "#333"
-        body.append(f'<line x1="{_num(cx)}" y1="{_num(cy)}" x2="{_num(x)}" y2="{_num(y)}" stroke="#ccc"/>'
-                    f'<text x="{_num(lx)}" y="{_num(ly + 4)}" text-anchor="{anchor}" fill="{fill}" '
-                    f'class="axis-label">{esc(name)}</text>')
+        body.append(tag('<line x1="{cx}" y1="{cy}" x2="{x}" y2="{y}" stroke="#ccc"/><text x="{lx}" y="{ly}" '
+                        'text-anchor="{anchor}" fill="{fill}" class="axis-label">{name}</text>', cx=_num(cx),
+                        cy=_num(cy), x=_num(x), y=_num(y), lx=_num(lx), ly=_num(ly + 4), anchor=anchor, fill=fill,
+                        name=name))
     for si, (name, vals) in enumerate(series):
         pts = [radar_point(v if v is not None else 0.0, i, n, cx, cy, r) for i, v in enumerate(vals)]
         ptxt = " ".join(f"{_num(x)},{_num(y)}" for x, y in pts)
-        body.append(f'<polygon class="series" data-series="{esc(name)}" points="{ptxt}" fill="{color(si)}" '
-                    f'fill-opacity="0.12" stroke="{color(si)}" stroke-width="2"/>')
+        body.append(tag('<polygon class="series" data-series="{name}" points="{pts}" fill="{c}" fill-opacity="0.12" '
+                        'stroke="{c}" stroke-width="2"/>', name=name, pts=ptxt, c=color(si)))
         for i, (x, y) in enumerate(pts):
             rv = raw[si][i] if raw is not None else None
             tip = f"{name} — {axes[i]}: {fmt(rv)}" if rv is not None else f"{name} — {axes[i]}: n/a"
-            body.append(f'<circle cx="{_num(x)}" cy="{_num(y)}" r="3" fill="{color(si)}"><title>{esc(tip)}</title></circle>')
+            body.append(tag('<circle cx="{x}" cy="{y}" r="3" fill="{c}"><title>{tip}</title></circle>',
+                            x=_num(x), y=_num(y), c=color(si), tip=tip))
     body += _legend([s[0] for s in series], 10, size + 8)
     return svg_doc(figure, _fit(w, title, [s[0] for s in series], 10), h, body, title or "radar chart")
 
 
 # -- bars and heat map ---------------------------------------------------------------------------
-def _y_axis(ticks: Sequence[float], y_of, x0: float, x1: float, label: str, fmt_tick=None) -> list[str]:
-    out = []
-    for t in ticks:
-        y = y_of(t)
-        out.append(f'<line x1="{_num(x0)}" y1="{_num(y)}" x2="{_num(x1)}" y2="{_num(y)}" stroke="#eee"/>'
-                   f'<text x="{_num(x0 - 4)}" y="{_num(y + 4)}" text-anchor="end">{esc((fmt_tick or fmt)(t))}</text>')
+def _y_axis(ticks: Sequence[float], y_of, x0: float, x1: float, label: str, fmt_tick=None) -> list[Markup]:
+    out = [tag('<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#eee"/>'
+               '<text x="{tx}" y="{ty}" text-anchor="end">{t}</text>', x0=_num(x0), x1=_num(x1), y=_num(y_of(t)),
+               tx=_num(x0 - 4), ty=_num(y_of(t) + 4), t=(fmt_tick or fmt)(t)) for t in ticks]
     if label:
-        out.append(f'<text x="12" y="{_num((y_of(ticks[0]) + y_of(ticks[-1])) / 2)}" text-anchor="middle" '
-                   f'transform="rotate(-90 12 {_num((y_of(ticks[0]) + y_of(ticks[-1])) / 2)})">{esc(label)}</text>')
+        out.append(_vertical_label(12, (y_of(ticks[0]) + y_of(ticks[-1])) / 2, label))
     return out
 
 
+def _vertical_label(x: float, y: float, label: str) -> Markup:
+    return tag('<text x="{x}" y="{y}" text-anchor="middle" transform="rotate(-90 {x} {y})">{label}</text>',
+               x=_num(x), y=_num(y), label=label)
+
+
 def grouped_bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]],
-                 title: str = "", y_label: str = "", figure: str = "bars", height: int = 280) -> str:
+                 title: str = "", y_label: str = "", figure: str = "bars", height: int = 280) -> Markup:
     if not categories or not series:
         return empty_svg(figure, "Nothing to plot.")
     vals = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
@@ -185,8 +194,7 @@ def grouped_bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence
     y0, y1 = h - bottom, top
     lo, hi = ticks[0], ticks[-1]
     y_of = lambda v: y0 - (v - lo) / (hi - lo) * (y0 - y1)  # noqa: E731
-    body = [f'<text x="8" y="16" font-size="13" font-weight="600">{esc(title)}</text>'] if title else []
-    body += _y_axis(ticks, y_of, left, left + plot_w, y_label)
+    body = _title(title) + _y_axis(ticks, y_of, left, left + plot_w, y_label)
     bar_w = (group_w - 12) / len(series)
     for ci, cat in enumerate(categories):
         gx = left + ci * group_w + 6
@@ -195,14 +203,22 @@ def grouped_bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence
             if v is None or not math.isfinite(v):
                 continue
             ya, yb = sorted((y_of(v), y_of(max(lo, 0.0))))
-            body.append(f'<rect class="bar" data-series="{esc(name)}" data-category="{esc(cat)}" data-value="{v:.6g}" '
-                        f'x="{_num(gx + si * bar_w)}" y="{_num(ya)}" width="{_num(max(bar_w - 1, 1))}" '
-                        f'height="{_num(max(yb - ya, 0.5))}" fill="{color(si)}"><title>{esc(f"{name} — {cat}: {fmt(v)}")}'
-                        f'</title></rect>')
-        body.append(f'<text x="{_num(gx + (group_w - 12) / 2)}" y="{_num(y0 + 14)}" text-anchor="middle">{esc(cat)}</text>')
-    body.append(f'<line x1="{left}" y1="{_num(y0)}" x2="{_num(left + plot_w)}" y2="{_num(y0)}" stroke="#333"/>')
+            body.append(tag('<rect class="bar" data-series="{name}" data-category="{cat}" data-value="{v:.6g}" '
+                            'x="{x}" y="{y}" width="{w}" height="{h}" fill="{c}"><title>{tip}</title></rect>',
+                            name=name, cat=cat, v=v, x=_num(gx + si * bar_w), y=_num(ya), w=_num(max(bar_w - 1, 1)),
+                            h=_num(max(yb - ya, 0.5)), c=color(si), tip=f"{name} — {cat}: {fmt(v)}"))
+        body.append(_x_label(gx + (group_w - 12) / 2, y0 + 14, cat))
+    body.append(_x_axis(left, left + plot_w, y0))
     body += _legend([s[0] for s in series], left + plot_w + 20, top + 6)
     return svg_doc(figure, w, h, body, title or "bar chart")
+
+
+def _x_label(x: float, y: float, label: str) -> Markup:
+    return tag('<text x="{x}" y="{y}" text-anchor="middle">{label}</text>', x=_num(x), y=_num(y), label=label)
+
+
+def _x_axis(x0: float, x1: float, y: float) -> Markup:
+    return tag('<line x1="{x0}" y1="{y}" x2="{x1}" y2="{y}" stroke="#333"/>', x0=x0, x1=_num(x1), y=_num(y))
 
 
 def _mix(frac: float) -> str:
@@ -213,7 +229,8 @@ def _mix(frac: float) -> str:
 
 
 def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], matrix: Sequence[Sequence[float]],
-            title: str = "", row_title: str = "", col_title: str = "", figure: str = "heatmap", cell: int = 34) -> str:
+            title: str = "", row_title: str = "", col_title: str = "", figure: str = "heatmap",
+            cell: int = 34) -> Markup:
     """Cell shade = value / the largest value; the value is printed in each cell."""
     if not row_labels or not col_labels:
         return empty_svg(figure, "Nothing to plot.")
@@ -221,27 +238,31 @@ def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], matrix: Sequen
     left, top = 70, 40
     w = _fit(left + cell * len(col_labels) + 20, title)
     h = top + cell * len(row_labels) + 36
-    body = [f'<text x="8" y="16" font-size="13" font-weight="600">{esc(title)}</text>'] if title else []
+    body = _title(title)
     for j, c in enumerate(col_labels):
-        body.append(f'<text x="{left + cell * j + cell / 2}" y="{top - 6}" text-anchor="middle">{esc(c)}</text>')
+        body.append(tag('<text x="{x}" y="{y}" text-anchor="middle">{c}</text>', x=left + cell * j + cell / 2,
+                        y=top - 6, c=c))
     for i, rl in enumerate(row_labels):
-        body.append(f'<text x="{left - 6}" y="{top + cell * i + cell / 2 + 4}" text-anchor="end">{esc(rl)}</text>')
+        body.append(tag('<text x="{x}" y="{y}" text-anchor="end">{rl}</text>', x=left - 6,
+                        y=top + cell * i + cell / 2 + 4, rl=rl))
         for j, c in enumerate(col_labels):
             v = matrix[i][j]
             frac = v / vmax if math.isfinite(v) else 0.0
-            body.append(f'<rect class="cell" data-row="{esc(rl)}" data-col="{esc(c)}" data-value="{v:.6g}" '
-                        f'x="{left + cell * j}" y="{top + cell * i}" width="{cell - 1}" height="{cell - 1}" '
-                        f'fill="{_mix(frac)}"><title>{esc(f"{row_title} {rl}, {col_title} {c}: {fmt(v)}")}</title></rect>'
-                        f'<text x="{left + cell * j + cell / 2}" y="{top + cell * i + cell / 2 + 4}" text-anchor="middle" '
-                        f'font-size="9" fill="{"#fff" if frac > 0.55 else "#222"}">{esc(f"{v:.2f}")}</text>')
-    body.append(f'<text x="{left + cell * len(col_labels) / 2}" y="{h - 8}" text-anchor="middle">{esc(col_title)}</text>')
-    body.append(f'<text x="12" y="{top + cell * len(row_labels) / 2}" text-anchor="middle" '
-                f'transform="rotate(-90 12 {top + cell * len(row_labels) / 2})">{esc(row_title)}</text>')
+            body.append(tag('<rect class="cell" data-row="{rl}" data-col="{c}" data-value="{v:.6g}" x="{x}" y="{y}" '
+                            'width="{side}" height="{side}" fill="{fill}"><title>{tip}</title></rect>'
+                            '<text x="{tx}" y="{ty}" text-anchor="middle" font-size="9" fill="{ink}">{v:.2f}</text>',
+                            rl=rl, c=c, v=v, x=left + cell * j, y=top + cell * i, side=cell - 1, fill=_mix(frac),
+                            tip=f"{row_title} {rl}, {col_title} {c}: {fmt(v)}", tx=left + cell * j + cell / 2,
+                            ty=top + cell * i + cell / 2 + 4, ink="#fff" if frac > 0.55 else "#222"))
+    body.append(tag('<text x="{x}" y="{y}" text-anchor="middle">{t}</text>', x=left + cell * len(col_labels) / 2,
+                    y=h - 8, t=col_title))
+    body.append(tag('<text x="12" y="{y}" text-anchor="middle" transform="rotate(-90 12 {y})">{t}</text>',
+                    y=top + cell * len(row_labels) / 2, t=row_title))
     return svg_doc(figure, w, h, body, title or "heat map")
 
 
 def stacked_bars(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence[float]]], title: str = "",
-                 y_label: str = "share", figure: str = "stacked", height: int = 260) -> str:
+                 y_label: str = "share", figure: str = "stacked", height: int = 260) -> Markup:
     """One bar per category, stacked bottom-up in ``stacks`` order; values are shares (summing to <= 1)."""
     if not categories or not stacks:
         return empty_svg(figure, "Nothing to plot.")
@@ -251,30 +272,35 @@ def stacked_bars(categories: Sequence[str], stacks: Sequence[tuple[str, Sequence
     w, h = _fit(left + plot_w + 20, title, [s[0] for s in stacks], left + plot_w + 20), height
     y0, y1 = h - bottom, top
     y_of = lambda v: y0 - v * (y0 - y1)  # noqa: E731
-    body = [f'<text x="8" y="16" font-size="13" font-weight="600">{esc(title)}</text>'] if title else []
-    body += _y_axis([0, 0.25, 0.5, 0.75, 1.0], y_of, left, left + plot_w, y_label, lambda t: f"{t:.0%}")
+    body = _title(title) + _y_axis([0, 0.25, 0.5, 0.75, 1.0], y_of, left, left + plot_w, y_label, lambda t: f"{t:.0%}")
     for ci, cat in enumerate(categories):
         x, acc = left + ci * (bw + 6) + 3, 0.0
         for si, (name, vs) in enumerate(stacks):
             v = float(vs[ci]) if math.isfinite(vs[ci]) else 0.0
             if v <= 0:
                 continue
-            body.append(f'<rect class="bar" data-series="{esc(name)}" data-category="{esc(cat)}" data-value="{v:.6g}" '
-                        f'x="{x}" y="{_num(y_of(acc + v))}" width="{bw}" height="{_num(v * (y0 - y1))}" '
-                        f'fill="{color(si)}"><title>{esc(f"{cat} — {name}: {v:.1%}")}</title></rect>')
+            body.append(tag('<rect class="bar" data-series="{name}" data-category="{cat}" data-value="{v:.6g}" '
+                            'x="{x}" y="{y}" width="{w}" height="{h}" fill="{c}"><title>{tip}</title></rect>',
+                            name=name, cat=cat, v=v, x=x, y=_num(y_of(acc + v)), w=bw, h=_num(v * (y0 - y1)),
+                            c=color(si), tip=f"{cat} — {name}: {v:.1%}"))
             acc += v
-        body.append(f'<text x="{x + bw / 2}" y="{_num(y0 + 14)}" text-anchor="middle">{esc(cat)}</text>')
+        body.append(tag('<text x="{x}" y="{y}" text-anchor="middle">{cat}</text>', x=x + bw / 2, y=_num(y0 + 14),
+                        cat=cat))
     body += _legend([s[0] for s in stacks], left + plot_w + 20, top + 6)
     return svg_doc(figure, w, h, body, title or "stacked bars")
 
 
 # -- lines ----------------------------------------------------------------------------------------
+def _dash(pattern: str) -> Markup:
+    return tag(' stroke-dasharray="{d}"', d=pattern) if pattern else Markup("")
+
+
 def _date_label(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def line_chart(lines: Sequence[dict], title: str = "", x_label: str = "", y_label: str = "",
-               time_axis: bool = False, figure: str = "lines", width: int = 560, height: int = 260) -> str:
+               time_axis: bool = False, figure: str = "lines", width: int = 560, height: int = 260) -> Markup:
     """``lines``: dicts with ``name``, ``xs``, ``ys`` and optionally ``lo``/``hi`` (a shaded CI band),
     ``flags`` (bool per point: drawn as a red ring), ``color`` index and ``dash`` index. With
     ``time_axis`` the xs are POSIX seconds and ticks are dates."""
@@ -296,15 +322,14 @@ def line_chart(lines: Sequence[dict], title: str = "", x_label: str = "", y_labe
     y0, y1 = height - bottom, top
     x_of = lambda x: left + (x - xlo) / (xhi - xlo) * plot_w  # noqa: E731
     y_of = lambda y: y0 - (y - yt[0]) / (yt[-1] - yt[0]) * (y0 - y1)  # noqa: E731
-    body = [f'<text x="8" y="16" font-size="13" font-weight="600">{esc(title)}</text>'] if title else []
-    body += _y_axis(yt, y_of, left, left + plot_w, y_label)
+    body = _title(title) + _y_axis(yt, y_of, left, left + plot_w, y_label)
     for t in xt:
         if xlo <= t <= xhi:
-            lab = _date_label(t) if time_axis else fmt(t)
-            body.append(f'<text x="{_num(x_of(t))}" y="{_num(y0 + 14)}" text-anchor="middle">{esc(lab)}</text>')
-    body.append(f'<line x1="{left}" y1="{_num(y0)}" x2="{_num(left + plot_w)}" y2="{_num(y0)}" stroke="#333"/>')
+            body.append(_x_label(x_of(t), y0 + 14, _date_label(t) if time_axis else fmt(t)))
+    body.append(_x_axis(left, left + plot_w, y0))
     if x_label:
-        body.append(f'<text x="{_num(left + plot_w / 2)}" y="{height - 6}" text-anchor="middle">{esc(x_label)}</text>')
+        body.append(tag('<text x="{x}" y="{y}" text-anchor="middle">{t}</text>', x=_num(left + plot_w / 2),
+                        y=height - 6, t=x_label))
     names = []
     for li, ln in enumerate(lines):
         c, d = color(ln.get("color", li)), DASHES[ln.get("dash", 0) % len(DASHES)]
@@ -314,28 +339,28 @@ def line_chart(lines: Sequence[dict], title: str = "", x_label: str = "", y_labe
             band = [(x_of(ln["xs"][i]), y_of(ln["hi"][i])) for _, _, i in seq if math.isfinite(ln["hi"][i])]
             band += [(x_of(ln["xs"][i]), y_of(ln["lo"][i])) for _, _, i in reversed(seq) if math.isfinite(ln["lo"][i])]
             if len(band) > 2:
-                body.append(f'<polygon class="band" points="{" ".join(f"{_num(x)},{_num(y)}" for x, y in band)}" '
-                            f'fill="{c}" fill-opacity="0.15" stroke="none"/>')
+                body.append(tag('<polygon class="band" points="{pts}" fill="{c}" fill-opacity="0.15" stroke="none"/>',
+                                pts=" ".join(f"{_num(x)},{_num(y)}" for x, y in band), c=c))
         path = " ".join(f"{'M' if k == 0 else 'L'}{_num(x_of(x))},{_num(y_of(y))}" for k, (x, y, _) in enumerate(seq))
-        dash = f' stroke-dasharray="{d}"' if d else ""
-        body.append(f'<path class="line" data-series="{esc(ln["name"])}" data-points="{len(seq)}" d="{path}" '
-                    f'fill="none" stroke="{c}" stroke-width="1.8"{dash}/>')
+        body.append(tag('<path class="line" data-series="{name}" data-points="{n}" d="{path}" fill="none" '
+                        'stroke="{c}" stroke-width="1.8"{dash}/>', name=ln["name"], n=len(seq), path=path, c=c,
+                        dash=_dash(d)))
         if len(seq) <= 40:
             for x, y, i in seq:
                 tip = f"{ln['name']} @ {_date_label(x) if time_axis else fmt(x)}: {fmt(y)}"
-                body.append(f'<circle cx="{_num(x_of(x))}" cy="{_num(y_of(y))}" r="2.5" fill="{c}">'
-                            f'<title>{esc(tip)}</title></circle>')
+                body.append(tag('<circle cx="{x}" cy="{y}" r="2.5" fill="{c}"><title>{tip}</title></circle>',
+                                x=_num(x_of(x)), y=_num(y_of(y)), c=c, tip=tip))
         for x, y, i in seq:
             if ln.get("flags") and ln["flags"][i]:
-                body.append(f'<circle class="flag" cx="{_num(x_of(x))}" cy="{_num(y_of(y))}" r="6" fill="none" '
-                            f'stroke="#d00" stroke-width="2"><title>regressed</title></circle>')
+                body.append(tag('<circle class="flag" cx="{x}" cy="{y}" r="6" fill="none" stroke="#d00" '
+                                'stroke-width="2"><title>regressed</title></circle>', x=_num(x_of(x)), y=_num(y_of(y))))
     lx = left + plot_w + 16
     for i, (name, c, d) in enumerate(names[:14]):
         yy = top + 6 + 14 * i
-        dash = f' stroke-dasharray="{d}"' if d else ""
-        body.append(f'<line x1="{lx}" y1="{yy}" x2="{lx + 18}" y2="{yy}" stroke="{c}" stroke-width="2.5"{dash}/>'
-                    f'<text x="{lx + 22}" y="{yy + 4}">{esc(name)}</text>')
+        body.append(tag('<line x1="{x}" y1="{y}" x2="{x2}" y2="{y}" stroke="{c}" stroke-width="2.5"{dash}/>'
+                        '<text x="{tx}" y="{ty}">{name}</text>', x=lx, y=yy, x2=lx + 18, c=c, dash=_dash(d),
+                        tx=lx + 22, ty=yy + 4, name=name))
     if len(names) > 14:
-        body.append(f'<text x="{lx}" y="{top + 6 + 14 * 14 + 4}">… {len(names) - 14} more</text>')
+        body.append(tag('<text x="{x}" y="{y}">… {n} more</text>', x=lx, y=top + 6 + 14 * 14 + 4, n=len(names) - 14))
     shown = [n for n, _, _ in names[:14]]
     return svg_doc(figure, _fit(width, title, shown, lx), height, body, title or "line chart")

@@ -10,7 +10,10 @@ from evaluation.scorers.base import (
     load_scorer,
     load_scorers,
     register,
+    scorer_class,
+    scorer_resources,
 )
 
 __all__ = ["AudioItem", "ModelScorer", "Scorer", "ScorerUnavailable", "available_scorers", "is_model_scorer",
-           "load_scorer", "load_scorers", "register"]
+           "load_scorer", "load_scorers", "register",
+           "scorer_class", "scorer_resources"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_tensor_file, register
-from unimoe.audio_io import resample, to_mono
+from unimoe.common.audio import resample, to_mono
 from unimoe.io import resolve_weights, sha256_file
 
 AXES: tuple[str, ...] = ("CE", "CU", "PC", "PQ")
@@ -137,6 +137,7 @@ class AudioboxAesthetics(Scorer):
     """Per-clip CE / CU / PC / PQ (higher is better), length-weighted over 10 s windows."""
 
     name = "audiobox_aesthetics"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metrics: ClassVar[dict[str, str]] = {a: "higher" for a in AXES}
 
     def __init__(
@@ -221,7 +222,7 @@ class AudioboxAesthetics(Scorer):
         return self.score_windows(wavs)
 
 
-@register("audiobox_aesthetics")
+@register("audiobox_aesthetics", AudioboxAesthetics)
 def create(
     weights_path: str | Path = DEFAULT_WEIGHTS,
     sha256: str | None = None,

@@ -9,8 +9,8 @@ Per-item scorers (MOS predictors, aesthetics, CLAP text-audio similarity, ASR er
 similarity) implement ``score``. Set-level metrics (FAD, KL, IS) build on per-item embeddings or
 posteriors from ``embed`` and are computed in ``evaluation.metrics``. Model scorers (``ModelScorer``:
 token NLL) judge the benchmark's CHECKPOINT itself on each item's ground truth, not a generated clip;
-they are registered with ``model_scorer=True`` and built with the checkpoint (``load_scorer(name,
-checkpoint=...)``).
+they are built with the checkpoint (``load_scorer(name, checkpoint=...)``). Each scorer class says where it
+applies (``ScorerBase``: tasks, needs_reference, needs_text), as VERSA's metric metadata does.
 
 A per-item score that fails is NaN; the scorer says why with ``note_failure`` (``item_errors``: item id
 -> reason, for the items of the latest ``score`` call), which the runner reports when every item of a
@@ -19,12 +19,33 @@ task failed.
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from unimoe.audio_io import AudioItem, as_channels_first, resample, to_mono
+from evaluation.bench.config import MUSIC, SPEECH
+from unimoe.common.audio import as_channels_first, resample, to_mono
 from unimoe.io import MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioItem:
+    """One thing to score. ``wav`` is mono float32 at ``sample_rate``; ``text`` is the caption or
+    transcript it should match; ``reference`` is e.g. the voice prompt (speaker similarity)."""
+
+    id: str
+    wav: np.ndarray
+    sample_rate: int
+    text: str | None = None
+    language: str | None = None
+    reference: np.ndarray | None = None
+    reference_sample_rate: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class ScorerUnavailable(RuntimeError):
@@ -87,27 +108,63 @@ def load_state_dict_file(path: Any, what: str, key: str | None = "state_dict",
     return dict(obj)
 
 
-class Scorer(FailureNotes):
-    """Base class. Subclasses set ``name``, ``metrics`` (metric name -> "higher" | "lower" is better)
-    and implement ``score``."""
+class ScorerBase:
+    """What every scorer declares, as VERSA's metric metadata does: ``name``, ``metrics`` (metric name ->
+    "higher" | "lower" is better), and where it applies, which the benchmark runner reads from the class
+    without building the scorer (``scorer_class``):
+
+    ``tasks``            the tasks whose clips it can judge (every task unless it says otherwise);
+    ``needs_reference``  it compares each clip with reference audio: for speech the voice prompt the clip
+                         was generated from (speaker similarity, judged under the paper's protocol on the
+                         clips generated from each item's own prompt), for music the real recording (FAD:
+                         items without one are left out);
+    ``needs_text``       it compares each clip with the item's text (ASR error rates, text-audio similarity,
+                         caption adherence);
+    ``resources``        the Dask worker resources its tasks need (see below)."""
 
     name: ClassVar[str] = "scorer"
     metrics: ClassVar[dict[str, str]] = {}
+    tasks: ClassVar[tuple[str, ...]] = SPEECH + MUSIC
+    needs_reference: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False
+    # Dask worker resources a task running this scorer should get (``{"GPU": 1}`` for the neural scorers
+    # that are GPU work at corpus scale): on a cluster whose workers declare them (``dask worker
+    # --resources GPU=1``) the flows route such tasks there (flows.common.run_cached_map).
+    resources: ClassVar[dict[str, float]] = {}
 
     @property
     def version(self) -> str:
         """Package version and/or weights checksum: recorded next to every score."""
         raise NotImplementedError
 
-    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        """One dict of metric -> value per item (NaN where an item could not be scored)."""
-        raise NotImplementedError
-
     def info(self) -> dict[str, Any]:
         return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
 
-class SetScorer:
+class Scorer(ScorerBase, FailureNotes):
+    """A per-item scorer: subclasses implement ``score`` (or ``score_one``, scored item by item with
+    ``score_each``)."""
+
+    def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
+        """One dict of metric -> value per item (NaN where an item could not be scored)."""
+        raise NotImplementedError
+
+    def score_each(self, items: list[AudioItem], score_one: Callable[[AudioItem], Any],
+                   failed: Callable[[], Any] | None = None) -> list[Any]:
+        """``score_one(item)`` per item. An item that raises gets ``failed()`` (default: NaN for every
+        metric), with its reason noted (``note_failure``) and logged: one bad clip never stops the batch."""
+        out = []
+        for item in items:
+            try:
+                out.append(score_one(item))
+            except Exception as e:  # noqa: BLE001 - this item is NaN (with its reason), the others still count
+                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
+                self.note_failure(item.id, e)
+                out.append(failed() if failed else {m: math.nan for m in self.metrics})
+        return out
+
+
+class SetScorer(ScorerBase):
     """A set-level metric family (FAD, KL, IS): per-item embeddings or posteriors from ``embed`` (one entry
     per item, so they can be cached per item: a row, or an item's ``[frames, D]`` frame embeddings), and a
     metric over whole sets from ``compare``. Entries of ``generated`` and ``reference`` are aligned by item
@@ -116,12 +173,8 @@ class SetScorer:
     The runner passes set-level scorers each clip with its own channels (no downmix)."""
 
     name: ClassVar[str] = "set-scorer"
-    metrics: ClassVar[dict[str, str]] = {}
+    tasks: ClassVar[tuple[str, ...]] = MUSIC
     needs_reference: ClassVar[bool] = True
-
-    @property
-    def version(self) -> str:
-        raise NotImplementedError
 
     def embed(self, items: list[AudioItem]) -> np.ndarray | list[np.ndarray]:
         """One entry per item: ``[N, D]`` rows, or a list of per-item arrays (e.g. ``[frames, D]``)."""
@@ -130,23 +183,16 @@ class SetScorer:
     def compare(self, generated: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
         raise NotImplementedError
 
-    def info(self) -> dict[str, Any]:
-        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
 
-
-class ModelScorer(FailureNotes):
+class ModelScorer(ScorerBase, FailureNotes):
     """A metric of the checkpoint itself (token NLL): it scores each benchmark item's ground truth under
     the model, given the item's conditioning, and never looks at a generated clip. ``score_items`` takes
     the items as the run manifest's dicts (``BenchItem.to_dict()``); ``cache_key`` names everything a
     score depends on besides the item's own fields (checkpoint weights, settings), so per-item scores
-    can be cached per (checkpoint, item). It applies only to system ``model`` (no topline has a model)."""
+    can be cached per (checkpoint, item). It applies only to system ``model`` (no topline has a model);
+    the registry builds it with ``checkpoint=``."""
 
     name: ClassVar[str] = "model-scorer"
-    metrics: dict[str, str] = {}
-
-    @property
-    def version(self) -> str:
-        raise NotImplementedError
 
     @property
     def cache_key(self) -> str:
@@ -156,31 +202,50 @@ class ModelScorer(FailureNotes):
         """One dict of metric -> value per item (NaN, with ``note_failure``, where an item cannot be scored)."""
         raise NotImplementedError
 
-    def info(self) -> dict[str, Any]:
-        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
+
+_REGISTRY: dict[str, Callable[..., ScorerBase]] = {}
+_CLASSES: dict[str, type[ScorerBase]] = {}
 
 
-_REGISTRY: dict[str, Callable[..., Scorer | SetScorer | ModelScorer]] = {}
-_MODEL_SCORERS: set[str] = set()
-
-
-def register(name: str, *, model_scorer: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a scorer factory under ``name``; ``model_scorer``: it takes ``checkpoint=`` (a ModelScorer)."""
+def register(name: str, scorer_class: type[ScorerBase] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a scorer factory under ``name``. ``scorer_class``: the class the factory builds (default:
+    the factory itself, when it is the class), whose metadata (``ScorerBase``) is read without building it."""
     def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY:
             raise ValueError(f"scorer {name!r} registered twice")
+        cls = scorer_class or factory
+        if not (isinstance(cls, type) and issubclass(cls, ScorerBase)):
+            raise TypeError(f"scorer {name!r}: name the ScorerBase subclass its factory builds (register(name, cls))")
         _REGISTRY[name] = factory
-        if model_scorer:
-            _MODEL_SCORERS.add(name)
+        _CLASSES[name] = cls
         return factory
 
     return deco
 
 
+def scorer_class(name: str) -> type[ScorerBase]:
+    """The class of registered scorer ``name`` (its metadata: tasks, needs_reference, needs_text);
+    KeyError for an unknown name."""
+    _import_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown scorer {name!r}; known: {sorted(_REGISTRY)}")
+    return _CLASSES[name]
+
+
+def scorer_resources(names: Iterable[str]) -> dict[str, float]:
+    """The Dask worker resources a task running all the named scorers needs: the largest amount of each
+    resource any of them declares (``ScorerBase.resources``)."""
+    need: dict[str, float] = {}
+    for name in names:
+        for resource, amount in scorer_class(name).resources.items():
+            need[resource] = max(need.get(resource, 0), amount)
+    return need
+
+
 def is_model_scorer(name: str) -> bool:
     """Whether scorer ``name`` judges the checkpoint (needs ``checkpoint=``) rather than audio."""
     _import_all()
-    return name in _MODEL_SCORERS
+    return name in _REGISTRY and issubclass(_CLASSES[name], ModelScorer)
 
 
 def _import_all() -> None:
@@ -201,7 +266,7 @@ def available_scorers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_scorer(name: str, **options: Any) -> Scorer | SetScorer | ModelScorer:
+def load_scorer(name: str, **options: Any) -> ScorerBase:
     """Build a registered scorer. Raises ScorerUnavailable (with what is missing and where it comes
     from) when its weights are not in the local store."""
     _import_all()

@@ -5,7 +5,7 @@ Reproduced from sanderwood/clamp3 (``preprocessing/audio/extract_mert.py``, ``hf
 ``code/extract_clamp3.py``, ``code/utils.py``; SAAS checkpoint):
 
 Audio → MERT-v1-95M features (``extract_mert.py`` with ``--mean_features``):
-  mono (channel mean), resampled to 24 kHz with torchaudio's ``Resample`` (``unimoe.audio_io.resample``
+  mono (channel mean), resampled to 24 kHz with torchaudio's ``Resample`` (``unimoe.common.audio.resample``
   is the same filter), normalised to zero mean / unit variance over the whole clip (the
   ``Wav2Vec2FeatureExtractor(do_normalize=True)`` step, ``(x - mean) / sqrt(var + 1e-7)``), cut into
   non-overlapping 5 s windows (a last window shorter than 1 s is dropped), each window through MERT
@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import MUSIC, AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
+from unimoe.common.audio import resample, to_mono
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,9 @@ class ClaMP3Score(Scorer):
     """Cosine between CLaMP 3 text and audio embeddings (higher is better)."""
 
     name = "clamp3"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
+    tasks = MUSIC
+    needs_text = True
     metrics: ClassVar[dict[str, str]] = {"clamp3": "higher"}
 
     def __init__(self, clamp: ClaMP3TextAudio, mert: torch.nn.Module, tokenizer: Any, *, weights_path: Path,
@@ -317,7 +320,7 @@ class ClaMP3Score(Scorer):
         return rows
 
 
-@register("clamp3")
+@register("clamp3", ClaMP3Score)
 def create(
     weights_path: str | Path = DEFAULT_WEIGHTS,
     sha256: str | None = None,

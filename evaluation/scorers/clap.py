@@ -62,8 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import MUSIC, AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
+from unimoe.common.audio import resample, to_mono
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
 SAMPLE_RATE = 48_000
@@ -280,6 +280,9 @@ class ClapScore(Scorer):
     """Cosine between caption and audio CLAP embeddings (higher is better)."""
 
     name = "clap"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
+    tasks = MUSIC
+    needs_text = True
     metrics: ClassVar[dict[str, str]] = {"clap": "higher"}
 
     def __init__(
@@ -390,7 +393,7 @@ class ClapScore(Scorer):
         return rows
 
 
-@register("clap")
+@register("clap", ClapScore)
 def create(
     checkpoint: str = DEFAULT_CHECKPOINT,
     weights_path: str | Path | None = None,

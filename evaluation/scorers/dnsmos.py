@@ -1,6 +1,6 @@
 """DNSMOS (demo scorer): Microsoft's DNS-challenge MOS predictor, from the ``speechmos`` package.
 
-This is a *demo* scorer (DESIGN.md §5): its ONNX models ship inside the ``speechmos`` registry
+This is a *demo* scorer: its ONNX models ship inside the ``speechmos`` registry
 package, so it runs offline with real weights. It reports under its own metric names
 (``dnsmos_*``) and never stands in for the paper's UTMOS (see ``evaluation.scorers.utmos``).
 
@@ -33,8 +33,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import SPEECH, AudioItem, Scorer, ScorerUnavailable, register
+from unimoe.common.audio import resample, to_mono
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class DNSMOSScorer(Scorer):
     """DNSMOS P.835 (SIG/BAK/OVRL) + P.808 via the ``speechmos`` package's ONNX models."""
 
     name = "dnsmos"
+    tasks = SPEECH
     metrics: ClassVar[dict[str, str]] = {
         "dnsmos_sig": "higher",
         "dnsmos_bak": "higher",
@@ -187,7 +188,7 @@ class DNSMOSScorer(Scorer):
         return d
 
 
-@register("dnsmos")
+@register("dnsmos", DNSMOSScorer)
 def make_dnsmos(*, batch_size: int = 8, num_threads: int | None = None) -> DNSMOSScorer:
     """Build the DNSMOS demo scorer. No weights store: the ONNX files ship inside ``speechmos``.
 

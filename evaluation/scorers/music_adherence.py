@@ -1,6 +1,6 @@
 """Tempo and key adherence (demo scorer): does the music play at the tempo and in the key its caption asks?
 
-A *demo* metric (DESIGN.md §5): no learned weights, only signal processing (librosa), so it runs
+A *demo* metric: no learned weights, only signal processing (librosa), so it runs
 offline; it never stands in for a paper metric. Per item:
 
 **Request** (parsed from ``AudioItem.text``): a tempo such as "Tempo: 120 bpm", "at about 96 BPM",
@@ -10,12 +10,13 @@ kept in ``last_failures``.
 
 **Estimates** (mono, resampled to 22.05 kHz, one 2048-point STFT with a 256 hop):
 
-- tempo: librosa's beat tracker (``unimoe.beat.beat_track``) on the onset strength of a 128-band log-mel spectrogram;
+- tempo: librosa's beat tracker (``unimoe.common.music.beat_track``) on the onset strength of a 128-band
+  log-mel spectrogram;
 - key: mean magnitude ``chroma_stft`` over non-silent frames (tuning fixed at A440) correlated with the 24 rotated
-  Krumhansl–Kessler probe-tone profiles (Krumhansl–Schmuckler); the best correlation wins.
+  Krumhansl–Kessler probe-tone profiles (Krumhansl–Schmuckler, ``unimoe.common.music.estimate_key``); the
+  best correlation wins.
 
-(``data.captioning.offline`` measures the same two quantities for captions; ``evaluation`` may not
-import ``data`` (layering rule), so the estimator lives here too.)
+(``data.captioning.offline`` measures the same two quantities for captions with the same estimators.)
 
 **Scores** (both in [0, 1], higher is better):
 
@@ -24,8 +25,8 @@ import ``data`` (layering rule), so the estimator lives here too.)
   ``exp(-(d - ln 1.04) / 0.1)`` (about 0.4 at 14 % off, 0.1 at 30 % off). Half and double tempo count
   as a match (MIREX "Acc2"-style, without the triple factors): beat trackers cannot tell the
   metrical level reliably, so an octave error is not held against the music.
-- ``key_adherence``: MIREX key weighting (as ``mir_eval.key.weighted_score``): same key 1, a perfect
-  fifth apart with the same mode 0.5 (either direction, like mir_eval's ``allow_descending_fifths``),
+- ``key_adherence``: MIREX key weighting (``mir_eval.key.weighted_score``): same key 1, a perfect
+  fifth apart with the same mode 0.5 (either direction: the larger of both argument orders),
   relative major/minor 0.3, parallel major/minor 0.2, anything else 0.
 
 Silent, empty, too-short or non-finite audio gives NaN for both, with the reason.
@@ -41,9 +42,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evaluation.scorers.base import AudioItem, Scorer, register
-from unimoe.audio_io import resample, to_mono
-from unimoe.beat import beat_track
+from evaluation.scorers.base import MUSIC, AudioItem, Scorer, register
+from unimoe.common.audio import resample, to_mono
+from unimoe.common.music import beat_track, estimate_key, key_name, onset_strength
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,10 @@ SILENCE_DBFS = -60.0
 TEMPO_TOLERANCE = 0.04
 TEMPO_DECAY = 0.1  # natural-log units of tempo ratio per e-fold beyond the tolerance
 TEMPO_FACTORS = (0.5, 1.0, 2.0)
+# mir_eval.key.weighted_score's table (key_score calls it; reported by info())
 KEY_WEIGHTS = {"same": 1.0, "fifth": 0.5, "relative": 0.3, "parallel": 0.2, "other": 0.0}
 VERSION = "music-adherence-v1"
 
-# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
-KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 _LETTER_PC = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 
 _NUM = r"(\d{2,3}(?:\.\d+)?)"
@@ -107,10 +105,6 @@ def parse_key(text: str | None) -> tuple[int, str] | None:
     return None
 
 
-def key_name(key: tuple[int, str] | None) -> str | None:
-    return None if key is None else f"{PITCH_NAMES[key[0]]} {key[1]}"
-
-
 # ---- scoring rules -------------------------------------------------------------------------------------
 
 
@@ -122,42 +116,16 @@ def tempo_score(estimated: float, requested: float) -> float:
     return 1.0 if d <= tol + 1e-12 else math.exp(-(d - tol) / TEMPO_DECAY)
 
 
-def key_relation(estimated: tuple[int, str], requested: tuple[int, str]) -> str:
-    (pe, me), (pr, mr) = estimated, requested
-    if me == mr:
-        if pe == pr:
-            return "same"
-        if (pe - pr) % 12 in (5, 7):
-            return "fifth"
-        return "other"
-    # relative: C major <-> A minor (minor tonic 3 semitones below the major tonic)
-    major, minor = (pe, pr) if me == "major" else (pr, pe)
-    if (major - minor) % 12 == 3:
-        return "relative"
-    if pe == pr:
-        return "parallel"
-    return "other"
-
-
 def key_score(estimated: tuple[int, str], requested: tuple[int, str]) -> float:
-    return KEY_WEIGHTS[key_relation(estimated, requested)]
+    """MIREX key weight (``mir_eval.key.weighted_score``), a fifth counted in either direction."""
+    import mir_eval.key  # ~1 s import (mir_eval loads all its submodules), so only when scoring
+
+    est, req = key_name(estimated), key_name(requested)
+    # weighted_score gives 0.5 only for an estimate a fifth *above*; its other weights are symmetric.
+    return max(mir_eval.key.weighted_score(req, est), mir_eval.key.weighted_score(est, req))
 
 
 # ---- estimation ----------------------------------------------------------------------------------------
-
-
-def estimate_key(chroma_mean: np.ndarray) -> tuple[tuple[int, str] | None, float]:
-    """Krumhansl–Schmuckler: the best of 24 keys for a 12-bin pitch-class profile, and its correlation."""
-    c = np.asarray(chroma_mean, dtype=np.float64)
-    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-9:
-        return None, 0.0
-    best, best_r = None, -2.0
-    for mode, prof in (("major", KK_MAJOR), ("minor", KK_MINOR)):
-        for tonic in range(12):
-            r = float(np.corrcoef(c, np.roll(prof, tonic))[0, 1])
-            if r > best_r + 1e-12:
-                best, best_r = (tonic, mode), r
-    return best, best_r
 
 
 def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
@@ -177,8 +145,7 @@ def analyse(wav: np.ndarray, sample_rate: int) -> dict[str, Any]:
     if 20 * math.log10(max(rms, 1e-10)) < SILENCE_DBFS:
         raise ValueError(f"silent clip (RMS below {SILENCE_DBFS:g} dBFS)")
     power = np.abs(librosa.stft(y, n_fft=N_FFT, hop_length=HOP, center=True)) ** 2
-    mel = librosa.feature.melspectrogram(S=power, sr=ANALYSIS_SR, n_mels=128)
-    oenv = librosa.onset.onset_strength(S=librosa.power_to_db(mel, ref=np.max), sr=ANALYSIS_SR, hop_length=HOP)
+    oenv = onset_strength(power, ANALYSIS_SR, HOP)
     tempo, beats = beat_track(oenv, ANALYSIS_SR, HOP)  # librosa's tracker, without its numba kernels
     # Chroma of the *magnitude* spectrum, plain mean over non-silent frames: with power chroma or
     # energy-weighted frames a loud tonic's 5th partial (its major third) turned minor keys major on
@@ -199,6 +166,8 @@ class MusicAdherence(Scorer):
     """Tempo and key adherence of music to its caption (demo metrics)."""
 
     name = "music_adherence"
+    tasks = MUSIC
+    needs_text = True
     metrics: ClassVar[dict[str, str]] = {"tempo_adherence": "higher", "key_adherence": "higher"}
 
     def __init__(self) -> None:
@@ -262,7 +231,7 @@ class MusicAdherence(Scorer):
         return row
 
 
-@register("music_adherence")
+@register("music_adherence", MusicAdherence)
 def create() -> MusicAdherence:
     """The tempo/key adherence scorer (no weights)."""
     return MusicAdherence()

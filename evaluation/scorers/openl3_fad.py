@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
-from unimoe.audio_io import as_channels_first
+from unimoe.common.audio import as_channels_first
 from unimoe.io import resolve_weights, sha256_file
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class OpenL3FAD(SetScorer):
     """OpenL3 (mel256, music, 512-d; L‖R 1024-d) embeddings and the Fréchet distance between sets."""
 
     name = "openl3_fad"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metrics: ClassVar[dict[str, str]] = {"fad": "lower"}
     needs_reference = True
 
@@ -308,7 +309,7 @@ class OpenL3FAD(SetScorer):
         return {"fad": frechet_from_stats(*gaussian_stats(pool_frames(g)), mu, sigma)}
 
 
-@register("openl3_fad")
+@register("openl3_fad", OpenL3FAD)
 def create(
     weights_path: str | Path = DEFAULT_WEIGHTS,
     sha256: str | None = None,

@@ -109,6 +109,7 @@ class ParaformerCER(TranscriptScorer):
     """Utterance CER of a Paraformer-zh transcript against ``AudioItem.text`` (lower is better)."""
 
     name = "paraformer_cer"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metric = METRIC
     language = "zh"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
@@ -158,7 +159,7 @@ class ParaformerCER(TranscriptScorer):
         return self.transcribe([prepare_clip(item.wav, item.sample_rate, SAMPLE_RATE)])[0]
 
 
-@register("paraformer_cer")
+@register("paraformer_cer", ParaformerCER)
 def make_paraformer_cer(
     *, model_dir: str | Path = DEFAULT_MODEL_DIR, sha256: str | None = None, device: str | None = None,
     batch_size_s: int = 300, zh_rule: str = DEFAULT_ZH_RULE,

@@ -50,7 +50,7 @@ import torch
 
 from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
 from evaluation.scorers.openl3_fad import peak_normalise, soxr_resample
-from unimoe.audio_io import to_mono
+from unimoe.common.audio import to_mono
 from unimoe.io import resolve_weights, sha256_file
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class PaSSTKL(SetScorer):
     """PaSST class posteriors per item; KL (named by direction) and IS over sets."""
 
     name = "passt"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metrics: ClassVar[dict[str, str]] = {"kl_gen_ref": "lower", "is": "higher"}  # default direction
     needs_reference = False  # IS needs none; KL is computed over the items that have reference audio
 
@@ -321,7 +322,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-@register("passt")
+@register("passt", PaSSTKL)
 def create(
     weights_path: str | Path = DEFAULT_WEIGHTS,
     sha256: str | None = None,

@@ -1,6 +1,6 @@
 """English WER with CMU PocketSphinx (demo scorer; real weights shipped inside the ``pocketsphinx`` package).
 
-A *demo* scorer (DESIGN.md §5): its acoustic model (``en-us`` continuous HMM), language model
+A *demo* scorer: its acoustic model (``en-us`` continuous HMM), language model
 (``en-us.lm.bin``) and dictionary (``cmudict-en-us.dict``) ship inside the ``pocketsphinx`` registry
 package, so it runs offline. It reports under its own metric name ``wer_pocketsphinx`` and never stands
 in for the paper's Whisper-large-v3 WER (``evaluation.scorers.whisper_wer``): PocketSphinx is a far
@@ -120,7 +120,7 @@ class PocketSphinxWER(TranscriptScorer):
         return self.transcribe(item.wav, item.sample_rate)
 
 
-@register("pocketsphinx_wer")
+@register("pocketsphinx_wer", PocketSphinxWER)
 def make_pocketsphinx_wer() -> PocketSphinxWER:
     """The PocketSphinx demo WER scorer. No weights store: the model ships inside ``pocketsphinx``."""
     return PocketSphinxWER()

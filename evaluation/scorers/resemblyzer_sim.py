@@ -1,12 +1,12 @@
 """Speaker similarity with Resemblyzer's GE2E voice encoder (demo scorer; bundled ``pretrained.pt``).
 
-A *demo* scorer (DESIGN.md §5): the weights (``resemblyzer/pretrained.pt``, a 3-layer LSTM
+A *demo* scorer: the weights (``resemblyzer/pretrained.pt``, a 3-layer LSTM
 d-vector model trained with the GE2E loss) ship inside the ``Resemblyzer`` registry package, so it runs
 offline. It reports ``sim_resemblyzer`` and never stands in for the paper's WavLM-large SIM
 (``evaluation.scorers.wavlm_sim``); the two scales are not comparable.
 
 Protocol (the package's own ``preprocess_wav`` steps + ``VoiceEncoder.embed_utterance``): mono (channel
-mean), resampled to 16 kHz (``unimoe.audio_io.resample``), volume normalised to -30 dBFS (increase
+mean), resampled to 16 kHz (``unimoe.common.audio.resample``), volume normalised to -30 dBFS (increase
 only), long silences removed with webrtcvad, 40-band mel frames, 1.6 s partial windows at 1.3 per
 second, partial embeddings averaged and L2-normalised. Score = cosine between the generated clip's
 embedding and the prompt's (``AudioItem.reference``); both embeddings are unit-norm, so the cosine is
@@ -146,7 +146,7 @@ class ResemblyzerSim(SpeakerSimilarityScorer):
             raise ValueError("embedding is not finite")
         return e
 
-@register("resemblyzer_sim")
+@register("resemblyzer_sim", ResemblyzerSim)
 def make_resemblyzer_sim() -> ResemblyzerSim:
     """The Resemblyzer demo speaker-similarity scorer (weights bundled in the package)."""
     return ResemblyzerSim()

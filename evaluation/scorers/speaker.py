@@ -4,15 +4,11 @@ A subclass sets ``metric`` and implements ``embed``."""
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import ClassVar
 
 import numpy as np
 
-from evaluation.scorers.base import AudioItem, Scorer
-
-log = logging.getLogger(__name__)
+from evaluation.scorers.base import SPEECH, AudioItem, Scorer
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -23,22 +19,18 @@ class SpeakerSimilarityScorer(Scorer):
     """Cosine between speaker embeddings of the generated clip and its prompt (higher is better)."""
 
     metric: ClassVar[str]
+    tasks = SPEECH
+    needs_reference = True  # the voice prompt the clip was generated from
 
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """The speaker embedding of one clip (raises ValueError when the clip cannot be embedded)."""
         raise NotImplementedError
 
     def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
-        out: list[dict[str, float]] = []
-        for item in items:
-            try:
-                if item.reference is None:
-                    raise ValueError("no prompt audio (AudioItem.reference)")
-                ref_sr = item.reference_sample_rate or item.sample_rate
-                sim = cosine(self.embed(item.wav, item.sample_rate), self.embed(item.reference, ref_sr))
-                out.append({self.metric: sim})
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-                self.note_failure(item.id, e)
-                out.append({self.metric: math.nan})
-        return out
+        return self.score_each(items, self.similarity)
+
+    def similarity(self, item: AudioItem) -> dict[str, float]:
+        if item.reference is None:
+            raise ValueError("no prompt audio (AudioItem.reference)")
+        ref_sr = item.reference_sample_rate or item.sample_rate
+        return {self.metric: cosine(self.embed(item.wav, item.sample_rate), self.embed(item.reference, ref_sr))}

@@ -171,7 +171,7 @@ class TokenNLL(ModelScorer):
         return out
 
 
-@register("token_nll", model_scorer=True)
+@register("token_nll", TokenNLL)
 def make_token_nll(checkpoint: str | Path | None = None, device: str = "cpu", max_frames: int | None = None,
                    codes_cache: str | Path | None = None) -> TokenNLL:
     """Held-out token NLL of ``checkpoint`` (the benchmark runner passes the run's checkpoint)."""

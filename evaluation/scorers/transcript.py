@@ -25,8 +25,15 @@ class TranscriptScorer(Scorer):
     ``<metric>_errors`` and ``<metric>_ref_len`` for the corpus rate (evaluation.metrics.corpus_rate)."""
 
     metric: ClassVar[str]
+    needs_text = True
     language: ClassVar[str]  # "en" | "zh"
     zh_rule: str = DEFAULT_ZH_RULE  # Mandarin CER rule (evaluation.text); an instance may override it
+
+    def __init_subclass__(cls, **kwargs):
+        # an ASR scorer judges the TTS task of its language (en -> en_tts, zh -> zh_tts) unless it says otherwise
+        super().__init_subclass__(**kwargs)
+        if "tasks" not in cls.__dict__ and "language" in cls.__dict__:
+            cls.tasks = (f"{cls.language}_tts",)
 
     @classmethod
     def edit_counts(cls, ref: str, hyp: str | None, zh_rule: str | None = None) -> tuple[int, int]:
@@ -66,15 +73,7 @@ class TranscriptScorer(Scorer):
 
     def recognise_all(self, items: list[AudioItem]) -> list[str | None]:
         """Transcripts in order; None where recognition failed (logged)."""
-        out: list[str | None] = []
-        for item in items:
-            try:
-                out.append(self.recognise(item))
-            except Exception as e:  # noqa: BLE001 - this item is NaN, the others still count
-                log.warning("%s: item %r not scored (NaN): %s", self.name, item.id, e)
-                self.note_failure(item.id, e)
-                out.append(None)
-        return out
+        return self.score_each(items, self.recognise, failed=lambda: None)
 
     def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
         m = self.metric

@@ -40,17 +40,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, field_validator, model_validator
 from torch import Tensor, nn
 
-from evaluation.scorers.base import AudioItem, Scorer, register
-from unimoe.audio_io import resample, to_mono
+from evaluation.scorers.base import SPEECH, AudioItem, Scorer, register
+from unimoe.common.audio import resample, to_mono
+from unimoe.config import ConfigError, ConfigModel
 from unimoe.io import resolve_weights, sha256_file
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,12 @@ WHAT = "UTMOS22 strong"
 ORIGIN = "https://github.com/tarepan/SpeechMOS/releases (utmos22_strong_step7459_v1.pt)"
 
 
-@dataclass(frozen=True)
-class UTMOS22StrongConfig:
+class UTMOS22StrongConfig(ConfigModel):
     """Architecture hyper-parameters. Defaults are the released UTMOS22 strong learner; tests build
     tiny instances of the same architecture with smaller numbers."""
+
+    model_config = ConfigDict(frozen=True)
+    section = "utmos22_strong"
 
     # (channels, kernel, stride) of each feature-extractor conv block; the first has GroupNorm.
     conv_layers: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
@@ -80,21 +83,22 @@ class UTMOS22StrongConfig:
     proj_hidden: int = 2048
     norm_eps: float = 1e-5
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "conv_layers", tuple(tuple(int(v) for v in c) for c in self.conv_layers))
-        if self.pos_conv_kernel % 2:
-            raise ValueError("pos_conv_kernel must be even")
-        if self.ssl_dim % self.num_heads or self.ssl_dim % self.pos_conv_groups:
-            raise ValueError("ssl_dim must be divisible by num_heads and pos_conv_groups")
-
+    @field_validator("conv_layers", mode="before")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> UTMOS22StrongConfig:
-        return cls(**d)
+    def _blocks_as_tuples(cls, value: Any) -> Any:
+        # a JSON/YAML config writes the blocks as lists
+        return tuple(tuple(c) if isinstance(c, list) else c for c in value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> UTMOS22StrongConfig:
+        if self.pos_conv_kernel % 2:
+            raise ConfigError("pos_conv_kernel must be even")
+        if self.ssl_dim % self.num_heads or self.ssl_dim % self.pos_conv_groups:
+            raise ConfigError("ssl_dim must be divisible by num_heads and pos_conv_groups")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["conv_layers"] = [list(c) for c in self.conv_layers]
-        return d
+        return self.model_dump(mode="json")
 
     @property
     def receptive_field(self) -> int:
@@ -371,6 +375,8 @@ class UTMOSScorer(Scorer):
     """UTMOS22 strong (paper metric ``utmos``; higher is better, ~1..5)."""
 
     name = "utmos22_strong"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
+    tasks = SPEECH
     metrics: ClassVar[dict[str, str]] = {"utmos": "higher"}
 
     def __init__(
@@ -458,7 +464,7 @@ class UTMOSScorer(Scorer):
         return results
 
 
-@register("utmos22_strong")
+@register("utmos22_strong", UTMOSScorer)
 def make_utmos22_strong(
     *,
     weights_path: str | Path = DEFAULT_WEIGHTS,

@@ -55,17 +55,18 @@ non-tensor objects is refused with a clear message.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from evaluation.scorers.base import load_state_dict_file, prepare_clip, register
 from evaluation.scorers.speaker import SpeakerSimilarityScorer
+from unimoe.config import ConfigModel
 from unimoe.io import resolve_weights, sha256_file
 
 
@@ -101,11 +102,13 @@ WAVLM_LARGE: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class WavLMSVConfig:
+class WavLMSVConfig(ConfigModel):
     """Defaults: WavLM-large + ECAPA_TDNN_SMALL(emb_dim=256). Tests use tiny numbers, same architecture."""
 
-    wavlm: dict[str, Any] = field(default_factory=lambda: dict(WAVLM_LARGE))
+    model_config = ConfigDict(frozen=True)
+    section = "wavlm_sv"
+
+    wavlm: dict[str, Any] = Field(default_factory=lambda: dict(WAVLM_LARGE))  # the WavLM checkpoint's own config
     channels: int = 512
     pool_channels: int = 1536  # hard-coded in the reference
     emb_dim: int = 256
@@ -113,13 +116,6 @@ class WavLMSVConfig:
     se_bottleneck_dim: int = 128
     scale: int = 8
     normalize_wave: bool = True  # WavLM-large's cfg.normalize
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WavLMSVConfig:
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -329,6 +325,7 @@ class WavLMSim(SpeakerSimilarityScorer):
     """Cosine between WavLM-ECAPA embeddings of the generated clip and the prompt (higher is better)."""
 
     name = "wavlm_sim"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metric = METRIC
     metrics: ClassVar[dict[str, str]] = {METRIC: "higher"}
 
@@ -373,7 +370,7 @@ class WavLMSim(SpeakerSimilarityScorer):
             raise ValueError("embedding is not finite")
         return e
 
-@register("wavlm_sim")
+@register("wavlm_sim", WavLMSim)
 def make_wavlm_sim(
     *,
     weights_path: str | Path = DEFAULT_WEIGHTS,

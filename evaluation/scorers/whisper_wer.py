@@ -80,6 +80,7 @@ class WhisperWER(TranscriptScorer):
     """Utterance WER of a Whisper large-v3 transcript against ``AudioItem.text`` (lower is better)."""
 
     name = "whisper_wer"
+    resources: ClassVar[dict[str, float]] = {"GPU": 1}
     metric = METRIC
     language = "en"
     metrics: ClassVar[dict[str, str]] = {METRIC: "lower"}
@@ -190,7 +191,7 @@ class WhisperWER(TranscriptScorer):
         return hyps
 
 
-@register("whisper_wer")
+@register("whisper_wer", WhisperWER)
 def make_whisper_wer(
     *,
     weights_path: str | Path = DEFAULT_WEIGHTS,

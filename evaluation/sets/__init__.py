@@ -15,14 +15,8 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
-from evaluation.sets.base import (
-    BenchItem,
-    BenchmarkError,
-    BenchmarkSet,
-    MissingBenchmarkError,
-    read_manifest,
-    write_manifest,
-)
+from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, MissingBenchmarkError,
+                                  read_manifest, write_manifest)
 
 # name -> (module, loader function). Imported lazily: loading one set never imports the others.
 _REGISTRY: dict[str, tuple[str, str]] = {

@@ -22,19 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.sets.base import (
-    BenchmarkSet,
-    Ledger,
-    Utterance,
-    check_audio,
-    finish,
-    reject_unlisted,
-    require_dir,
-    require_file,
-    targets_in_range,
-    text_rows,
-    voice_cloning_items,
-)
+from evaluation.sets.base import (BenchmarkSet, Ledger, Utterance, check_audio, finish, reject_unlisted,
+                                  require_dir, require_file, targets_in_range, text_rows, voice_cloning_items)
 from unimoe.corpora.aishell3 import parse_content_line, speaker_of, strip_pinyin
 
 __all__ = ["load_aishell3_test", "strip_pinyin"]

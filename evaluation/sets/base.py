@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator
 
 import soundfile as sf
 
+from unimoe.common.files import atomic_write_text
 from unimoe.config import TASKS
-from unimoe.io import atomic_write_text
 
 MANIFEST_VERSION = 1
 _HEADER_KEY = "unimoe_benchmark_manifest"

@@ -35,21 +35,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from evaluation.sets.base import (
-    TTS_LANGUAGE,
-    BenchItem,
-    BenchmarkError,
-    BenchmarkSet,
-    Ledger,
-    MissingBenchmarkError,
-    Utterance,
-    check_audio,
-    finish,
-    jsonl_rows,
-    require_dir,
-    resolve,
-    voice_cloning_items,
-)
+from evaluation.sets.base import (TTS_LANGUAGE, BenchItem, BenchmarkError, BenchmarkSet, Ledger,
+                                  MissingBenchmarkError, Utterance, check_audio, finish, jsonl_rows,
+                                  require_dir, resolve, voice_cloning_items)
 from unimoe.config import TASKS
 from unimoe.corpora.demo import row_id, row_path, row_speaker, row_text
 

@@ -29,27 +29,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.sets.base import (
-    BenchmarkSet,
-    Ledger,
-    MissingBenchmarkError,
-    Utterance,
-    check_audio,
-    finish,
-    reject_unlisted,
-    require_dir,
-    require_file,
-    targets_in_range,
-    text_rows,
-    voice_cloning_items,
-)
-from unimoe.corpora.librispeech import (
-    AUDIO_SUFFIXES,
-    TRANS_SUFFIX,
-    audio_names,
-    folder_problem,
-    parse_trans_line,
-)
+from evaluation.sets.base import (BenchmarkSet, Ledger, MissingBenchmarkError, Utterance, check_audio, finish,
+                                  reject_unlisted, require_dir, require_file, targets_in_range, text_rows,
+                                  voice_cloning_items)
+from unimoe.corpora.librispeech import (AUDIO_SUFFIXES, TRANS_SUFFIX, audio_names, folder_problem,
+                                        parse_trans_line)
 
 LAYOUT = (
     "  <root>/test-clean/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt  ('<utt-id> <TEXT>' per line)\n"

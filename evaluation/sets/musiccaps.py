@@ -25,17 +25,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from evaluation.sets.base import (
-    BenchItem,
-    BenchmarkError,
-    BenchmarkSet,
-    Ledger,
-    check_audio,
-    finish,
-    require_dir,
-    require_file,
-    resolve,
-)
+from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, check_audio, finish,
+                                  require_dir, require_file, resolve)
 from unimoe.corpora.musiccaps import AUDIO_SUFFIXES, CSV_NAME, FLAGS, REQUIRED, SUBSETS, parse_row, repaired
 
 LAYOUT = (

@@ -19,17 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation.sets.base import (
-    BenchItem,
-    BenchmarkSet,
-    Ledger,
-    check_audio,
-    finish,
-    require_dir,
-    require_file,
-    resolve,
-    text_rows,
-)
+from evaluation.sets.base import (BenchItem, BenchmarkSet, Ledger, check_audio, finish, require_dir,
+                                  require_file, resolve, text_rows)
 
 LAYOUT = (
     "  <root>/<lang>/meta.lst   lines 'utt|prompt_text|prompt_wav|target_text[|target_wav]'\n"

@@ -32,18 +32,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from evaluation.sets.base import (
-    BenchItem,
-    BenchmarkError,
-    BenchmarkSet,
-    Ledger,
-    check_audio,
-    find_audio,
-    finish,
-    jsonl_rows,
-    require_dir,
-    resolve,
-)
+from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, check_audio, find_audio,
+                                  finish, jsonl_rows, require_dir, resolve)
 
 LAYOUT = (
     "  <root>/videos/<id>.mp4                     10 s clips\n"

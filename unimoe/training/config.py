@@ -1,4 +1,4 @@
-"""Training hyper-parameters: one validated dataclass, serialisable like ``unimoe.config``.
+"""Training hyper-parameters: one validated config, serialisable like ``unimoe.config``.
 
 ``TrainConfig.from_dict`` rejects unknown keys and wrong types (the same rules as the model config),
 so a typo in a YAML overlay fails loudly. ``TrainConfig.for_stage(stage)`` gives the paper's per-stage
@@ -7,12 +7,13 @@ defaults (AdamW + cosine in every stage; lr 1e-4 / 3e-5 / 1e-5 for stages 1 / 2 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from unimoe.config import ConfigError, ConfigFile, _build, _check, deep_merge
+from pydantic import Field
 
-# Paper learning rates per curriculum stage (DESIGN §3).
+from unimoe.config import ConfigError, ConfigFile, _check, deep_merge
+
+# Paper learning rates per curriculum stage (its training recipe).
 STAGE_LR = {1: 1e-4, 2: 3e-5, 3: 1e-5}
 CROP_MODES = ("start", "random")
 CODEBOOK_REDUCTIONS = ("sum", "mean")
@@ -25,9 +26,10 @@ RESUME_MUTABLE = ("max_steps", "log_every", "checkpoint_every", "keep_last", "de
                   "expert_parallel")
 
 
-@dataclass
 class TrainConfig(ConfigFile):
     """Hyper-parameters of one training stage. Steps are OPTIMISER steps throughout."""
+
+    section = "train"
 
     lr: float = 1e-4
     min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio at max_steps
@@ -36,7 +38,7 @@ class TrainConfig(ConfigFile):
     batch_size: int = 8                # sequences per rank per micro-batch
     grad_accum: int = 1                # micro-batches per optimiser step
     weight_decay: float = 0.1          # AdamW decoupled decay, matrices only (not norms / 1-d params)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0             # max global grad norm; <= 0 disables clipping (norm still logged)
     seed: int = 0                      # data order, crops and condition dropout
@@ -100,7 +102,7 @@ class TrainConfig(ConfigFile):
     # ---- (de)serialisation: to_dict/to_json/to_yaml/save/load/config_hash from ConfigFile ------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, data, "train").validate()
+        return super().from_dict(data).validate()
 
     def overlay(self, changes: dict[str, Any]) -> "TrainConfig":
         """A new config with ``changes`` merged over this one (validated; unknown keys rejected)."""

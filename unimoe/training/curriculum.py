@@ -1,4 +1,4 @@
-"""The three-stage curriculum of a variant (DESIGN §3), as functions over checkpoint directories.
+"""The three-stage curriculum of a variant, as functions over checkpoint directories.
 
     stage 1   one dense specialist per task, on that task's whole curated pool
     stage 2   the DCMoE model built from the specialists (routed experts = FFN slices; attention, norms,
@@ -21,7 +21,7 @@ import torch
 
 from unimoe.checkpoint import load_checkpoint
 from unimoe.config import TASKS, UniMoEConfig
-from unimoe.io import atomic_write_json
+from unimoe.common.files import atomic_write_json
 from unimoe.model import UniMoEAudio
 from unimoe.training.config import STAGE_LR, TrainConfig
 from unimoe.training.stages import build_moe_from_specialists, specialist_config, trainable_predicate

@@ -2,7 +2,7 @@
 
 The trainer takes a *generic* dataset: anything with ``__len__`` and ``__getitem__`` whose items have
 ``.id``, ``.task``, ``.codes`` (LongTensor ``[K, T]``) and ``.text`` (optionally ``.video``,
-``.ref_text``, ``.ref_codes``). ``data.tokenize.TokenShardReader`` is one; a list of
+``.ref_text``, ``.ref_codes``). :class:`unimoe.training.shards.TokenShardReader` is one; a list of
 :class:`SyntheticItem` is another. Nothing here imports ``data/``.
 
 Data order

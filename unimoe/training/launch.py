@@ -6,16 +6,18 @@ A stage is described by a JSON-serialisable *spec*:
     {"kind": "specialist" | "warmup" | "joint",
      "model_config": {...}, "workdir": str, "run_id": str, "variant": str,
      "train_overrides": {...}, "variant_overlay": {...},
-     "dataset": {"factory": "module:callable", "args": [...], "kwargs": {...}},
+     "dataset": {"kind": "tokens" | "synthetic", "args": [...], "kwargs": {...}},
      "tokenizer": "path/to/tokenizer.json" | null,       # null: the dataset's load_tokenizer()
      # kind-specific:
      "task": str,                                          # specialist
      "specialists": {task: ckpt}, "warmup_ids": [...],     # warmup
      "init": ckpt | null, "subset_ids": [...], "stage": 3 | "joint"}   # joint
 
-The dataset is built from a factory named by the caller (e.g. ``data.tokenize:TokenShardReader`` with
-the token directory) so that this library does not depend on the data package; every rank builds
-its own. ``run_stage(spec, nproc)`` runs it in process (``nproc == 1``) or launches
+The dataset is one of :data:`DATASETS`, built by every rank from the spec's arguments: ``"tokens"``,
+the token shards in a directory (:class:`unimoe.training.shards.TokenShardReader`), or
+``"synthetic"`` (:func:`unimoe.training.data.synthetic_dataset`, for tests and smoke runs). A closed
+set rather than an import string: the spec names data, never code to import.
+``run_stage(spec, nproc)`` runs it in process (``nproc == 1``) or launches
 
     python -m torch.distributed.run --standalone --nproc-per-node N -m unimoe.training.launch SPEC.json
 
@@ -26,7 +28,6 @@ single-process run with batch ``B`` (see :mod:`unimoe.training.trainer`).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -43,22 +44,28 @@ RESULT = "launch-result.json"
 def stage_spec(kind: str, model_config: dict, tokens: str, workdir: str, run_id: str, variant: str,
                train_overrides: dict, variant_overlay: dict, **extra: Any) -> dict[str, Any]:
     """The spec of one stage trained on the token shards in ``tokens`` (every rank, and the in-process
-    path, builds the reader from the ``data.tokenize:TokenShardReader`` factory); ``extra``: the kind's
-    fields (see the module docstring)."""
+    path, builds its own reader); ``extra``: the kind's fields (see the module docstring)."""
     if kind not in KINDS:
         raise ValueError(f"unknown stage kind {kind!r}; choose from {KINDS}")
     return {"kind": kind, "model_config": model_config, "workdir": workdir, "run_id": run_id, "variant": variant,
             "train_overrides": train_overrides, "variant_overlay": variant_overlay,
-            "dataset": {"factory": "data.tokenize:TokenShardReader", "args": [tokens], "kwargs": {}},
+            "dataset": {"kind": "tokens", "args": [tokens], "kwargs": {}},
             "tokenizer": None, **extra}
 
 
+DATASETS = ("tokens", "synthetic")
+
+
 def build_dataset(spec: dict[str, Any]):
+    """The stage's dataset: ``spec["dataset"]["kind"]`` (one of :data:`DATASETS`) called with its args."""
+    from unimoe.training.data import synthetic_dataset
+    from unimoe.training.shards import TokenShardReader
+
     ds = spec["dataset"]
-    module, _, name = ds["factory"].partition(":")
-    if not module or not name:
-        raise ValueError(f"dataset factory must be 'module:callable', got {ds['factory']!r}")
-    return getattr(importlib.import_module(module), name)(*ds.get("args", []), **ds.get("kwargs", {}))
+    build = {"tokens": TokenShardReader, "synthetic": synthetic_dataset}.get(ds.get("kind"))
+    if build is None:
+        raise ValueError(f"unknown dataset kind {ds.get('kind')!r}; choose from {DATASETS}")
+    return build(*ds.get("args", []), **ds.get("kwargs", {}))
 
 
 def execute(spec: dict[str, Any]) -> Path:
@@ -100,7 +107,7 @@ def run_stage(spec: dict[str, Any], nproc: int = 1, *, env: dict[str, str] | Non
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     if int(nproc) == 1:
         return Path(execute(spec))
-    from unimoe.io import atomic_write_json
+    from unimoe.common.files import atomic_write_json
 
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(args[0]).read_text())
     ckpt = execute(spec)
     if rank == 0:
-        from unimoe.io import atomic_write_json
+        from unimoe.common.files import atomic_write_json
 
         atomic_write_json(Path(spec["workdir"]) / RESULT, {"checkpoint": str(ckpt)})
     return 0

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unimoe.io import atomic_path
+from unimoe.common.files import atomic_path
 
 TABLES = ("train", "routing_hist", "routing_tasks")
 KEY = ("run_id", "variant", "stage", "step")

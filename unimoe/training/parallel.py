@@ -1,5 +1,5 @@
-"""Scale-out building blocks (DESIGN §3 "Scale-out"): process-group helpers, expert parallelism for the
-DCMoE layers, FSDP wrapping, and gradient synchronisation for data parallel + expert parallel runs.
+"""Scale-out building blocks: process-group helpers, expert parallelism for the DCMoE layers, FSDP
+wrapping, and gradient synchronisation for data parallel + expert parallel runs.
 
 Everything here runs under ``torchrun`` (``gloo`` on CPU, ``nccl`` on CUDA) and degrades to a no-op in a
 single process. Tested with two CPU processes on ``gloo`` (tests/test_parallel.py).
@@ -8,21 +8,23 @@ Expert parallelism (EP)
 -----------------------
 With ``W`` ranks in the EP group and ``N`` routed experts (``N % W == 0``), rank ``r`` holds the routed
 experts ``[r * N / W, (r + 1) * N / W)``; the router, the shared experts and the null experts (which have
-no parameters) are replicated. Each rank feeds its OWN tokens. The forward of
-:class:`ExpertParallelDCMoE` is:
+no parameters) are replicated. Each rank feeds its OWN tokens. :func:`expert_parallel` keeps the
+:class:`~unimoe.moe.DCMoE` layer as it is (routing, combination weights, shared experts, balance loss and
+statistics on the local tokens) and swaps two of its parts: ``experts`` becomes this rank's shard and
+``dispatcher`` the :class:`AllToAllDispatcher` (as torchtitan's ``ExpertParallel`` wraps the experts with
+token dispatch / combine), which
 
-1. route the local tokens and compute the combination weights exactly as :class:`~unimoe.moe.DCMoE`;
-2. sort the selected (token, routed expert) pairs by global expert id (:class:`~unimoe.moe.TokenReorderer`);
+1. sorts the selected (token, routed expert) pairs by global expert id (:class:`~unimoe.moe.TokenReorderer`);
    since ranks own contiguous expert blocks this also groups the pairs by destination rank;
-3. exchange the per-(destination rank, local expert) pair counts with ``all_to_all_single`` -- the
+2. exchanges the per-(destination rank, local expert) pair counts with ``all_to_all_single`` -- the
    ``[W, N / W]`` count matrix tells every receiver how many rows of each of its experts arrive from each
    source, so neither expert ids nor weights have to travel;
-4. send the token rows with ``all_to_all_single`` (split sizes from the counts), regroup the received
-   rows by local expert, run the local experts on contiguous slices (GroupedExperts' grouped path:
-   ``torch._grouped_mm`` or the slice loop), undo the regrouping, and send the results back with the
+3. sends the token rows with ``all_to_all_single`` (split sizes from the counts), regroups the received
+   rows by local expert, runs the local experts on contiguous slices (:class:`~unimoe.moe.GroupedExperts`:
+   ``torch._grouped_mm`` or the slice loop), undoes the regrouping, and sends the results back with the
    inverse ``all_to_all_single``;
-5. on the source rank, multiply by the combination weights and scatter-add -- the same arithmetic, in the
-   same pair order, as the single-process grouped dispatch -- then add the shared experts.
+4. on the source rank, multiplies by the combination weights and scatter-adds -- the same arithmetic, in
+   the same pair order, as the single-process grouped dispatch (``GroupedDispatcher.combine``).
 
 So each rank's output equals the single-process DCMoE output on its own tokens (up to float summation
 order inside the expert matmuls). The all-to-alls are differentiable (:class:`_AllToAll`: the backward
@@ -63,12 +65,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from unimoe.moe import DCMoE, GroupedExperts
+from unimoe.moe import DCMoE, GroupedDispatcher, GroupedExperts
 
 __all__ = [
     "init_distributed", "is_main", "get_rank", "get_world_size", "barrier", "cleanup", "all_to_all",
-    "ExpertParallelDCMoE", "shard_experts", "apply_expert_parallel", "expert_parallel_parameters",
-    "gather_expert_state_dict", "global_routing_counts", "sync_grads", "wrap_fsdp",
+    "AllToAllDispatcher", "expert_parallel", "expert_parallel_layers", "shard_experts",
+    "apply_expert_parallel", "expert_parallel_parameters", "gather_expert_state_dict", "global_routing_counts",
+    "sync_grads", "wrap_fsdp",
 ]
 
 
@@ -164,43 +167,28 @@ def all_to_all(x: Tensor, out_splits: list[int], in_splits: list[int], group=Non
 # ---- expert parallelism ----------------------------------------------------------------------------------
 
 
-class ExpertParallelDCMoE(DCMoE):
-    """A :class:`DCMoE` whose routed experts are split over the ranks of ``group`` (see the module
-    docstring). Built from a full DCMoE: takes over its router and shared experts and copies its
-    rank-local slice of the routed experts, so identical full weights on every rank give the
-    single-process math. ``experts`` is a :class:`GroupedExperts` with ``N / W`` experts; the global id
-    of local expert ``j`` is ``expert_start + j``.
+class AllToAllDispatcher(GroupedDispatcher):
+    """The :class:`~unimoe.moe.TokenDispatcher` of an expert-parallel DCMoE (module docstring): the
+    layer's ``experts`` hold only the global experts ``[expert_start, expert_start + num_local)``, the
+    other ranks' experts are reached through all-to-alls over ``group``. It keeps a reference to
+    ``group``; with a non-default group the layer cannot be deep-copied."""
 
-    Notes: the routed part always uses the grouped path (``MoEConfig.dispatch = "loop"`` is the
-    single-process oracle only). ``state_dict()`` holds the local shard (``[N / W, ...]``);
-    :func:`gather_expert_state_dict` rebuilds the full one, and a full checkpoint is loaded into the plain
-    model BEFORE :func:`apply_expert_parallel`. The module keeps a reference to ``group``; with a
-    non-default group it cannot be deep-copied."""
-
-    def __init__(self, moe: DCMoE, group=None):
-        nn.Module.__init__(self)
+    def __init__(self, num_experts: int, group=None):
+        super().__init__(num_experts)
         if not _initialized():
             raise RuntimeError("expert parallelism needs an initialised process group (init_distributed)")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        n = moe.num_routed
-        if n % world:
-            raise ValueError(f"{n} routed experts cannot be split evenly over {world} ranks")
-        for attr in ("num_routed", "num_null", "num_shared", "num_dynamic", "weighting", "shared_mixing",
-                     "balance_form", "dispatch", "collect_stats"):
-            setattr(self, attr, getattr(moe, attr))
-        self.router, self.reorderer, self.shared_experts = moe.router, moe.reorderer, moe.shared_experts
+        if num_experts % world:
+            raise ValueError(f"{num_experts} routed experts cannot be split evenly over {world} ranks")
         self.group, self.world_size, self.rank = group, world, rank
-        self.num_local = n // world
+        self.num_local = num_experts // world
         self.expert_start = rank * self.num_local
-        self.experts = shard_experts(moe.experts, self.expert_start, self.num_local)
 
     def extra_repr(self) -> str:
         return (f"rank={self.rank}, world_size={self.world_size}, "
                 f"experts=[{self.expert_start}, {self.expert_start + self.num_local})")
 
-    def _routed(self, xv: Tensor, selected: Tensor, weights: Tensor) -> Tensor:
-        """Expert-parallel grouped dispatch of the routed experts for the local tokens ``xv [T, D]``
-        (overrides DCMoE._routed; routing, shared experts, statistics are DCMoE.forward's)."""
+    def forward(self, x: Tensor, selected: Tensor, weights: Tensor, experts: GroupedExperts) -> Tensor:
         w, nl = self.world_size, self.num_local
         d = self.reorderer(selected, weights)  # pairs sorted by global expert id => by destination rank
         send_counts = d.counts.view(w, nl)      # [destination rank, its local expert]
@@ -209,20 +197,37 @@ class ExpertParallelDCMoE(DCMoE):
         in_splits = send_counts.sum(1).tolist()
         out_splits = recv_counts.sum(1).tolist()
 
-        xr = all_to_all(xv.index_select(0, d.token_idx), out_splits, in_splits, self.group)
+        xr = all_to_all(self.gather(x, d), out_splits, in_splits, self.group)
         # Received rows are source-major, expert-minor: regroup them by local expert (stable).
-        local_ids = torch.arange(nl, device=xv.device).repeat(w).repeat_interleave(recv_counts.flatten())
+        local_ids = torch.arange(nl, device=x.device).repeat(w).repeat_interleave(recv_counts.flatten())
         order = torch.argsort(local_ids, stable=True)
         # Rows travel in the activation dtype; the experts compute in their parameters' dtype (they differ
         # under FSDP mixed precision, which leaves the expert shards out and in full precision).
-        ys = self.experts._grouped_swiglu(xr.index_select(0, order).to(self.experts.w_gate.dtype),
-                                          recv_counts.sum(0)).to(xv.dtype)
+        ys = experts(xr.index_select(0, order).to(experts.w_gate.dtype), recv_counts.sum(0)).to(x.dtype)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         yb = all_to_all(ys.index_select(0, inverse), in_splits, out_splits, self.group)  # back, in d order
+        return self.combine(x, d, yb)
 
-        yb = yb * d.weights.to(yb.dtype).unsqueeze(-1)
-        return torch.zeros_like(xv).index_add_(0, d.token_idx, yb)
+
+def expert_parallel(moe: DCMoE, group=None) -> DCMoE:
+    """Make ``moe`` expert-parallel over ``group``, in place: its ``experts`` become a copy of this rank's
+    slice of the routed experts and its ``dispatcher`` an :class:`AllToAllDispatcher` (whatever
+    ``MoEConfig.dispatch`` chose: the loop is a single-process oracle). Identical full weights on every
+    rank give the single-process math. ``state_dict()`` then holds the local shard (``[N / W, ...]``);
+    :func:`gather_expert_state_dict` rebuilds the full one, and a full checkpoint is loaded into the plain
+    model BEFORE this. Returns ``moe``."""
+    dispatcher = AllToAllDispatcher(moe.num_routed, group)
+    moe.experts = shard_experts(moe.experts, dispatcher.expert_start, dispatcher.num_local)
+    moe.dispatcher = dispatcher
+    return moe
+
+
+def expert_parallel_layers(model: nn.Module) -> list[tuple[str, DCMoE]]:
+    """``(name, layer)`` of every expert-parallel DCMoE in ``model`` (its dispatcher says where its expert
+    shard sits: ``layer.dispatcher.expert_start``, ``.num_local``)."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, DCMoE) and isinstance(m.dispatcher, AllToAllDispatcher)]
 
 
 @torch.no_grad()
@@ -233,35 +238,30 @@ def shard_experts(experts: GroupedExperts, start: int, count: int) -> GroupedExp
         raise ValueError(f"experts [{start}, {start + count}) out of range for {experts.num_experts}")
     w = experts.w_gate
     with torch.device("meta"):
-        shard = GroupedExperts(count, experts.hidden, experts.intermediate)
+        shard = GroupedExperts(count, experts.hidden, experts.intermediate,
+                               use_grouped_mm=experts.use_grouped_mm)
     shard = shard.to_empty(device=w.device).to(w.dtype)
     for name in ("w_gate", "w_up", "w_down"):
         src = getattr(experts, name)
         getattr(shard, name).copy_(src[start:start + count])
         getattr(shard, name).requires_grad_(src.requires_grad)
-    if "use_grouped_mm" in experts.__dict__:
-        shard.use_grouped_mm = experts.use_grouped_mm
     return shard
 
 
 def apply_expert_parallel(model: nn.Module, group=None) -> nn.Module:
-    """Replace every :class:`DCMoE` in ``model`` (in place) by an :class:`ExpertParallelDCMoE` holding
-    this rank's slice of the routed experts. Call it with identical full weights on every rank (same
-    seed or same checkpoint) and before building the optimizer. Returns ``model``."""
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, DCMoE) and not isinstance(m, ExpertParallelDCMoE)]
-    for name, m in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if not name:
-            raise ValueError("apply_expert_parallel expects a model containing DCMoE layers, not a DCMoE")
-        setattr(parent, child, ExpertParallelDCMoE(m, group))
+    """Make every :class:`DCMoE` in ``model`` expert-parallel (:func:`expert_parallel`, in place). Call
+    it with identical full weights on every rank (same seed or same checkpoint) and before building the
+    optimizer. Returns ``model``."""
+    done = {id(m) for _, m in expert_parallel_layers(model)}
+    for m in model.modules():
+        if isinstance(m, DCMoE) and id(m) not in done:
+            expert_parallel(m, group)
     return model
 
 
 def expert_parallel_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The rank-local routed-expert parameters (different on every rank; never all-reduced)."""
-    return [p for m in model.modules() if isinstance(m, ExpertParallelDCMoE) for p in m.experts.parameters()]
+    return [p for _, m in expert_parallel_layers(model) for p in m.experts.parameters()]
 
 
 @torch.no_grad()
@@ -270,12 +270,10 @@ def gather_expert_state_dict(model: nn.Module) -> dict[str, Tensor]:
     its usual key, i.e. the state dict of the equivalent single-process model (for checkpoints).
     A collective: every rank of each EP group must call it."""
     sd = model.state_dict()
-    for name, m in model.named_modules():
-        if not isinstance(m, ExpertParallelDCMoE):
-            continue
+    for name, m in expert_parallel_layers(model):
         for pname, p in m.experts.named_parameters():
-            parts = [torch.empty_like(p) for _ in range(m.world_size)]
-            dist.all_gather(parts, p.detach().contiguous(), group=m.group)
+            parts = [torch.empty_like(p) for _ in range(m.dispatcher.world_size)]
+            dist.all_gather(parts, p.detach().contiguous(), group=m.dispatcher.group)
             sd[f"{name}.experts.{pname}"] = torch.cat(parts)
     return sd
 

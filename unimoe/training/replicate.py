@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import torch
 
 from unimoe.config import TASKS, ConfigError, UniMoEConfig
-from unimoe.io import atomic_path, atomic_write_json, atomic_write_text
+from unimoe.common.files import atomic_path, atomic_write_json, atomic_write_text
 from unimoe.training.config import STAGE_LR, TrainConfig
 from unimoe.training.data import BatchMaker, held_out_positions
 from unimoe.training.variants import DEFAULT_VARIANT

@@ -1,4 +1,4 @@
-"""Model construction for the training curriculum (DESIGN §2.2, §3).
+"""Model construction for the training curriculum.
 
 Stage 1 trains four dense *specialists* (one per task) whose config is :func:`specialist_config` of
 the MoE model's config. Stage 2 builds the DCMoE model from them with

@@ -1,5 +1,5 @@
 """The trainer: AdamW + cosine, gradient accumulation, clipping, bf16 on CUDA, data parallelism,
-exact checkpoint/resume and Parquet metrics (DESIGN §3).
+exact checkpoint/resume and Parquet metrics.
 
 Objective
 ---------
@@ -27,12 +27,14 @@ global micro-batch, so each rank computes its *share of the global value*:
 
 * CE: per codebook ``k``, rank r contributes ``sum_{r's targets} ce / C_k`` where ``C_k`` is the GLOBAL
   target count (one all-reduce of the counts before backward); summed over ranks this is exactly the
-  global per-codebook mean, summed (or averaged) over the codebooks that have targets globally.
+  global per-codebook mean, summed (or averaged) over the codebooks that have targets globally
+  (``unimoe.model.codebook_ce`` on the local sums and the global counts).
 * AUX: per layer, rank r contributes ``N_dyn * sum_i F_i * S_i^r / T^2`` with ``F_i`` the global
   selection count of expert i, ``T`` the global number of tokens (both all-reduced, no gradient) and
   ``S_i^r`` the sum of expert i's probabilities over r's tokens (differentiable). Summed over ranks this
   is ``N_dyn * sum_i (F_i / T) (S_i / T)`` over the global micro-batch — the same balance loss a single
-  process computes on that micro-batch (i.e. balancing over the global batch, not per rank).
+  process computes on that micro-batch (i.e. balancing over the global batch, not per rank)
+  (``unimoe.moe.balance_loss_from_sums`` on the local probability sums and the global counts).
 
 DDP averages gradients over ranks, so the objective each rank differentiates is scaled by
 ``world_size``; the sum of the ranks' gradients is then the gradient of the global objective, the
@@ -68,15 +70,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unimoe.audio_tokens import IGNORE_INDEX, audio_labels
 from unimoe.checkpoint import STATE, WEIGHTS, CheckpointError, read_state, save_checkpoint
 from unimoe.config import TASKS, UniMoEConfig
-from unimoe.io import atomic_write_text, sha256_file
-from unimoe.model import Batch, UniMoEAudio
-from unimoe.moe import DCMoE, Router
+from unimoe.common.files import atomic_write_text
+from unimoe.io import sha256_file
+from unimoe.model import Batch, UniMoEAudio, codebook_ce, codebook_ce_sums
+from unimoe.moe import DCMoE, Router, balance_loss_from_sums, balance_sums
 from unimoe.training.config import TrainConfig
 from unimoe.training.data import HELD_OUT_SPLITS, BatchMaker, DataOrder, dataset_view, held_out_positions, subset_indices
 from unimoe.training.metrics import MetricsWriter
@@ -136,11 +138,11 @@ class TrainLoss(nn.Module):
         self._capturing = False
         self._hooks = []
         self.moe_layers: list[int] = []
-        self._layer_info: dict[int, tuple[int, str]] = {}   # layer -> (num_dynamic, balance form)
+        self._balance_form: dict[int, str] = {}   # MoE layer -> its balance loss form
         for li, layer in enumerate(model.layers):
             if isinstance(layer.mlp, DCMoE):
                 self.moe_layers.append(li)
-                self._layer_info[li] = (layer.mlp.num_dynamic, layer.mlp.balance_form)
+                self._balance_form[li] = layer.mlp.balance_form
                 router = layer.mlp.router
                 self._hooks.append(router.register_forward_hook(self._make_hook(li)))
         self.last: dict[str, Any] = {}
@@ -167,51 +169,29 @@ class TrainLoss(nn.Module):
         if [li for li, _ in captured] != self.moe_layers:
             raise RuntimeError(f"router outputs captured for layers {[li for li, _ in captured]}, "
                                f"expected {self.moe_layers}")
-        audio = self.cfg.audio
         predict_from = batch.target_mask[:, 1:]
         hidden = out.hidden[:, :-1][predict_from]                                # [N, D]
-        labels = audio_labels(batch.audio_codes[:, 1:][predict_from], audio)     # [N, K]
-        logits = self.model.audio_logits(hidden)                                 # [N, K, V]
-        n, k, v = logits.shape
-        ce = F.cross_entropy(logits.reshape(n * k, v).float(), labels.reshape(n * k),
-                             ignore_index=IGNORE_INDEX, reduction="none").view(n, k)
-        valid = labels != IGNORE_INDEX
-        ce_sum = (ce * valid).sum(0)                                             # [K], differentiable
+        labels = audio_labels(batch.audio_codes[:, 1:][predict_from], self.cfg.audio)  # [N, K]
+        ce, ce_sums, counts = codebook_ce_sums(self.model.audio_logits(hidden), labels)
+        k = ce.shape[1]
+        sums = [balance_sums(r.dyn_logits, r.selected, self._balance_form[li]) for li, r in captured]
 
-        # One all-reduce of everything the normalisation needs: target counts per codebook, selection
-        # counts per MoE layer and expert, tokens per MoE layer.
-        sel = [r.selected for _, r in captured]
-        stats = torch.cat([valid.sum(0).double()]
-                          + [s.sum(0).double() for s in sel]
-                          + [torch.tensor([float(s.shape[0]) for s in sel], dtype=torch.float64, device=ce.device)])
+        # One all-reduce of every denominator: target counts per codebook, selection counts per MoE layer
+        # and expert, tokens per MoE layer. The numerators (CE and probability sums) stay local.
+        tokens = torch.tensor([float(b.tokens) for b in sums], dtype=torch.float64, device=ce.device)
+        stats = torch.cat([counts.double()] + [b.counts.double() for b in sums] + [tokens])
         _all_reduce_(stats, self.world_size)
-        g_counts = stats[:k]
-        has = g_counts > 0
-        per_cb = ce_sum / g_counts.clamp(min=1).to(ce_sum.dtype)
-        # Official UniMoE-Audio sums the codebook losses (UniMoE_Audio_model.py, forward: codec_loss +=
-        # channel_loss); "mean" divides by the number of codebooks that have targets.
-        ce_part = (per_cb * has).sum()
-        if self.codebook_reduction == "mean":
-            ce_part = ce_part / has.sum().clamp(min=1)
+        ce_part = codebook_ce(ce_sums, stats[:k], self.codebook_reduction)
 
-        aux_part = ce_sum.new_zeros(())
-        if captured:
-            off = k
-            n_tok = stats[-len(sel):]
-            for j, (li, r) in enumerate(captured):
-                n_dyn, form = self._layer_info[li]
+        aux_part = ce_sums.new_zeros(())
+        if sums:
+            off, n_tok = k, stats[-len(sums):]
+            for b, t_glob in zip(sums, n_tok.tolist()):
+                n_dyn = b.counts.shape[0]
                 f_glob = stats[off:off + n_dyn].float()
+                aux_part = aux_part + balance_loss_from_sums(f_glob, b.prob_sums, t_glob)
                 off += n_dyn
-                t_glob = float(n_tok[j])
-                if form == "switch":
-                    probs = r.probs
-                else:  # "official": softmax over the logits masked to the experts each token selected
-                    probs = torch.softmax(r.dyn_logits.masked_fill(~r.selected, float("-inf")), dim=-1)
-                if t_glob > 0:
-                    aux_part = aux_part + n_dyn * (f_glob * probs.sum(0)).sum() / (t_glob * t_glob)
-                else:
-                    aux_part = aux_part + r.dyn_logits.sum() * 0.0
-            aux_part = aux_part / len(captured)
+            aux_part = aux_part / len(sums)
 
         objective = scale * (ce_part + balance_weight * aux_part)
 
@@ -223,14 +203,14 @@ class TrainLoss(nn.Module):
             rows = torch.arange(batch.input_ids.shape[0], device=ce.device)[:, None].expand_as(predict_from)[predict_from]
             row_task = task_ids[rows]
             task_ce = torch.zeros(n_tasks, k, dtype=torch.float64, device=ce.device).index_add_(
-                0, row_task, (ce.detach() * valid).double())
+                0, row_task, ce.detach().double())
             task_cnt = torch.zeros(n_tasks, k, dtype=torch.float64, device=ce.device).index_add_(
-                0, row_task, valid.double())
+                0, row_task, (labels != IGNORE_INDEX).double())
             self.last = {
                 "task_ce": task_ce, "task_cnt": task_cnt,
                 "routing": [out.routing[li] for li in self.moe_layers],
                 "tokens": int(batch.attention_mask.sum()),
-                "target_frames": int(valid[:, 0].sum()) if k else 0,
+                "target_frames": int(counts[0]) if k else 0,
                 "sequences": int(batch.input_ids.shape[0]),
             }
         return {"objective": objective, "ce_part": ce_part.detach(), "aux_part": aux_part.detach()}
@@ -357,13 +337,13 @@ class Trainer:
         self.sharded = self.world_size > 1 and (train_cfg.fsdp or train_cfg.expert_parallel)
         self._ep_slices: dict[str, tuple[int, int]] = {}   # expert-shard parameter -> (first expert, count)
         if self.world_size > 1 and train_cfg.expert_parallel:
-            from unimoe.training.parallel import ExpertParallelDCMoE, apply_expert_parallel
+            from unimoe.training.parallel import apply_expert_parallel, expert_parallel_layers
 
             apply_expert_parallel(self.model)
-            for mname, m in self.model.named_modules():
-                if isinstance(m, ExpertParallelDCMoE):
-                    for pname, _ in m.experts.named_parameters():
-                        self._ep_slices[f"{mname}.experts.{pname}"] = (m.expert_start, m.num_local)
+            for mname, m in expert_parallel_layers(self.model):
+                shard = (m.dispatcher.expert_start, m.dispatcher.num_local)
+                for pname, _ in m.experts.named_parameters():
+                    self._ep_slices[f"{mname}.experts.{pname}"] = shard
         if self.world_size > 1 and train_cfg.fsdp:
             from unimoe.training.parallel import wrap_fsdp
 

@@ -1,4 +1,4 @@
-"""Ablations as named config overlays (DESIGN §3).
+"""Ablations as named config overlays.
 
 A variant is a model-config overlay (a dict deep-merged over the base :class:`UniMoEConfig` with
 :func:`unimoe.config.overlay`), an optional training-config overlay, and a curriculum:

@@ -9,13 +9,10 @@ computed here match that pipeline.
 
 :func:`load_span` is the one reader of "a span of a file" for the data pipeline (tokenisation,
 quality filtering, captioning): it decodes only the span's frames and reports every kind of bad
-input as an :class:`AudioSpanError` with a stable reason code.
+input as an :class:`AudioSpanError` with a :class:`~unimoe.common.reasons.Reason`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Any
 
 import math
 from pathlib import Path
@@ -24,7 +21,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from unimoe.io import atomic_path
+from unimoe.common.files import atomic_path
+from unimoe.common.reasons import Reason
 
 # Container formats soundfile can write, by destination suffix. The temporary file that
 # ``atomic_path`` hands out ends in ".tmp", so the format must be named explicitly.
@@ -37,16 +35,9 @@ _MAX_CHANNELS = 16
 _SHORT_TOLERANCE_S = 0.010
 _SHORT_TOLERANCE_MIN = 2
 
-# Reason codes of :class:`AudioSpanError` (stable: callers record them in manifests; they match
-# ``data.audio_probe.REASONS`` and ``data.tokenize.REASONS`` where the meaning is the same).
-SPAN_REASONS: dict[str, str] = {
-    "missing_file": "no path given, or the audio file does not exist",
-    "corrupt_audio": "audio header or stream cannot be decoded",
-    "bad_segment": "offset/duration invalid, or the offset is at or past the end of the file",
-    "zero_length": "the file or the span has no samples",
-    "truncated": "the file holds less audio than the span asks for",
-    "non_finite": "NaN or infinite samples in the span",
-}
+# The reasons :func:`load_span` raises (callers record them in manifests).
+SPAN_REASONS = frozenset({Reason.MISSING_FILE, Reason.CORRUPT_AUDIO, Reason.BAD_SEGMENT, Reason.ZERO_LENGTH,
+                          Reason.TRUNCATED, Reason.NON_FINITE})
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -59,14 +50,14 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 class AudioSpanError(ValueError):
-    """A span of an audio file cannot be read. ``reason``: a stable short code from
-    :data:`SPAN_REASONS`; ``detail``: a human message (names the file). ``str(e)`` is
+    """A span of an audio file cannot be read. ``reason``: a :class:`~unimoe.common.reasons.Reason`
+    from :data:`SPAN_REASONS`; ``detail``: a human message (names the file). ``str(e)`` is
     ``"<reason>: <detail>"``."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+    def __init__(self, reason: Reason | str, detail: str):
+        self.reason = Reason(reason)
         self.detail = detail
+        super().__init__(f"{self.reason}: {detail}")
 
     def __reduce__(self):  # picklable across processes despite the two-argument constructor
         return type(self), (self.reason, self.detail)
@@ -86,16 +77,16 @@ def _span_frames(offset: float | None, duration: float | None, sr: int, total: i
     """``(first frame, frames wanted)`` of a span in a file of ``total`` frames at ``sr``."""
     off = _seconds(offset, 0.0)
     if not math.isfinite(off) or off < 0:
-        raise AudioSpanError("bad_segment", f"offset {offset!r} is not a finite number >= 0")
+        raise AudioSpanError(Reason.BAD_SEGMENT, f"offset {offset!r} is not a finite number >= 0")
     start = int(round(off * sr))
     if start >= total:
-        raise AudioSpanError("bad_segment",
+        raise AudioSpanError(Reason.BAD_SEGMENT,
                              f"offset {off:.3f} s is at or past the end of the file ({total / sr:.3f} s)")
     if duration is None:
         return start, total - start
     d = _seconds(duration, None)
     if not math.isfinite(d) or d <= 0:
-        raise AudioSpanError("bad_segment", f"duration {duration!r} is not a finite number > 0")
+        raise AudioSpanError(Reason.BAD_SEGMENT, f"duration {duration!r} is not a finite number > 0")
     return start, int(round(d * sr))
 
 
@@ -118,32 +109,32 @@ def load_span(path: str | Path | None, offset: float | None = 0.0, duration: flo
     - any NaN or infinite sample in the span [``non_finite``].
     """
     if not path:
-        raise AudioSpanError("missing_file", "no audio path")
+        raise AudioSpanError(Reason.MISSING_FILE, "no audio path")
     p = Path(path)
     if not p.is_file():
-        raise AudioSpanError("missing_file", f"audio file not found: {p}")
+        raise AudioSpanError(Reason.MISSING_FILE, f"audio file not found: {p}")
     try:
         with sf.SoundFile(str(p)) as f:
             sr, total = int(f.samplerate), int(f.frames)
             if sr <= 0:
-                raise AudioSpanError("corrupt_audio", f"{p}: sample rate {sr}")
+                raise AudioSpanError(Reason.CORRUPT_AUDIO, f"{p}: sample rate {sr}")
             if total <= 0:
-                raise AudioSpanError("zero_length", f"{p}: file has no samples")
+                raise AudioSpanError(Reason.ZERO_LENGTH, f"{p}: file has no samples")
             start, n = _span_frames(offset, duration, sr, total)
             f.seek(start)
             data = f.read(n, dtype="float32", always_2d=True)
     except AudioSpanError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as e:
-        raise AudioSpanError("corrupt_audio", f"{p}: {type(e).__name__}: {e}") from None
+        raise AudioSpanError(Reason.CORRUPT_AUDIO, f"{p}: {type(e).__name__}: {e}") from None
     got = data.shape[0]
     if got == 0:
-        raise AudioSpanError("zero_length", f"{p}: no samples at offset {start / sr:.3f} s")
+        raise AudioSpanError(Reason.ZERO_LENGTH, f"{p}: no samples at offset {start / sr:.3f} s")
     if got < n - max(_SHORT_TOLERANCE_MIN, int(_SHORT_TOLERANCE_S * sr)):
-        raise AudioSpanError("truncated", f"{p}: span asks for {n} samples from {start}, "
+        raise AudioSpanError(Reason.TRUNCATED, f"{p}: span asks for {n} samples from {start}, "
                                           f"the file gives {got} ({got / sr:.3f} of {n / sr:.3f} s)")
     if not np.isfinite(data).all():
-        raise AudioSpanError("non_finite", f"{p}: NaN or infinite samples in the span")
+        raise AudioSpanError(Reason.NON_FINITE, f"{p}: NaN or infinite samples in the span")
     return np.ascontiguousarray(data.T), sr
 
 
@@ -205,18 +196,3 @@ def save_wav(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: int,
     with atomic_path(path) as tmp:
         sf.write(str(tmp), data.T, int(sample_rate), subtype=subtype, format=fmt)
     return path
-
-
-@dataclass
-class AudioItem:
-    """One thing to score. ``wav`` is mono float32 at ``sample_rate``; ``text`` is the caption or
-    transcript it should match; ``reference`` is e.g. the voice prompt (speaker similarity)."""
-
-    id: str
-    wav: np.ndarray
-    sample_rate: int
-    text: str | None = None
-    language: str | None = None
-    reference: np.ndarray | None = None
-    reference_sample_rate: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)

@@ -1,12 +1,15 @@
-"""Beat tracking (Ellis' dynamic program) in numpy: librosa 0.11's ``beat_track`` without its numba
-kernels.
+"""Tempo, beats, onsets and key of music, in numpy: what the offline captioner (data) and the
+music-adherence scorer (evaluation) both measure.
 
-Why: librosa compiles these kernels as cached numba gufuncs, and with numba 0.68 processes running them
+Beat tracking is Ellis' dynamic program, librosa 0.11's ``beat_track`` without its numba kernels:
+librosa compiles these kernels as cached numba gufuncs, and with numba 0.68 processes running them
 side by side have crashed with SIGSEGV (a NULL kernel pointer; see numba issue 10128 on its gufunc
-cache). The captioner (data) and the music-adherence scorer (evaluation) call this instead. The tempo
-is librosa's own estimate (``librosa.feature.tempo``, as ``beat_track`` computes it); the beat path is
-a line-by-line port of ``librosa.beat.__beat_tracker`` (local score, DP, last beat, backtrack, trim),
-checked against librosa in tests/test_beat.py.
+cache). The tempo is librosa's own estimate (``librosa.feature.tempo``, as ``beat_track`` computes
+it); the beat path is a line-by-line port of ``librosa.beat.__beat_tracker`` (local score, DP, last
+beat, backtrack, trim), checked against librosa in tests/test_beat.py.
+
+The key is Krumhansl–Schmuckler: a 12-bin pitch-class profile (chroma, or note durations) correlated
+with the 24 rotated Krumhansl–Kessler (1982) probe-tone profiles; the best correlation wins.
 """
 
 from __future__ import annotations
@@ -133,3 +136,42 @@ def onset_detect(onset_envelope: np.ndarray, sr: int, hop_length: int, *, delta:
         peaks[n] = True
         n += wait + 1
     return np.flatnonzero(peaks)
+
+
+def onset_strength(power: np.ndarray, sr: int, hop_length: int) -> np.ndarray:
+    """Onset strength of a power spectrogram ``[freq, frames]``: spectral flux of its 128-band log-mel
+    spectrogram (``librosa.onset.onset_strength``), the input of :func:`beat_track` / :func:`onset_detect`."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(S=power, sr=sr, n_mels=128)
+    return librosa.onset.onset_strength(S=librosa.power_to_db(mel, ref=np.max), sr=sr, hop_length=hop_length)
+
+
+# Krumhansl & Kessler (1982) probe-tone profiles, tonic first.
+KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+KK_PROFILES = {"major": KK_MAJOR, "minor": KK_MINOR}
+PITCH_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+# Every key, in the order ties are broken: the 12 major keys from C, then the 12 minor ones.
+ALL_KEYS = tuple((tonic, mode) for mode in KK_PROFILES for tonic in range(12))
+
+
+def estimate_key(pitch_classes: np.ndarray, candidates: tuple[tuple[int, str], ...] = ALL_KEYS,
+                 ) -> tuple[tuple[int, str] | None, float]:
+    """Krumhansl–Schmuckler: the best ``(tonic pitch class, "major" | "minor")`` of ``candidates`` for a
+    12-bin pitch-class profile, and its correlation; ``(None, 0.0)`` for a flat or non-finite profile.
+    The first of equal correlations wins."""
+    c = np.asarray(pitch_classes, dtype=np.float64)
+    if c.shape != (12,) or not np.isfinite(c).all() or c.std() < 1e-9:
+        return None, 0.0
+    best, best_r = None, -2.0
+    for tonic, mode in candidates:
+        r = float(np.corrcoef(c, np.roll(KK_PROFILES[mode], tonic))[0, 1])
+        if r > best_r + 1e-12:
+            best, best_r = (tonic, mode), r
+    return best, best_r
+
+
+def key_name(key: tuple[int, str] | None) -> str | None:
+    """``(3, "major")`` -> ``"Eb major"`` (None stays None)."""
+    return None if key is None else f"{PITCH_NAMES[key[0]]} {key[1]}"
