@@ -71,7 +71,7 @@ def check_stage(device: str, tokens: Path, work: Path, steps: int) -> dict:
 
     cfg = get_preset("tiny")
     overrides = {"max_steps": steps, "device": device, "bf16_on_gpu": True, "log_every": 1,
-                 "save_every": steps}
+                 "checkpoint_every": steps}
     t0 = time.perf_counter()
     ckpt = run_stage(stage_spec("specialist", cfg.to_dict(), str(tokens), str(work / "stage"), "gpu-check",
                                 "gpu-check", overrides, {}, task="en_tts"))

@@ -10,10 +10,15 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 # Wheels the GPU image (Python 3.12, torch 2.11 + CUDA) lacks: the dac stack and the project's audio I/O.
 mkdir -p .whl
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl \
-  -r scripts/gpu_wheels.txt
+# One requirement at a time: a few (argbind, julius, ...) are published as sdists only, so those are
+# built here into pure-Python wheels; a compiled one without a cp312 wheel stops the script.
+grep -v '^#' scripts/gpu_wheels.txt | sed 's/[[:space:]]*#.*//' | grep -v '^[[:space:]]*$' | while read -r req; do
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "$req" 2>/dev/null \
+  || "$PY" -m pip wheel -q --no-deps -w .whl "$req" 2>/dev/null \
+  || { echo "[gpu-prepare] no Python 3.12 wheel for $req" >&2; exit 1; }
+done
 # Demo data: the small demo corpus curated (its token shards), and a slice of the default corpus's
 # training audio for the codec (under 40 MB, so the tree travels).
 "$PY" -m flows.cli curate --small --workspace "$WS-small" >/dev/null

@@ -314,6 +314,8 @@ def kmeans_init_codebooks(model: nn.Module, batches: Sequence[torch.Tensor], ite
 
 def code_perplexity(codes: torch.Tensor | np.ndarray, codebook_size: int) -> float:
     """exp(entropy) of the code histogram: 1 = one code used, ``codebook_size`` = uniform use."""
+    if isinstance(codes, torch.Tensor):
+        codes = codes.detach().cpu().numpy()  # codes may live on the GPU during training
     counts = np.bincount(np.asarray(codes).reshape(-1), minlength=codebook_size).astype(np.float64)
     if counts.sum() == 0:
         return float("nan")
@@ -365,14 +367,16 @@ def restart_dead_codes(model: nn.Module, usage: CodeUsage, latents: torch.Tensor
         if dead.numel() == 0:
             continue
         pick = torch.randint(pool.shape[0], (dead.numel(),), generator=generator)
-        vq.codebook.weight[dead] = pool[pick].to(vq.codebook.weight.dtype)
+        weight = vq.codebook.weight
+        rows = dead.to(weight.device)  # usage, pool and RNG stay on the CPU (exact resume); the model may not
+        weight[rows] = pool[pick].to(device=weight.device, dtype=weight.dtype)
         usage.ema[i, dead] = usage.uniform  # a fresh chance
         if optimizer is not None:
-            st = optimizer.state.get(vq.codebook.weight)
+            st = optimizer.state.get(weight)
             if st:
                 for key in ("exp_avg", "exp_avg_sq"):
                     if key in st:
-                        st[key][dead] = 0
+                        st[key][rows] = 0
     return restarted
 
 
