@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from unimoe.common.reasons import Reason
+from unimoe.common.text import has_surrogates, repair_text
 from unimoe.io import sha256_file
 
 
@@ -96,23 +97,6 @@ DEFAULT_LIMITS = ProbeLimits()
 
 # --------------------------------------------------------------------------------------------
 # paths
-
-
-def has_surrogates(s: str) -> bool:
-    """True when ``s`` cannot be encoded as UTF-8 (undecodable bytes smuggled in as surrogates)."""
-    try:
-        s.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def repair_text(s: str) -> str:
-    """A printable UTF-8 version of a string that may carry undecodable bytes (U+FFFD for them)."""
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "replace").decode("utf-8")
 
 
 def resolve_in_root(path: str | os.PathLike, root: str | os.PathLike) -> Path | QuarantineReason:

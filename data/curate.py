@@ -241,11 +241,14 @@ def finish_tokens(cfg: CurateConfig, manifest: str | Path, results: list[dict[st
 
 
 def _codec_and_tokenizer(cfg: CurateConfig, manifest: str | Path, tokens_dir: str | Path):
-    from unimoe.tokenizer import train_or_load_tokenizer
     from unimoe.codec import AudioCodec
+    from unimoe.settings import compute_device
+    from unimoe.tokenizer import train_or_load_tokenizer
 
     model_cfg = cfg.model_preset_config()
-    codec = AudioCodec.from_model_config(model_cfg)
+    # On a GPU worker the codec encodes there (codes can then differ from a CPU's in the last float bits);
+    # the shard key names the codec's weights, not the device.
+    codec = AudioCodec.from_model_config(model_cfg, device=compute_device())
     tok = train_or_load_tokenizer(model_cfg.tokenizer, read_manifest(manifest), Path(tokens_dir) / "tokenizer.json")
     return codec, tok
 

@@ -1,5 +1,7 @@
 """Offline demo corpus builder: a small, real corpus for all four tasks, made without network.
 
+Kept whole (~600 lines): the config, item builders and caching loop share one config and code fingerprint.
+
 - **Music** (``t2m``): scores from music21's bundled corpus, reduced to notes at a seeded tempo with
   seeded General MIDI programs, written to MIDI and rendered with Debian's ``fluidsynth`` and the
   ``fluid-soundfont-gm`` soundfont, then cut into fixed ``clip_seconds`` clips.
@@ -35,7 +37,6 @@ Run: ``python -m data.demo_corpus OUT_DIR [--small] [--seed N]``. This module ne
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,25 +44,30 @@ import math
 import os
 import random
 import re
-import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from data import general_midi, midi_synth, resumable_build
 from data import music_render as mr
 from data import speech_synth as ss
 from data import video_render as vr
+from data.resumable_build import (
+    ItemState, Progress, build_lock, clean_stale_temps, prune_unowned, run_items, write_bytes, write_if_changed,
+    write_text,
+)  # fmt: skip
 from unimoe.common.files import atomic_path
+
 
 def _code_fingerprint() -> str:
     """Hash of the builder's own source, so a changed builder never reuses items made by an old one."""
     h = hashlib.sha256()
-    for f in (mr.__file__, ss.__file__, vr.__file__, __file__):
+    for f in (mr.__file__, general_midi.__file__, midi_synth.__file__, ss.__file__, vr.__file__,
+              resumable_build.__file__, __file__):
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
 
@@ -72,6 +78,9 @@ ROW_FIELDS = ("id", "task", "language", "audio", "text", "speaker", "video", "li
               "instruments", "tempo_bpm", "key", "sample_rate", "duration", "split")
 FAILURE_FIELDS = ("id", "task", "source", "stage", "reason")
 SKIPPED_FIELDS = ("id", "source", "kind", "reason", "seconds")
+# the builder's own folders: stale temporary files are cleaned there, files no item owns pruned
+_OUTPUT_DIRS = ("music", "speech", "video", ".state")
+_PRUNED_DIRS = ("music", "speech", "video", ".state/music", ".state/speech", ".state/video", ".state/texts")
 
 # Short, public-domain pieces from music21's corpus that parse in about a second or less.
 DEFAULT_SCORE_POOL: tuple[str, ...] = (
@@ -177,43 +186,13 @@ def _jsonl(rows: Iterable[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in rows)
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
-
-
-@contextlib.contextmanager
-def _atomic(path: Path):
-    """``unimoe.common.files.atomic_path`` with ordinary file permissions (its temporary file is private)."""
-    with atomic_path(path) as tmp:
-        yield tmp
-        os.chmod(tmp, _FILE_MODE)
-
-
-def _write_text(path: Path, text: str) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    _write_text(path, text)
-    return True
-
-
 def _write_wav(path: Path, y: np.ndarray, sr: int) -> None:
     import soundfile as sf
 
     y = np.clip(np.nan_to_num(y, nan=0.0), -1.0, 1.0)
     pcm = np.round(y * 32767.0).astype("<i2")
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         sf.write(str(tmp), pcm, sr, format="WAV", subtype="PCM_16")
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def _rms_dbfs(y: np.ndarray) -> float:
@@ -265,63 +244,8 @@ def select_video_clips(clip_ids: list[str], n: int, seed: int) -> list[str]:
     return sorted(_spread_pick(groups, n, random.Random(f"demo-v2m:{seed}")))
 
 
-class _State:
-    """Per-item records under ``out_dir/.state``: what an item produced, valid while its files are."""
-
-    def __init__(self, out_dir: Path):
-        self.out = out_dir
-        self.dir = out_dir / ".state"
-
-    def path(self, kind: str, item: str) -> Path:
-        return self.dir / kind / f"{item}.json"
-
-    def load(self, kind: str, item: str, key: str) -> dict | None:
-        p = self.path(kind, item)
-        try:
-            rec = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if rec.get("key") != key:
-            return None
-        for rel, size in rec.get("files", {}).items():
-            f = self.out / rel
-            try:
-                if f.stat().st_size != size:
-                    return None
-            except OSError:
-                return None
-        return rec
-
-    def save(self, kind: str, item: str, key: str, rec: dict) -> dict:
-        rec = dict(rec)
-        rec["key"] = key
-        rec["files"] = {rel: (self.out / rel).stat().st_size for rel in rec.get("files", {})}
-        _write_text(self.path(kind, item), json.dumps(rec, ensure_ascii=False, sort_keys=True))
-        return rec
-
-
 def _failure(id_: str | None, task: str | None, source: str, stage: str, reason: str) -> dict:
     return {"id": id_, "task": task, "source": source, "stage": stage, "reason": reason}
-
-
-class _Progress:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.t0 = time.monotonic()
-
-    def log(self, msg: str) -> None:
-        if self.enabled:
-            print(f"[demo-corpus {time.monotonic() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    def bar(self, it, total: int, desc: str):
-        if not self.enabled:
-            return it
-        try:
-            from tqdm import tqdm
-
-            return tqdm(it, total=total, desc=desc, file=sys.stderr, leave=False)
-        except Exception:
-            return it
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +282,7 @@ def build_score(out: Path, cfg: DemoCorpusConfig, name: str, soundfont: Path) ->
                         "reason": f"score lasts {sn.truncated_from:.1f} s; only the first {cfg.max_score_seconds:g} s used",
                         "seconds": round(sn.truncated_from - sn.duration, 3)})
     score_midi = f"music/scores/{slug}.mid"
-    _write_bytes(out / score_midi, mr.midi_bytes(sn.parts, sn.bpm, tail_seconds=2.0, title=sn.title))
+    write_bytes(out / score_midi, mr.midi_bytes(sn.parts, sn.bpm, tail_seconds=2.0, title=sn.title))
     files.append(score_midi)
 
     import soundfile as sf
@@ -414,7 +338,7 @@ def build_score(out: Path, cfg: DemoCorpusConfig, name: str, soundfont: Path) ->
         try:
             audio_rel, midi_rel = f"music/audio/{cid}.wav", f"music/midi/{cid}.mid"
             _write_wav(out / audio_rel, seg if seg.shape[1] > 1 else seg[:, 0], sr)
-            _write_bytes(out / midi_rel, mr.midi_bytes(cparts, sn.bpm, title=f"{sn.title} {t0:g}-{t0 + dur:g} s"))
+            write_bytes(out / midi_rel, mr.midi_bytes(cparts, sn.bpm, title=f"{sn.title} {t0:g}-{t0 + dur:g} s"))
         except Exception as e:
             failures.append(_failure(cid, "t2m", source, "write", f"{type(e).__name__}: {e}"))
             continue
@@ -443,7 +367,7 @@ def build_video(out: Path, cfg: DemoCorpusConfig, clip_id: str, clip: dict) -> d
     frames = vr.piano_roll_frames([[tuple(n) for n in p] for p in clip["parts"]], clip["duration"], fps=cfg.video_fps,
                                   size=cfg.video_size, window=cfg.video_window_seconds)
     try:
-        with _atomic(out / rel) as tmp:
+        with atomic_path(out / rel) as tmp:
             vr.encode_frames(frames, tmp, fps=cfg.video_fps, size=cfg.video_size, codec=cfg.video_codec,
                              timeout=cfg.timeout_s)
             info = vr.ffprobe_video(tmp)
@@ -489,61 +413,6 @@ def build_utterance(out: Path, cfg: DemoCorpusConfig, uid: str, lang: str, text:
     return {"rows": [row], "files": [rel], "failures": []}
 
 
-# --------------------------------------------------------------------------------------------
-# Build
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _lock(out: Path):
-    import fcntl
-
-    (out / ".state").mkdir(parents=True, exist_ok=True)
-    f = open(out / ".state" / "lock", "a")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise RuntimeError(f"another demo corpus build is running in {out}") from None
-        yield
-    finally:
-        f.close()
-
-
-def _clean_stale_temps(out: Path) -> None:
-    """Remove temporary files a killed build left behind (atomic writes use ``.NAME.*.tmp``)."""
-    for sub in ("music", "speech", "video", ".state"):
-        d = out / sub
-        if d.is_dir():
-            for p in d.rglob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-    for p in out.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-def _prune(out: Path, keep: set[Path]) -> None:
-    for sub in ("music", "speech", "video", ".state/music", ".state/speech", ".state/video", ".state/texts"):
-        d = out / sub
-        if not d.is_dir():
-            continue
-        for p in sorted(d.rglob("*"), reverse=True):
-            if p.is_file() and p not in keep:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            elif p.is_dir():
-                with contextlib.suppress(OSError):
-                    p.rmdir()  # only succeeds when empty
-
-
-def _run_items(items: list, fn: Callable, workers: int, progress: _Progress, desc: str) -> list:
-    if workers <= 1 or len(items) <= 1:
-        return [fn(it) for it in progress.bar(items, len(items), desc)]
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        return list(progress.bar(ex.map(fn, items), len(items), desc))
-
-
 def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None = None, progress: bool = True, *,
                       retry_failed: bool = False, prune: bool = True) -> Path:
     """Build (or finish building) the demo corpus in ``out_dir``; returns ``out_dir/metadata.jsonl``.
@@ -556,10 +425,10 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pr = _Progress(progress)
-    state = _State(out)
-    with _lock(out):
-        _clean_stale_temps(out)
+    pr = Progress(progress, "demo-corpus")
+    state = ItemState(out)
+    with build_lock(out, "demo corpus"):
+        clean_stale_temps(out, _OUTPUT_DIRS)
         rows: list[dict] = []
         failures: list[dict] = []
         skipped: list[dict] = []
@@ -616,7 +485,7 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
             except Exception as e:
                 return cid, {"failures": [_failure(cid, "v2m", f"video:{cid}", "video", f"{type(e).__name__}: {e}")]}
 
-        videos = dict(_run_items(chosen, do_video, cfg.workers, pr, "video"))
+        videos = dict(run_items(chosen, do_video, cfg.workers, pr, "video"))
         for r in music_rows:
             v = videos.get(r["id"])
             if v is not None:
@@ -671,7 +540,7 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
             except Exception as e:
                 return {"failures": [_failure(uid, f"{lang}_tts", v.source, "synthesize", f"{type(e).__name__}: {e}")]}
 
-        for rec in _run_items(jobs, do_utt, cfg.workers, pr, "speech"):
+        for rec in run_items(jobs, do_utt, cfg.workers, pr, "speech"):
             rows += rec.get("rows", [])
             failures += rec.get("failures", [])
 
@@ -684,12 +553,12 @@ def build_demo_corpus(out_dir: str | os.PathLike, cfg: DemoCorpusConfig | None =
         skipped.sort(key=lambda s: (str(s["id"]), str(s["kind"])))
         summary = summarize(rows, failures, skipped)
         summary["config"] = cfg.to_dict()
-        _write_if_changed(out / "failures.jsonl", _jsonl(failures))
-        _write_if_changed(out / "skipped.jsonl", _jsonl(skipped))
-        _write_if_changed(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-        _write_if_changed(out / "metadata.jsonl", _jsonl(rows))
+        write_if_changed(out / "failures.jsonl", _jsonl(failures))
+        write_if_changed(out / "skipped.jsonl", _jsonl(skipped))
+        write_if_changed(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        write_if_changed(out / "metadata.jsonl", _jsonl(rows))
         if prune:
-            _prune(out, keep | {state.path("texts", lang) for lang in ("en", "zh")})
+            prune_unowned(out, keep | {state.path("texts", lang) for lang in ("en", "zh")}, _PRUNED_DIRS)
         pr.log(f"done: {len(rows)} rows ({stats['built']} item(s) built, {stats['reused']} reused), "
                f"{len(failures)} failure(s), {len(skipped)} skipped; "
                + ", ".join(f"{t}: {c['count']} rows/{c['hours']:.3f} h" for t, c in summary["tasks"].items()))
@@ -712,7 +581,7 @@ def assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
             r["split"] = "test" if id(r) in test else "train"
 
 
-def _cached_texts(state: _State, lang: str, n: int, seed: int) -> list[str]:
+def _cached_texts(state: ItemState, lang: str, n: int, seed: int) -> list[str]:
     key = _key("texts", lang, n, seed)
     p = state.path("texts", lang)
     try:
@@ -722,7 +591,7 @@ def _cached_texts(state: _State, lang: str, n: int, seed: int) -> list[str]:
     except (OSError, ValueError, KeyError):
         pass
     texts = ss.select_sentences(lang, n, seed)
-    _write_text(p, json.dumps({"key": key, "texts": texts}, ensure_ascii=False))
+    write_text(p, json.dumps({"key": key, "texts": texts}, ensure_ascii=False))
     return texts
 
 

@@ -6,16 +6,16 @@ is exact; music21 serialises them), the per-clip MIDI, the clip key/instrument d
 piano-roll video. Each part gets a General MIDI program picked per score from a register-aware palette,
 so the corpus has varied timbres.
 
+This module turns scores into notes and describes clips (key, instruments); the General MIDI tables
+and the program choice are in :mod:`data.general_midi`, MIDI writing and fluidsynth rendering in
+:mod:`data.midi_synth` (their names are re-exported here, the demo builder's one entry point).
 Nothing here imports Prefect; music21 is imported lazily (it is slow to import).
 """
 
 from __future__ import annotations
 
-import math
 import random
 import re
-import shutil
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,202 +23,15 @@ from typing import Sequence
 
 import numpy as np
 
+from data.general_midi import ENSEMBLES, GM_PROGRAM_NAMES, Part, choose_programs, instrument_names
+from data.midi_synth import DEFAULT_SOUNDFONT, find_soundfont, midi_bytes, peak_normalise, render_midi
 from unimoe.common.music import estimate_key as profile_key
 
-# --------------------------------------------------------------------------------------------
-# General MIDI
-# --------------------------------------------------------------------------------------------
-
-GM_PROGRAM_NAMES: tuple[str, ...] = (
-    "Acoustic Grand Piano",
-    "Bright Acoustic Piano",
-    "Electric Grand Piano",
-    "Honky-tonk Piano",
-    "Electric Piano 1",
-    "Electric Piano 2",
-    "Harpsichord",
-    "Clavinet",
-    "Celesta",
-    "Glockenspiel",
-    "Music Box",
-    "Vibraphone",
-    "Marimba",
-    "Xylophone",
-    "Tubular Bells",
-    "Dulcimer",
-    "Drawbar Organ",
-    "Percussive Organ",
-    "Rock Organ",
-    "Church Organ",
-    "Reed Organ",
-    "Accordion",
-    "Harmonica",
-    "Tango Accordion",
-    "Acoustic Guitar (nylon)",
-    "Acoustic Guitar (steel)",
-    "Electric Guitar (jazz)",
-    "Electric Guitar (clean)",
-    "Electric Guitar (muted)",
-    "Overdriven Guitar",
-    "Distortion Guitar",
-    "Guitar Harmonics",
-    "Acoustic Bass",
-    "Electric Bass (finger)",
-    "Electric Bass (pick)",
-    "Fretless Bass",
-    "Slap Bass 1",
-    "Slap Bass 2",
-    "Synth Bass 1",
-    "Synth Bass 2",
-    "Violin",
-    "Viola",
-    "Cello",
-    "Contrabass",
-    "Tremolo Strings",
-    "Pizzicato Strings",
-    "Orchestral Harp",
-    "Timpani",
-    "String Ensemble 1",
-    "String Ensemble 2",
-    "Synth Strings 1",
-    "Synth Strings 2",
-    "Choir Aahs",
-    "Voice Oohs",
-    "Synth Voice",
-    "Orchestra Hit",
-    "Trumpet",
-    "Trombone",
-    "Tuba",
-    "Muted Trumpet",
-    "French Horn",
-    "Brass Section",
-    "Synth Brass 1",
-    "Synth Brass 2",
-    "Soprano Sax",
-    "Alto Sax",
-    "Tenor Sax",
-    "Baritone Sax",
-    "Oboe",
-    "English Horn",
-    "Bassoon",
-    "Clarinet",
-    "Piccolo",
-    "Flute",
-    "Recorder",
-    "Pan Flute",
-    "Blown Bottle",
-    "Shakuhachi",
-    "Whistle",
-    "Ocarina",
-    "Lead 1 (square)",
-    "Lead 2 (sawtooth)",
-    "Lead 3 (calliope)",
-    "Lead 4 (chiff)",
-    "Lead 5 (charang)",
-    "Lead 6 (voice)",
-    "Lead 7 (fifths)",
-    "Lead 8 (bass + lead)",
-    "Pad 1 (new age)",
-    "Pad 2 (warm)",
-    "Pad 3 (polysynth)",
-    "Pad 4 (choir)",
-    "Pad 5 (bowed)",
-    "Pad 6 (metallic)",
-    "Pad 7 (halo)",
-    "Pad 8 (sweep)",
-    "FX 1 (rain)",
-    "FX 2 (soundtrack)",
-    "FX 3 (crystal)",
-    "FX 4 (atmosphere)",
-    "FX 5 (brightness)",
-    "FX 6 (goblins)",
-    "FX 7 (echoes)",
-    "FX 8 (sci-fi)",
-    "Sitar",
-    "Banjo",
-    "Shamisen",
-    "Koto",
-    "Kalimba",
-    "Bagpipe",
-    "Fiddle",
-    "Shanai",
-    "Tinkle Bell",
-    "Agogo",
-    "Steel Drums",
-    "Woodblock",
-    "Taiko Drum",
-    "Melodic Tom",
-    "Synth Drum",
-    "Reverse Cymbal",
-    "Guitar Fret Noise",
-    "Breath Noise",
-    "Seashore",
-    "Bird Tweet",
-    "Telephone Ring",
-    "Helicopter",
-    "Applause",
-    "Gunshot",
-)
-assert len(GM_PROGRAM_NAMES) == 128
-
-# (program, lowest MIDI pitch, highest MIDI pitch) of instruments that suit classical part writing.
-_KEYBOARDS = (
-    (0, 21, 108),
-    (6, 29, 89),
-    (19, 24, 96),
-    (4, 28, 103),
-    (46, 23, 103),
-    (12, 45, 96),
-    (11, 53, 89),
-    (24, 40, 84),
-    (21, 41, 89),
-)
-_STRINGS = (
-    (40, 55, 103),
-    (41, 48, 91),
-    (42, 36, 76),
-    (43, 28, 67),
-    (48, 28, 96),
-    (45, 28, 96),
-    (110, 55, 100),
-)
-_WINDS = (
-    (73, 60, 96),
-    (68, 58, 91),
-    (71, 50, 94),
-    (70, 34, 75),
-    (60, 34, 77),
-    (56, 52, 84),
-    (57, 34, 72),
-    (58, 28, 58),
-    (65, 49, 81),
-    (74, 60, 96),
-    (69, 52, 81),
-    (66, 44, 76),
-)
-_VOICES = ((52, 36, 84), (53, 36, 84))
-ENSEMBLES: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "keyboard": _KEYBOARDS,
-    "strings": _STRINGS,
-    "winds": _WINDS,
-    "choir": _VOICES,
-    "mixed": _KEYBOARDS + _STRINGS + _WINDS + _VOICES,
-}
-_ENSEMBLE_WEIGHTS = {"keyboard": 3, "strings": 3, "winds": 2, "choir": 1, "mixed": 3}
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Part:
-    name: str
-    program: int
-    channel: int
-    notes: list[tuple[float, float, int, int]] = field(
-        default_factory=list
-    )  # (start s, end s, pitch, velocity)
+__all__ = [
+    "COMPOSERS", "DEFAULT_SOUNDFONT", "ENSEMBLES", "GM_PROGRAM_NAMES", "Part", "ScoreError", "ScoreNotes",
+    "choose_programs", "clip_parts", "estimate_key", "find_soundfont", "instrument_names", "midi_bytes",
+    "parse_score", "peak_normalise", "render_midi", "resolve_corpus_path", "score_to_notes", "split_name",
+]  # fmt: skip
 
 
 @dataclass
@@ -354,29 +167,9 @@ def parse_score(name: str):
     return s
 
 
+
 def _median_pitch(notes: Sequence[tuple[float, float, int, int]]) -> float:
     return float(np.median([n[2] for n in notes])) if notes else 60.0
-
-
-def choose_programs(medians: Sequence[float], rng: random.Random) -> tuple[str, list[int]]:
-    """Pick an ensemble and one GM program per part (by the part's median pitch)."""
-    names = sorted(_ENSEMBLE_WEIGHTS)
-    ensemble = rng.choices(names, weights=[_ENSEMBLE_WEIGHTS[n] for n in names])[0]
-    palette = ENSEMBLES[ensemble]
-    if ensemble == "keyboard":
-        # One keyboard-like instrument for the whole score, like a piano reduction.
-        lo = min(medians) if medians else 60
-        hi = max(medians) if medians else 60
-        fits = [e for e in palette if e[1] <= lo and hi <= e[2]] or [(0, 21, 108)]
-        prog = rng.choice(fits)[0]
-        return ensemble, [prog] * len(medians)
-    progs = []
-    for m in medians:
-        fits = [e for e in palette if e[1] + 3 <= m <= e[2] - 3]
-        if not fits:
-            fits = sorted(palette, key=lambda e: min(abs(m - e[1]), abs(m - e[2])))[:2]
-        progs.append(rng.choice(fits)[0])
-    return ensemble, progs
 
 
 def score_to_notes(
@@ -546,146 +339,3 @@ def estimate_key(parts: Sequence[Part], sharps: int | None = None) -> str | None
         key, _ = profile_key(hist)
         names = {"major": _MAJOR_NAMES, "minor": _MINOR_NAMES}
     return None if key is None else f"{names[key[1]][key[0]]} {key[1]}"
-
-
-def instrument_names(parts: Sequence[Part]) -> list[str]:
-    """GM names of the programs that play at least one note, in part order, without repeats."""
-    seen: list[str] = []
-    for p in parts:
-        if p.notes:
-            n = GM_PROGRAM_NAMES[p.program]
-            if n not in seen:
-                seen.append(n)
-    return seen
-
-
-# --------------------------------------------------------------------------------------------
-# MIDI writing
-# --------------------------------------------------------------------------------------------
-
-_PPQ = 480
-
-
-def midi_bytes(parts: Sequence[Part], bpm: float, *, tail_seconds: float = 0.0, title: str = "") -> bytes:
-    """A type-1 Standard MIDI File for the parts at a constant tempo.
-
-    The events come straight from the note list (seconds -> ticks at ``bpm``, note-offs before note-ons
-    on the same tick, every note at least one tick long); music21's MIDI classes only serialise them.
-    music21's stream-to-MIDI translation is not used: it would re-derive onsets from quarter lengths and
-    velocities from dynamics, and the rendered corpus audio is defined by this note list.
-    """
-    from music21 import midi
-
-    meta, voice = midi.MetaEvents, midi.ChannelVoiceMessages
-    tps = bpm / 60.0 * _PPQ  # ticks per second
-
-    def tick(t: float) -> int:
-        return int(round(t * tps))
-
-    def event(trk: midi.MidiTrack, kind: midi.MidiEventTypes, data: bytes | int = b"", channel: int = 0,
-              note: tuple[int, int] | None = None) -> midi.MidiEvent:
-        ev = midi.MidiEvent(trk, type=kind, channel=channel + 1)  # music21 numbers channels 1-16
-        if note is None:
-            ev.data = data
-        else:
-            ev.pitch, ev.velocity = note
-        return ev
-
-    def text(s: str) -> bytes:
-        return s.encode("latin-1", "replace")[:120]
-
-    def track(trk: midi.MidiTrack, events: list[tuple[int, int, midi.MidiEvent]]) -> midi.MidiTrack:
-        """``events`` as (tick, order within the tick, event), delta-timed, then end-of-track."""
-        now = 0
-        for t, _, ev in sorted(events, key=lambda e: (e[0], e[1])):
-            trk.events += [midi.DeltaTime(trk, time=t - now), ev]
-            now = t
-        trk.events += [midi.DeltaTime(trk, time=max(0, end_tick - now)), event(trk, meta.END_OF_TRACK)]
-        return trk
-
-    last = max((n[1] for p in parts for n in p.notes), default=0.0)
-    end_tick = tick(last + tail_seconds)
-    usec = int(round(60_000_000 / bpm))
-    mf = midi.MidiFile()  # format 1
-    mf.ticksPerQuarterNote = _PPQ
-    trk = midi.MidiTrack(0)
-    mf.tracks.append(track(trk, [
-        (0, 0, event(trk, meta.SEQUENCE_TRACK_NAME, text(title or "score"))),
-        (0, 1, event(trk, meta.SET_TEMPO, usec.to_bytes(3, "big"))),
-        (0, 2, event(trk, meta.TIME_SIGNATURE, b"\x04\x02\x18\x08")),  # 4/4
-    ]))
-    for p in parts:
-        ch = p.channel & 0x0F
-        trk = midi.MidiTrack(len(mf.tracks))
-        evs = [(0, 0, event(trk, meta.SEQUENCE_TRACK_NAME, text(p.name))),
-               (0, 1, event(trk, voice.PROGRAM_CHANGE, p.program & 0x7F, ch))]
-        for a, b, pt, v in p.notes:
-            ta = tick(a)
-            evs.append((max(tick(b), ta + 1), 2, event(trk, voice.NOTE_OFF, channel=ch, note=(pt, 0))))
-            evs.append((ta, 3, event(trk, voice.NOTE_ON, channel=ch, note=(pt, v))))
-        mf.tracks.append(track(trk, evs))
-    return mf.writestr()
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
-
-DEFAULT_SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
-
-
-def find_soundfont(path: str | None) -> Path:
-    cands = [path] if path else []
-    cands += [DEFAULT_SOUNDFONT, "/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/soundfonts/default.sf2"]
-    for c in cands:
-        if c and Path(c).is_file():
-            return Path(c)
-    raise FileNotFoundError(
-        f"no General MIDI soundfont found (tried {cands}); install Debian's fluid-soundfont-gm (scripts/setup.sh does)"
-    )
-
-
-def render_midi(
-    midi_path: Path,
-    wav_out: Path,
-    *,
-    sample_rate: int,
-    soundfont: Path,
-    gain: float = 0.5,
-    timeout: float = 300.0,
-) -> None:
-    """Render a MIDI file to a float32 WAV with fluidsynth (no audio device; faster than real time)."""
-    exe = shutil.which("fluidsynth")
-    if exe is None:
-        raise FileNotFoundError(
-            "fluidsynth is not installed (Debian package fluidsynth; scripts/setup.sh installs it)"
-        )
-    cmd = [
-        exe,
-        "-ni",
-        "-q",
-        "-g",
-        str(gain),
-        "-r",
-        str(int(sample_rate)),
-        "-O",
-        "float",
-        "-T",
-        "wav",
-        "-o",
-        "synth.cpu-cores=1",
-        "-F",
-        str(wav_out),
-        str(soundfont),
-        str(midi_path),
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if r.returncode != 0 or not wav_out.is_file() or wav_out.stat().st_size <= 44:
-        raise RuntimeError(f"fluidsynth failed (rc={r.returncode}): {(r.stderr or r.stdout).strip()[-400:]}")
-
-
-def peak_normalise(y: np.ndarray, peak_db: float = -1.0) -> np.ndarray:
-    m = float(np.max(np.abs(y))) if y.size else 0.0
-    if m <= 0 or not math.isfinite(m):
-        return y
-    return (y * (10 ** (peak_db / 20) / m)).astype(np.float32)

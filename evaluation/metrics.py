@@ -264,6 +264,19 @@ def _stat_of_indices(values: np.ndarray,
     return stat
 
 
+def _check_interval_args(values: Any, alpha: float, count_name: str, count: int) -> np.ndarray:
+    """``values`` as an array of per-item rows; ValueError for a scalar, ``alpha`` outside (0, 1) or fewer
+    than one resample (``count``, the caller's ``count_name``)."""
+    v = np.asarray(values)
+    if v.ndim == 0:
+        raise ValueError("values must be a 1-D array or a sequence of per-item rows")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if count < 1:
+        raise ValueError(f"{count_name} must be >= 1, got {count}")
+    return v
+
+
 def bootstrap_ci(
     values: Any,
     statistic: Callable[[np.ndarray], float] = np.mean,
@@ -281,13 +294,7 @@ def bootstrap_ci(
     """
     from scipy.stats import DegenerateDataWarning, bootstrap
 
-    v = np.asarray(values)
-    if v.ndim == 0:
-        raise ValueError("values must be a 1-D array or a sequence of per-item rows")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    v = _check_interval_args(values, alpha, "n_boot", n_boot)
     n = v.shape[0]
     if n == 0:
         return math.nan, math.nan
@@ -346,13 +353,7 @@ def subsample_interval(
     or fewer than two finite subset values (non-finite ones are left out).
     """
     none = SubsampleInterval(math.nan, math.nan, 0, math.nan)
-    v = np.asarray(values)
-    if v.ndim == 0:
-        raise ValueError("values must be a 1-D array or a sequence of per-item rows")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    if n_sub < 1:
-        raise ValueError(f"n_sub must be >= 1, got {n_sub}")
+    v = _check_interval_args(values, alpha, "n_sub", n_sub)
     n = int(v.shape[0])
     if n < MIN_SUBSAMPLE_ITEMS:
         return none

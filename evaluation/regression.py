@@ -1,5 +1,8 @@
 """Regression gate: a benchmark run (the candidate) against a baseline run, on PAIRED differences.
 
+(About 550 lines because this docstring states the gate's rules in full; the intervals the rules use are
+computed in ``evaluation.paired_intervals``.)
+
 Scope. Rows of the ``aggregate`` and ``items`` tables with ``system == "model"`` only (a table without
 a ``system`` column is all model rows; ``ground_truth`` / ``codec_resynth`` topline rows are never
 gated). One decision per (benchmark, task, metric) of the BASELINE's model rows.
@@ -108,21 +111,29 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from evaluation import aggregate as A
 from evaluation import results as R
-from evaluation.metrics import bootstrap_ci, subsample_interval
+from evaluation.paired_intervals import (  # noqa: F401 - the intervals are part of this module's interface
+    ALPHA,
+    BOOT_SEED,
+    N_BOOT,
+    N_SUB,
+    effective_n,
+    expanded_alpha,
+    is_finite,
+    paired_item_interval,
+    paired_subsample_interval,
+    two_way_bootstrap_ci,
+    unpaired_fallback_interval,
+)
 from evaluation.report import fmt_value
 
 THRESHOLDS_PATH = Path(__file__).resolve().parents[1] / "configs" / "regression_thresholds.yaml"
-N_BOOT = 2000        # paired item-bootstrap resamples (rule 1)
-N_SUB = 500          # paired half-subsamples (rule 2)
-ALPHA = 0.05         # two-sided level of the intervals: 95%
-BOOT_SEED = 0
 MIN_PAIRED_ITEMS = 5  # fewer common items: the paired rules flag the metric instead of deciding
 GATED_SYSTEM = "model"
 
@@ -213,131 +224,6 @@ def decide(delta: float, lo: float, hi: float, higher_is_better: bool, threshold
     return hi < 0 if higher_is_better else lo > 0
 
 
-def paired_item_interval(baseline: np.ndarray, candidate: np.ndarray, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
-                         seed: int = BOOT_SEED, resample_seeds: bool = True) -> dict[str, Any]:
-    """Rule 1 on two ``[items, seeds]`` matrices aligned by item and seed (NaN = no score). Only the
-    cells finite on both sides are used. Returns delta (mean over seeds of the per-seed mean item
-    difference), its percentile-bootstrap interval (items resampled with replacement, and with two or
-    more seeds and ``resample_seeds`` the seed columns too, independently: see the module docstring),
-    the baseline mean over the same pairs, n_items and n_pairs."""
-    b, c = np.asarray(baseline, np.float64), np.asarray(candidate, np.float64)
-    if b.shape != c.shape or b.ndim != 2:
-        raise ValueError(f"baseline {b.shape} and candidate {c.shape} must be the same [items, seeds] shape")
-    both = np.isfinite(b) & np.isfinite(c)
-    keep = both.any(axis=1)
-    b, c, both = np.where(both, b, np.nan)[keep], np.where(both, c, np.nan)[keep], both[keep]
-    n_items, n_pairs = int(b.shape[0]), int(both.sum())
-    out = dict(delta=math.nan, lo=math.nan, hi=math.nan, baseline_mean=math.nan, candidate_mean=math.nan,
-               n_items=n_items, n_pairs=n_pairs)
-    if n_items == 0:
-        return out
-    diff = c - b
-    out.update(delta=A.seed_mean(diff), baseline_mean=A.seed_mean(b), candidate_mean=A.seed_mean(c))
-    if n_items >= 2 and resample_seeds and diff.shape[1] >= 2:
-        n_eff = effective_n(diff)
-        out["lo"], out["hi"] = two_way_bootstrap_ci(diff, n_boot=n_boot, alpha=expanded_alpha(alpha, n_eff), seed=seed)
-    elif n_items >= 2:
-        out["lo"], out["hi"] = bootstrap_ci(diff, statistic=A.seed_mean, n_boot=n_boot,
-                                            alpha=expanded_alpha(alpha, n_items), seed=seed)
-    return out
-
-
-def effective_n(matrix: np.ndarray) -> float:
-    """The sample size that sets the interval's tails for ``seed_mean`` of ``[items, seeds]``: 1 +
-    Welch-Satterthwaite degrees of freedom of its variance, item part var(row means)/n (n - 1 df) plus
-    seed part var(column means)/S (S - 1 df). Seed-independent scores give n (as items alone); a seed
-    effect that dominates gives about S, so 3 seeds cannot make a seed-sized change look significant."""
-    m = np.asarray(matrix, np.float64)
-    rows, cols = np.nanmean(m, axis=1), np.nanmean(m, axis=0)
-    rows, cols = rows[np.isfinite(rows)], cols[np.isfinite(cols)]
-    n, s = rows.size, cols.size
-    if n < 2:
-        return float(n)
-    v_i = float(np.var(rows, ddof=1)) / n
-    v_s = float(np.var(cols, ddof=1)) / s if s >= 2 else 0.0
-    if v_s <= 0 or s < 2:
-        return float(n)
-    if v_i <= 0:
-        return float(s)
-    df = (v_i + v_s) ** 2 / (v_i ** 2 / (n - 1) + v_s ** 2 / (s - 1))
-    return 1.0 + float(df)
-
-
-def two_way_bootstrap_ci(matrix: np.ndarray, *, n_boot: int = N_BOOT, alpha: float = ALPHA,
-                         seed: int = BOOT_SEED) -> tuple[float, float]:
-    """Percentile interval of ``seed_mean`` over ``[items, seeds]`` when each resample draws the items
-    and, independently, the seed columns with replacement (the pigeonhole bootstrap, Owen 2007)."""
-    m = np.asarray(matrix, np.float64)
-    n, s = m.shape
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for start in range(0, n_boot, 256):  # chunks bound the [chunk, items, seeds] gather's memory
-        k = min(256, n_boot - start)
-        ii, ss = rng.integers(0, n, (k, n)), rng.integers(0, s, (k, s))
-        stats[start:start + k] = A.seed_mean.batched(m[ii[:, :, None], ss[:, None, :]])
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
-
-
-def expanded_alpha(alpha: float, n: float) -> float:
-    """The percentile level of Hesterberg's expanded percentile interval for ``n`` items: alpha' with
-    z(1 - alpha'/2) = sqrt(n / (n - 1)) * t(n - 1, 1 - alpha/2) (``alpha`` itself for n < 2)."""
-    from scipy import stats
-
-    if n < 2:
-        return alpha
-    z = math.sqrt(n / (n - 1)) * float(stats.t.ppf(1 - alpha / 2, n - 1))
-    return max(float(2 * stats.norm.sf(z)), 1e-12)
-
-
-def paired_subsample_interval(baseline: np.ndarray, candidate: np.ndarray, statistic: Callable[[np.ndarray], float],
-                              *, m: int | None = None, n_sub: int = N_SUB, alpha: float = ALPHA,
-                              seed: int = BOOT_SEED) -> dict[str, Any]:
-    """Rule 2: the interval of ``statistic(candidate) - statistic(baseline)`` for a SET-level statistic,
-    from ``n_sub`` common subsets of ``m`` items (default n // 2) drawn without replacement (see the
-    module docstring for the sqrt(m / (n - m)) scaling and the centring). ``baseline`` and ``candidate``
-    are ``[n, ...]`` per-item inputs aligned by item (embeddings, posteriors, ``[n, seeds, 2]`` error
-    counts...); ``statistic`` may carry ``.batched`` (``[B, m, ...] -> [B]``)."""
-    b, c = np.asarray(baseline), np.asarray(candidate)
-    if b.shape[0] != c.shape[0]:
-        raise ValueError(f"baseline ({b.shape[0]}) and candidate ({c.shape[0]}) need one row per item, aligned")
-    n = int(b.shape[0])
-    out = dict(delta=math.nan, lo=math.nan, hi=math.nan, baseline_value=math.nan, candidate_value=math.nan,
-               n_items=n, m=0, scale=math.nan)
-    if n == 0:
-        return out
-    bv, cv = float(statistic(b)), float(statistic(c))
-    out.update(delta=cv - bv, baseline_value=bv, candidate_value=cv)
-
-    def difference(i: np.ndarray) -> float:  # the same subset i of items on both sides
-        return float(statistic(c[i])) - float(statistic(b[i]))
-
-    batched = getattr(statistic, "batched", None)
-    if batched is not None:
-        difference.batched = lambda ii: (np.asarray(batched(c[ii]), np.float64)  # type: ignore[attr-defined]
-                                         - np.asarray(batched(b[ii]), np.float64))
-    res = subsample_interval(np.arange(n), difference, point=cv - bv, m=m, n_sub=n_sub, alpha=alpha,
-                             seed=seed, center=np.mean)
-    out.update(lo=res.lo, hi=res.hi, m=res.m, scale=res.scale)
-    return out
-
-
-def unpaired_fallback_interval(value: float, ci_low: float, ci_high: float, baseline_value: float,
-                               baseline_ci_low: float, baseline_ci_high: float) -> tuple[float, float, float]:
-    """Rule 3: ``(delta, lo, hi)`` with ``delta +- sqrt(h_c^2 + h_b^2)`` from the runs' own CI half-widths."""
-    delta = float(value) - float(baseline_value)
-    if not (_finite(ci_low) and _finite(ci_high)):
-        return delta, math.nan, math.nan  # no CI: the threshold alone decides
-    half2 = ((float(ci_high) - float(ci_low)) / 2) ** 2
-    if _finite(baseline_ci_low) and _finite(baseline_ci_high):
-        half2 += ((float(baseline_ci_high) - float(baseline_ci_low)) / 2) ** 2
-    half = math.sqrt(half2)
-    return delta, delta - half, delta + half
-
-
 # --------------------------------------------------------------------------------------------------
 # helpers over the tables
 
@@ -370,15 +256,8 @@ def instrument_version(version: Any) -> str | None:
     return None if v is None else _CHECKPOINT_ID.sub("checkpoint sha256:*", v)
 
 
-def _finite(x: Any) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
 def _f(x: Any) -> float:
-    return float(x) if _finite(x) else math.nan
+    return float(x) if is_finite(x) else math.nan
 
 
 def _s(x: Any) -> str | None:
@@ -497,7 +376,7 @@ def _decide_one(b: dict, c: dict | None, b_items: pd.DataFrame, c_items: pd.Data
 
     flagged: list[str] = []
     bn, cn = b.get("n"), c.get("n")
-    if _finite(bn) and _finite(cn) and int(bn) != int(cn):
+    if is_finite(bn) and is_finite(cn) and int(bn) != int(cn):
         flagged.append(f"n differs ({int(bn)} -> {int(cn)})")
     b_rows = b_items[b_items["metric"].isin(b_kind[1])] if b_kind else b_items.iloc[:0]
     if row["item_set_hash"] and row["baseline_item_set_hash"] and row["item_set_hash"] != row["baseline_item_set_hash"]:
@@ -547,7 +426,7 @@ def _decide_one(b: dict, c: dict | None, b_items: pd.DataFrame, c_items: pd.Data
     # rule 3
     delta, lo, hi = unpaired_fallback_interval(cv, row["ci_low"], row["ci_high"], bv, _f(b.get("ci_low")),
                                                _f(b.get("ci_high")))
-    n_items = int(min(int(bn), int(cn))) if _finite(bn) and _finite(cn) else 0
+    n_items = int(min(int(bn), int(cn))) if is_finite(bn) and is_finite(cn) else 0
     return {**row, "rule": RULE_FALLBACK, "delta": delta, "delta_ci_low": lo, "delta_ci_high": hi, "n_items": n_items,
             "regressed": decide(delta, lo, hi, hib, thr), "comparable": not flagged,
             "reason": "; ".join(flagged + [f"unpaired fallback: {why}"])}
@@ -658,7 +537,7 @@ def render_report(s: RegressionSummary, directions: dict[str, bool] | None = Non
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(s.rows, key=lambda r: (not r["regressed"], r["comparable"], r["benchmark"], r["task"], r["metric"])):
         better = "higher" if r.get("higher_is_better") else "lower"
-        delta = "" if not _finite(r["delta"]) else f"{r['delta']:+.4g} [{fmt_value(r['delta_ci_low'])}, {fmt_value(r['delta_ci_high'])}]"
+        delta = "" if not is_finite(r["delta"]) else f"{r['delta']:+.4g} [{fmt_value(r['delta_ci_low'])}, {fmt_value(r['delta_ci_high'])}]"
         lines.append(f"| {_status(r)} | {r['benchmark']} | {r['task']} | {r['metric']} | {better} | {r['rule']} | "
                      f"{r['n_items']} / {r['n_pairs']} | {fmt_value(r['value'])} | {fmt_value(r['baseline_value'])} | {delta} | "
                      f"{fmt_value(r['threshold'])} | {'yes' if r['comparable'] else 'NO'} | {r['reason']} |")

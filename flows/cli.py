@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import typer
 
+from flows.cli_options import BatchSize, Nproc, Small, Workspace, fail
+
 app = typer.Typer(help="UniMoE-Audio: unified speech and music generation, and its pipeline.", no_args_is_help=True)
 model_app = typer.Typer(help="Model presets, parameter counts, checkpoints and generation.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -29,8 +31,7 @@ def _config(preset: str | None, config: Path | None):
             return UniMoEConfig.load(config)
         return get_preset(preset or "tiny")
     except (ConfigError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
 
 def _human(n: int) -> str:
@@ -121,8 +122,7 @@ def model_generate(
     try:
         request = GenerationRequest(task, text=text, video=str(video) if video is not None else None)
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     generator = CheckpointGenerator(checkpoint)
     codec = generator.codec
     gen = GenerationConfig(max_frames=generator.frames_for(max_seconds), guidance_scale=guidance,
@@ -139,14 +139,14 @@ def model_generate(
 
 @app.command("curate")
 def curate_cmd(
-    workspace: Path = typer.Option(None, help="Workspace for all outputs (default $UNIMOE_WORKSPACE or ./workspace)."),
+    workspace: Workspace = None,
     config: Path = typer.Option(None, help="YAML/JSON file of CurateConfig fields (default: the offline demo profile)."),
     corpus: str = typer.Option(None, help="Corpus adapter (librispeech, aishell3, musiccaps, fma, musicnet, v2m, "
                                           "generic, ...): curate your own corpus without a YAML file; needs --root."),
     root: Path = typer.Option(None, help="The corpus folder (with --corpus)."),
     option: list[str] = typer.Option(None, help="Adapter option as key=value (repeatable; the value is read as YAML, "
                                                 "so 3, true and [a, b] are typed)."),
-    small: bool = typer.Option(False, "--small", help="The small demo corpus (tests, smoke runs)."),
+    small: Small = False,
     gemini_secret_block: str = typer.Option(None, help="Prefect Secret block holding the Gemini API key."),
     until: str = typer.Option(None, help="'filter': stop after the quality filter (all `unimoe codec train` needs)."),
 ):
@@ -160,8 +160,7 @@ def curate_cmd(
     try:
         cfg = curate_config_from_cli(config, corpus, root, option or [])
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     result = curate(config=cfg, workspace=str(workspace) if workspace else None,
                     demo_size="small" if small else "default", gemini_secret_block=gemini_secret_block, until=until)
     if until:
@@ -180,7 +179,7 @@ def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path |
     import yaml
 
     from data.curate import CurateConfig
-    from data.sources import get_adapter
+    from data.sources import check_adapter_options
 
     if config is None and corpus is None and root is None and not options:
         return None
@@ -193,7 +192,6 @@ def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path |
             raise ValueError(f"--config {config}: expected a mapping of CurateConfig fields")
     if corpus is not None:
         cfg["corpus"] = corpus
-    adapter = get_adapter(cfg.get("corpus", "demo"))  # an unknown name fails here, listing the known ones
     if root is not None:
         if not root.is_dir():
             raise ValueError(f"--root {root}: not a folder")
@@ -206,7 +204,8 @@ def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path |
                 raise ValueError(f"--option {item!r}: expected key=value")
             opts[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         cfg["adapter_options"] = opts
-    _check_adapter_options(adapter, cfg.get("adapter_options") or {})
+    # an unknown corpus name fails here (listing the known ones), and so does an option its adapter lacks
+    check_adapter_options(cfg.get("corpus", "demo"), cfg.get("adapter_options") or {})
     if cfg == {"corpus": "demo"}:
         return None  # `--corpus demo` alone: the demo profile
     if cfg.get("corpus", "demo") != "demo" and not cfg.get("corpus_root"):
@@ -215,34 +214,15 @@ def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path |
     return cfg
 
 
-def _check_adapter_options(adapter: type, options: dict) -> None:
-    import inspect
-
-    known: set[str] = set()
-    for cls in adapter.__mro__:  # an adapter passes **common on to its base class's options
-        if "__init__" not in cls.__dict__:
-            continue
-        if cls is object:
-            return  # the chain of **kwargs never ends in named options: nothing to check against
-        params = inspect.signature(cls.__init__).parameters
-        known |= {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
-        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            break
-    known = sorted(known)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"corpus adapter {adapter.__name__} has no option(s) {unknown}; its options: {known}")
-
-
 @app.command("train")
 def train_cmd(
     variant: str = typer.Option("unimoe-top-p0.7", help="Variant to train (see --list-variants)."),
     list_variants: bool = typer.Option(False, "--list-variants", help="List the named variants and exit."),
-    workspace: Path = typer.Option(None, help="Workspace holding the curate flow's outputs."),
+    workspace: Workspace = None,
     preset: str = typer.Option("tiny", help="Model preset the variant overlays."),
     max_steps: int = typer.Option(None, help="Optimiser steps per stage (default: the stage configs')."),
-    batch_size: int = typer.Option(None, help="Sequences per step per process."),
-    nproc: int = typer.Option(1, help="Processes per stage: > 1 runs each stage under torchrun (data parallel)."),
+    batch_size: BatchSize = None,
+    nproc: Nproc = 1,
     lr_scale: float = typer.Option(None, help="Multiplier on the paper's per-stage learning rates (default 1)."),
 ):
     """Run the train flow: the variant's curriculum (stage 1 -> 2 -> 3) on the curated data."""

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import typer
 
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise typer.BadParameter("--seeds needs at least one seed")
-    return seeds
+from flows.cli_options import (
+    AllowFailedScorers, Benchmark, MaxItems, MaxSeconds, Scorers, Workspace, fail, parse_names, parse_seeds,
+)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +19,8 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench_cmd(
         checkpoint: Path = typer.Option(None, help="Checkpoint directory (default: the newest under <workspace>/train)."),
-        benchmark: str = typer.Option("demo", help="Benchmark set (demo, seedtts-en, seedtts-zh, musiccaps, ...)."),
-        workspace: Path = typer.Option(None, help="Workspace (default $UNIMOE_WORKSPACE or ./workspace)."),
+        benchmark: Benchmark = "demo",
+        workspace: Workspace = None,
         seeds: str = typer.Option(None, help="Generation seeds, comma-separated (default: the benchmark's; the "
                                              "paper's sets average 0,1,2, the demo set uses 0)."),
         variant: str = typer.Option(None, help="Variant name recorded with the results (default: from the checkpoint)."),
@@ -34,10 +28,9 @@ def register(app: typer.Typer) -> None:
                                                 "run of this benchmark, kind and variant)."),
         kind: str = typer.Option("adhoc", help="adhoc, nightly or pipeline."),
         run_id: str = typer.Option(None, help="Run id (default: generated; an existing one resumes)."),
-        scorers: str = typer.Option(None, help="Comma-separated scorer names (default: the benchmark's defaults)."),
-        max_items: int = typer.Option(None, help="At most this many items per task."),
-        max_seconds: float = typer.Option(None, help="A ceiling on every clip in seconds (default none: speech is "
-                                                     "capped from its target text, music at 10 s)."),
+        scorers: Scorers = None,
+        max_items: MaxItems = None,
+        max_seconds: MaxSeconds = None,
         greedy: bool = typer.Option(None, "--greedy/--sampling",
                                     help="Greedy decoding, or sampling (temperature 1, top-p 0.95). Default: the "
                                          "benchmark's (greedy for the paper's sets, sampling for the demo set)."),
@@ -46,8 +39,7 @@ def register(app: typer.Typer) -> None:
                                                       "on the item-prompted clips. Default: the benchmark's."),
         toplines: bool = typer.Option(True, "--toplines/--no-toplines",
                                       help="Also score the ground truth and its codec resynthesis (the toplines)."),
-        allow_failed_scorers: bool = typer.Option(False, "--allow-failed-scorers",
-                                                  help="Do not fail when a scorer failed on every item of a task."),
+        allow_failed_scorers: AllowFailedScorers = False,
     ):
         """Run the benchmark flow (generate -> toplines -> score -> tables -> regression). Exit code 1 on a
         regression, 3 when a scorer failed on every item of a task (unless --allow-failed-scorers)."""
@@ -59,26 +51,24 @@ def register(app: typer.Typer) -> None:
         try:
             result = flow(checkpoint=str(checkpoint) if checkpoint else None, benchmark=benchmark,
                           workspace=str(workspace) if workspace else None,
-                          seeds=_seeds(seeds) if seeds is not None else None, variant=variant,
+                          seeds=parse_seeds(seeds) if seeds is not None else None, variant=variant,
                           baseline_run=baseline, kind=kind, run_id=run_id,
-                          scorers=[s.strip() for s in scorers.split(",") if s.strip()] if scorers else None,
+                          scorers=parse_names(scorers or None, "scorers"),
                           max_items=max_items, max_seconds=max_seconds, toplines=toplines,
                           allow_failed_scorers=allow_failed_scorers, greedy=greedy, speech_prompts=speech_prompts)
         except ScorersFailed as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(3) from None
+            fail(str(e), 3)
         except RegressionFound as e:
             typer.secho(str(e), fg="red", err=True)
             raise typer.Exit(1) from None
         except FileNotFoundError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
         typer.echo(Path(result["report"]).read_text())
         typer.echo(json.dumps({k: result[k] for k in ("run_id", "results", "skipped", "failed", "regression")}, indent=2))
 
     @report_app.command("tables")
     def report_tables(
-        workspace: Path = typer.Option(None, help="Workspace whose results/ to read."),
+        workspace: Workspace = None,
         results: Path = typer.Option(None, help="Results root (default <workspace>/results)."),
         fmt: str = typer.Option("md", "--format", help="md or html"),
         out: Path = typer.Option(None, help="Write here instead of printing."),

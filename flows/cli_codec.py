@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_options import BatchSize, MaxItems, Workspace, fail
+
 codec_app = typer.Typer(help="The audio codec: train a DAC on the curated corpus, resynthesise, report.",
                         no_args_is_help=True)
 
@@ -25,14 +27,12 @@ def _train_config(config: Path | None, overrides: dict):
     try:
         return CodecTrainConfig.from_dict(data or {})
     except (TypeError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
 
 @codec_app.command("train")
 def codec_train_cmd(
-    workspace: Path = typer.Option(None, help="Workspace with the curate flow's outputs (default $UNIMOE_WORKSPACE "
-                                              "or ./workspace)."),
+    workspace: Workspace = None,
     manifest: Path = typer.Option(None, help="Manifest to train on (default <ws>/curate/filtered.parquet: the filter step's output)."),
     audio_dir: Path = typer.Option(None, help="Train on every audio file under this folder instead of a manifest."),
     split: str = typer.Option("train", help="Manifest split to train on (held-out rows are never used)."),
@@ -41,17 +41,20 @@ def codec_train_cmd(
                                            "a provenance JSON is written beside it."),
     config: Path = typer.Option(None, help="YAML of CodecTrainConfig fields (defaults: the demo codec's)."),
     steps: int = typer.Option(None, help="Total optimiser steps (a resumed run continues to this count)."),
-    batch_size: int = typer.Option(None),
+    batch_size: BatchSize = None,
     threads: int = typer.Option(None, help="torch threads (default: torch's)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     init_from: str = typer.Option(None, help="Continue an exported codec (`demo` = the shipped demo codec, or a DAC "
                                              ".safetensors from this command) when --out holds no checkpoint yet."),
+    max_minutes: float = typer.Option(None, help="Stop after this many minutes of wall time (a GPU lease, say): "
+                                                 "checkpoint saved, codec exported at the step reached."),
 ):
     """Train (or resume) a DAC with the dac package's losses and discriminator, k-means codebook init and
     dead-code restarts; export it as a DAC safetensors file that the weights store and AudioCodec load."""
+    # No Prefect import on this path: a GPU machine without the orchestration stack can run it.
     from data.codec_sources import codec_training_sources, folder_sources
-    from flows.common import workspace_root
     from unimoe.codec_train import train_codec
+    from unimoe.settings import workspace_root
 
     ws = workspace_root(workspace)
     cfg = _train_config(config, {"steps": steps, "batch_size": batch_size, "threads": threads})
@@ -61,31 +64,26 @@ def codec_train_cmd(
         else:
             m = manifest or ws / "curate" / "filtered.parquet"
             if not Path(m).is_file():
-                typer.secho(f"error: {m} not found: run `unimoe curate` first, or pass --manifest / --audio-dir",
-                            fg="red", err=True)
-                raise typer.Exit(2)
+                fail(f"{m} not found: run `unimoe curate` first, or pass --manifest / --audio-dir")
             sources, corpus_hash = codec_training_sources(m, split)
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     if init_from is not None:
         from unimoe.codec import DEMO_CODEC_WEIGHTS
         from unimoe.io import BUILTIN_PREFIX, builtin_asset
 
         init_path = builtin_asset(DEMO_CODEC_WEIGHTS[len(BUILTIN_PREFIX):]) if init_from == "demo" else Path(init_from)
         if not init_path.is_file():
-            typer.secho(f"error: --init-from {init_from}: {init_path} not found", fg="red", err=True)
-            raise typer.Exit(2)
+            fail(f"--init-from {init_from}: {init_path} not found")
     else:
         init_path = None
     command = "unimoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         result = train_codec(sources, corpus_hash, cfg, out or ws / "codec" / "run", export_path=export,
                              command=command, device=device, log=lambda m: typer.echo(m, err=True),
-                             init_from=init_path)
+                             init_from=init_path, max_minutes=max_minutes)
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     typer.echo(json.dumps({k: result[k] for k in ("export", "sha256", "steps", "train_seconds", "corpus_hash")},
                           indent=2))
 
@@ -97,8 +95,7 @@ def _open_codec(spec: str, num_codebooks: int | None, device: str):
     try:
         return open_codec(spec, num_codebooks, device=device)
     except (MissingWeightsError, CodecLoadError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
 
 _CODEC_HELP = ("`demo` (the shipped demo codec, unimoe/assets/codecs/demo-dac.safetensors, built by `make demo-codec`) "
@@ -120,13 +117,11 @@ def codec_resynth_cmd(
 
     c = _open_codec(codec, num_codebooks, device)
     if not in_dir.is_dir():
-        typer.secho(f"error: {in_dir} is not a folder", fg="red", err=True)
-        raise typer.Exit(2)
+        fail(f"{in_dir} is not a folder")
     try:
         result = resynthesize_folder(c, in_dir, out_dir, log=lambda m: typer.secho(m, fg="yellow", err=True))
     except ValueError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     typer.echo(f"{len(result['written'])} file(s) written to {out_dir} with {c.label}; "
                f"{len(result['failed'])} failed")
     if result["failed"]:
@@ -137,11 +132,11 @@ def codec_resynth_cmd(
 def codec_report_cmd(
     codec: str = typer.Option("demo", help=_CODEC_HELP),
     num_codebooks: int = typer.Option(None, help="Codebooks to use (default: all of the model's)."),
-    workspace: Path = typer.Option(None, help="Workspace (default $UNIMOE_WORKSPACE or ./workspace)."),
+    workspace: Workspace = None,
     manifest: Path = typer.Option(None, help="Curated manifest (default <ws>/curate/curated.parquet)."),
     split: str = typer.Option("test", help="Held-out split to report on (kept rows only)."),
     out: Path = typer.Option(None, help="Output folder for report.json and report.md (default <ws>/codec/report)."),
-    max_items: int = typer.Option(None, help="At most N clips per task (the first by id)."),
+    max_items: MaxItems = None,
     device: str = typer.Option("cpu", help="cpu or cuda."),
     check: bool = typer.Option(False, "--check", help="Exit 1 unless every target passes."),
     attach_to: Path = typer.Option(None, help="A codec's provenance JSON (written by `codec train` beside the "
@@ -159,8 +154,7 @@ def codec_report_cmd(
         rows = load_heldout_rows(m, split, max_items)
     except (FileNotFoundError, ValueError) as e:
         hint = " (run `unimoe curate` first, or pass --manifest)" if isinstance(e, FileNotFoundError) else ""
-        typer.secho(f"error: {e}{hint}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(f"{e}{hint}")
     report = codec_report(c, rows, manifest=m, split=split, log=lambda msg: typer.secho(msg, fg="yellow", err=True))
     js, md = write_report(report, out or ws / "codec" / "report")
     if attach_to is not None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+
+from flows.cli_options import Workspace, fail
 
 
 def register(app: typer.Typer) -> None:
     @app.command("dashboard")
     def dashboard_cmd(
-        workspace: Path = typer.Option(None, help="Workspace holding results/ and train/ (default $UNIMOE_WORKSPACE "
-                                                  "or ./workspace)."),
+        workspace: Workspace = None,
         host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
         port: int = typer.Option(8765, help="Port (0 picks a free one)."),
         open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in a web browser."),
@@ -27,8 +26,7 @@ def register(app: typer.Typer) -> None:
         try:
             server = make_server(ws, host, port)
         except OSError as e:
-            typer.secho(f"error: cannot listen on {host}:{port}: {e}", fg="red", err=True)
-            raise typer.Exit(2) from None
+            fail(f"cannot listen on {host}:{port}: {e}")
         typer.echo(f"Serving the UniMoE-Audio dashboard for {ws} at {server.url} (Ctrl-C to stop)")
         if open_browser:
             webbrowser.open(server.url)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from flows.cli_options import BatchSize, Preset, Small, fail, parse_seeds
+
 experiment_app = typer.Typer(help="Experiments: replicate the paper's ablation claims on the demo corpus.",
                              no_args_is_help=True)
 
@@ -21,12 +23,12 @@ def replicate_cmd(
     stage2_steps: int = typer.Option(None, help="Optimiser steps of the MoE warm-up."),
     stage3_steps: int = typer.Option(None, help="Optimiser steps of stage 3 (also w/o-init's only stage)."),
     joint_steps: int = typer.Option(None, help="Optimiser steps of Unify-Dense's joint stage."),
-    batch_size: int = typer.Option(None, help="Sequences per step."),
+    batch_size: BatchSize = None,
     max_frames: int = typer.Option(None, help="Audio frames per example (training crop and evaluation)."),
     lr_scale: float = typer.Option(None, help="Multiplier on the paper's per-stage learning rates."),
-    preset: str = typer.Option("tiny", help="Model preset the variants overlay."),
+    preset: Preset = "tiny",
     curate: bool = typer.Option(False, "--curate", help="Run the curate flow first when its outputs are missing."),
-    small: bool = typer.Option(False, "--small", help="With --curate: the small demo corpus."),
+    small: Small = False,
 ):
     """Train the specialists, Unify-Dense, Unify-MoE (Top-2), w/o-init and UniMoE (Top-P) for each seed,
     score held-out NLL per task and codebook, aggregate over seeds and check the paper's claims."""
@@ -40,9 +42,8 @@ def replicate_cmd(
     if not all(p.exists() for p in needed):
         if not curate:
             missing = ", ".join(str(p) for p in needed if not p.exists())
-            typer.secho(f"error: curated data not found ({missing}). Run `unimoe curate --workspace {ws}` first, "
-                        "or pass --curate to run it now.", fg="red", err=True)
-            raise typer.Exit(2)
+            fail(f"curated data not found ({missing}). Run `unimoe curate --workspace {ws}` first, "
+                 "or pass --curate to run it now.")
         from flows.curate import curate as curate_flow
 
         typer.echo(f"curating the {'small' if small else 'default'} demo corpus into {ws} ...")
@@ -54,11 +55,10 @@ def replicate_cmd(
     given = {"stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "stage3_steps": stage3_steps,
              "joint_steps": joint_steps, "batch_size": batch_size, "max_frames": max_frames, "lr_scale": lr_scale}
     try:
-        cfg = ReplicateConfig(seeds=[int(s) for s in seeds.split(",") if s.strip()], preset=preset,
+        cfg = ReplicateConfig(seeds=parse_seeds(seeds), preset=preset,
                               **{k: v for k, v in given.items() if v is not None}).validate()
     except (ConfigError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     reader = TokenShardReader(cur / "tokens")
     result = run_replicate(reader, reader.load_tokenizer(), read_subset(cur / "subset.json"),
                            read_subset(cur / "warmup.json"), ws / "experiments" / "replicate", cfg,

@@ -25,18 +25,13 @@ from prefect import Task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from unimoe.settings import settings
+from unimoe.settings import settings, workspace_root  # noqa: F401 - workspace_root: the flows' import
 
 # Files under a folder input are fingerprinted by (relative path, size, mtime); beyond this many files
 # only the folder's own listing is used, so a huge corpus root doesn't make every key computation slow.
 MAX_FINGERPRINT_FILES = 20_000
 
 
-def workspace_root(path: str | os.PathLike | None = None) -> Path:
-    """Where bulky outputs go: the argument, else $UNIMOE_WORKSPACE, else ./workspace."""
-    root = Path(path or settings().workspace).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _fingerprint(path: Path) -> str:

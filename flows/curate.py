@@ -81,18 +81,21 @@ def caption_shard(cfg: dict, shard: str, out: str, cache_dir: str, secret_block:
 def load_quality_scorers(cfg: C.CurateConfig) -> tuple[dict[str, Any], dict[str, str]]:
     """Every scorer the quality config may use that can run here; why the others cannot."""
     from evaluation.scorers import load_scorers
+    from unimoe.settings import compute_device
 
-    # One thread per scorer session: shard tasks already run in parallel, one per core.
-    return load_scorers(C.quality_scorer_names(cfg), {"dnsmos": {"num_threads": 1}})
+    # One thread per scorer session: shard tasks already run in parallel, one per core. The scorers that
+    # declare a GPU run on this worker's GPU when it has one.
+    device = compute_device()
+    return load_scorers(C.quality_scorer_names(cfg), {"dnsmos": {"num_threads": 1}},
+                        gpu_device=None if device == "cpu" else device)
 
 
 def filter_resources(cfg: C.CurateConfig) -> dict[str, float]:
-    """Dask worker resources a filter task needs: those of the quality scorers that can run here (a GPU
-    for UTMOS / aesthetics / CLAP; none for the demo profile's DNSMOS)."""
+    """Dask worker resources a filter task needs: those the quality config's scorer classes declare (a GPU
+    for UTMOS / aesthetics / CLAP; none for the demo profile's DNSMOS), read without loading any model."""
     from evaluation.scorers import scorer_resources
 
-    scorers, _ = load_quality_scorers(cfg)
-    return scorer_resources(sorted(scorers))
+    return scorer_resources(sorted(C.quality_scorer_names(cfg)))
 
 
 @task(name="filter-shard", retries=1)
@@ -115,6 +118,10 @@ def balance(cfg: dict, manifest: str, out_dir: str) -> dict:
 @task(name="plan-token-shards")
 def plan_token_shards(cfg: dict, manifest: str, tokens_dir: str) -> list[list[str]]:
     return C.plan_token_shards(_cfg(cfg), manifest, tokens_dir)
+
+
+# The tokeniser runs a neural codec: on a cluster with GPU workers its shards go there (placed_on).
+CODEC_RESOURCES = {"GPU": 1}
 
 
 @task(name="tokenize-shard")
@@ -194,7 +201,7 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
     plans = run_cached(plan_token_shards, ws, C.step_config(cfg, "tokenize"), pre_tokens, tokens_dir)
     results = step("tokenize", lambda: run_cached_map(
         tokenize_shard, ws, output_exists=lambda r: Path(tokens_dir, f"{r['name']}.safetensors").exists(),
-        progress=StepProgress("tokenize", [len(p) for p in plans]),
+        progress=StepProgress("tokenize", [len(p) for p in plans]), resources=CODEC_RESOURCES,
         cfg=[C.step_config(cfg, "tokenize")] * len(plans), manifest=[pre_tokens] * len(plans), ids=plans, index=list(range(len(plans))),
         tokens_dir=[tokens_dir] * len(plans)), lambda rs: sum(r["num_rows"] for r in rs))
     tokens = run_cached(finish_tokens, ws, C.step_config(cfg, "tokenize"), pre_tokens, results, tokens_dir, str(work / "curated.parquet"),

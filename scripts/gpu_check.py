@@ -3,9 +3,12 @@
 1. codec: ``unimoe codec train`` on CUDA on the staged demo training audio (``.gpu/audio``), with the
    demo codec's config (``configs/codec/demo.yaml``), for as many steps as ``--codec-minutes`` allow,
    then export it; reports steps/s and the codebook perplexities of the last logged step.
-2. stage: one tiny-preset training stage (an en_tts specialist) on CUDA with bf16 autocast over the
+2. codec_continue: the shipped demo codec trained on, through the CLI itself (``unimoe codec train
+   --init-from demo --max-minutes M``, no Prefect needed), exported with its provenance JSON to
+   ``$OUT/codec/`` so a lease's GPU minutes leave a codec that can be reported on and shipped.
+3. stage: one tiny-preset training stage (an en_tts specialist) on CUDA with bf16 autocast over the
    staged token shards (``.gpu/tokens``); reports losses and tokens/s.
-3. moe: ``benchmarks/moe_layer.py`` on CUDA with ``torch._grouped_mm`` (and the slice loop beside it).
+4. moe: ``benchmarks/moe_layer.py`` on CUDA with ``torch._grouped_mm`` (and the slice loop beside it).
 
 Each check runs with its own time limit and records its error instead of stopping the others. The
 report is one JSON file (``--out``, default ``$OUT/gpu_check.json``). ``--device cpu`` runs the same
@@ -65,6 +68,26 @@ def check_codec(device: str, minutes: float, data: Path, work: Path, steps_cap: 
             "export_sha256": sha, "corpus_hash": corpus_hash}
 
 
+def check_codec_continue(device: str, minutes: float, data: Path, work: Path, out_dir: Path) -> dict:
+    """The demo codec continued on ``data`` for ``minutes`` by the CLI, exported to ``out_dir``."""
+    export = out_dir / "codec" / "codec.safetensors"
+    args = [sys.executable, "-m", "flows.cli", "codec", "train", "--audio-dir", str(data),
+            "--config", str(ROOT / "configs" / "codec" / "demo.yaml"), "--init-from", "demo", "--device", device,
+            "--out", str(work / "codec-continue"), "--export", str(export), "--steps", "1000000",
+            "--max-minutes", f"{minutes:g}"]
+    if device == "cuda":
+        args += ["--batch-size", "32"]  # a GPU is underused at the CPU batch
+    else:
+        args += ["--batch-size", "2"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60 * minutes + 300, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"codec train exited {out.returncode}: {out.stderr[-2000:]}")
+    prov = json.loads(export.with_suffix(".json").read_text())
+    return {"command": prov["command"], "export": str(export), "sha256": prov["sha256"], "steps": prov["steps"],
+            "parent_steps": prov["warm_start_from"]["steps"], "train_seconds": prov["train_seconds"],
+            "final_log": prov["final_log"]}
+
+
 def check_stage(device: str, tokens: Path, work: Path, steps: int) -> dict:
     from unimoe.config import get_preset
     from unimoe.training.launch import run_stage, stage_spec
@@ -105,14 +128,17 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT / ".gpu")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "gpu-check")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gpu_check.json")
-    ap.add_argument("--codec-minutes", type=float, default=4.0)
+    ap.add_argument("--codec-minutes", type=float, default=1.0)
+    ap.add_argument("--continue-minutes", type=float, default=3.0)
     ap.add_argument("--codec-steps", type=int, default=3000)
     ap.add_argument("--stage-steps", type=int, default=30)
-    ap.add_argument("--only", default="codec,stage,moe")
+    ap.add_argument("--only", default="codec,codec_continue,stage,moe")
     a = ap.parse_args()
     report: dict = {"env": _env(), "device": a.device, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     checks = {
         "codec": lambda: check_codec(a.device, a.codec_minutes, a.data / "audio", a.work, a.codec_steps),
+        "codec_continue": lambda: check_codec_continue(a.device, a.continue_minutes if a.device == "cuda" else 0.05,
+                                                       a.data / "audio", a.work, a.out.parent),
         "stage": lambda: check_stage(a.device, a.data / "tokens", a.work, a.stage_steps),
         "moe": lambda: check_moe(a.device),
     }

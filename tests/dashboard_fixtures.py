@@ -1,6 +1,6 @@
-"""A small workspace for the dashboard tests: result tables and training tables with the exact schemas
-of ``evaluation/results.py`` (aggregate / items / regression, hive-partitioned by date) and
-``unimoe/training/metrics.py`` (train / routing_hist / routing_tasks, written with its ``MetricsWriter``).
+"""A small workspace for the dashboard tests: result tables written with ``evaluation.results.write_rows``
+(aggregate / items / regression, hive-partitioned by date) and training tables written with
+``unimoe/training/metrics.py``'s ``MetricsWriter`` (train / routing_hist / routing_tasks).
 
 Values are fixed so tests can check exact numbers: ``EXPECTED_DELTAS`` holds the deltas the dashboard
 must show against the baseline variant, and which of them count as regressions."""
@@ -8,47 +8,16 @@ must show against the baseline variant, and which of them count as regressions."
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from evaluation.results import write_rows
 from unimoe.config import TASKS
 from unimoe.training.metrics import MetricsWriter
 
 BASELINE = "unify-dense"
 VARIANTS = ("unimoe-top-p0.7", "wo-init")
 NIGHTLY_VARIANT = "unimoe-top-p0.7"
-
-AGGREGATE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("kind", pa.string()), ("checkpoint", pa.string()), ("checkpoint_hash", pa.string()),
-    ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()), ("metric", pa.string()),
-    ("higher_is_better", pa.bool_()), ("value", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
-    ("n", pa.int64()), ("scorer", pa.string()), ("scorer_version", pa.string()), ("seeds", pa.string()),
-    ("git_commit", pa.string()), ("config_hash", pa.string()), ("system", pa.string()), ("n_asked", pa.int64()),
-    ("manifest_hash", pa.string()), ("reference_hash", pa.string()), ("decoding", pa.string()),
-    ("voice_prompt", pa.string()), ("scorer_protocol", pa.string()), ("device", pa.string()),
-    ("dtype", pa.string()), ("packages", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-])
-ITEMS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("variant", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
-    ("item_id", pa.string()), ("seed", pa.int64()), ("metric", pa.string()), ("value", pa.float64()),
-    ("scorer", pa.string()), ("scorer_version", pa.string()), ("audio_path", pa.string()), ("system", pa.string()),
-    ("transcript", pa.string()), ("voice_prompt", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-])
-REGRESSION_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("baseline_run_id", pa.string()), ("benchmark", pa.string()), ("task", pa.string()),
-    ("metric", pa.string()), ("value", pa.float64()), ("baseline_value", pa.float64()), ("delta", pa.float64()),
-    ("threshold", pa.float64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()), ("regressed", pa.bool_()),
-    ("higher_is_better", pa.bool_()), ("delta_ci_low", pa.float64()), ("delta_ci_high", pa.float64()),
-    ("rule", pa.string()), ("comparable", pa.bool_()), ("reason", pa.string()), ("n_items", pa.int64()),
-    ("n_pairs", pa.int64()), ("item_set_hash", pa.string()), ("baseline_item_set_hash", pa.string()),
-    ("timestamp", pa.timestamp("us", tz="UTC")),
-])
 
 # (benchmark, task, metric, higher_is_better, scorer) and per variant (value, half-width of the CI).
 METRICS = [
@@ -104,13 +73,6 @@ def _agg_row(run_id, kind, variant, spec, value, hw, ts, system="model"):
             "system": system, "n_asked": 40, "timestamp": ts}
 
 
-def _write_part(root: Path, table: str, ts: datetime, run_id: str, rows: list[dict], schema: pa.Schema) -> Path:
-    path = root / table / f"date={ts:%Y-%m-%d}" / f"part-{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
-
-
 def write_results(ws: Path) -> None:
     root = ws / "results"
     for variant, values in VALUES.items():
@@ -119,19 +81,19 @@ def write_results(ws: Path) -> None:
         if run == TOPLINE_RUN:
             rows += [_agg_row(run, "adhoc", variant, spec, val, hw, RUN_DATE, system=system)
                      for system, vals in TOPLINES.items() for spec, (val, hw) in zip(METRICS, vals)]
-        _write_part(root, "aggregate", RUN_DATE, run, rows, AGGREGATE_SCHEMA)
+        write_rows(root, "aggregate", rows, run_id=run, when=RUN_DATE)
         items = [{"run_id": run, "variant": variant, "benchmark": "demo", "task": "en_tts", "item_id": f"i{i}",
                   "seed": 0, "metric": "wer_pocketsphinx", "value": values[0][0], "scorer": "pocketsphinx_wer",
                   "scorer_version": "1", "audio_path": f"/audio/{run}/i{i}.wav", "system": "model",
                   "timestamp": RUN_DATE}
                  for i in range(3)]
-        _write_part(root, "items", RUN_DATE, run, items, ITEMS_SCHEMA)
+        write_rows(root, "items", items, run_id=run, when=RUN_DATE)
     # Nightly history of the default variant: five nights, the last one regressing on WER.
     for i, (ts, wer) in enumerate(zip(NIGHTLY_DATES, NIGHTLY_WER)):
         run = f"nightly-{ts:%Y%m%d}"
         rows = [_agg_row(run, "nightly", NIGHTLY_VARIANT, METRICS[0], wer, 0.02, ts),
                 _agg_row(run, "nightly", NIGHTLY_VARIANT, METRICS[1], 0.74 + 0.01 * i, 0.02, ts)]
-        _write_part(root, "aggregate", ts, run, rows, AGGREGATE_SCHEMA)
+        write_rows(root, "aggregate", rows, run_id=run, when=ts)
         base = NIGHTLY_WER[0]
         reg = [{"run_id": run, "baseline_run_id": "nightly-20250301", "benchmark": "demo", "task": "en_tts",
                 "metric": "wer_pocketsphinx", "value": wer, "baseline_value": base, "delta": wer - base,
@@ -139,7 +101,7 @@ def write_results(ws: Path) -> None:
                 "higher_is_better": False, "delta_ci_low": wer - base - 0.02, "delta_ci_high": wer - base + 0.02,
                 "rule": "paired-item-bootstrap", "comparable": True, "reason": "", "n_items": 40, "n_pairs": 120,
                 "item_set_hash": "f00d", "baseline_item_set_hash": "f00d", "timestamp": ts}]
-        _write_part(root, "regression", ts, run, reg, REGRESSION_SCHEMA)
+        write_rows(root, "regression", reg, run_id=run, when=ts)
 
 
 # Training: run "train-topp" (three stages; stage 1 = four specialists in their own folders) and

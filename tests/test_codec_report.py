@@ -195,6 +195,23 @@ def test_mel_distance_is_zero_for_identical_audio_and_grows_with_damage():
     assert mel_distance(loss, x[:8000], x, SR) == pytest.approx(mel_distance(loss, x[:8000], x[:8000], SR))
 
 
+def test_frame_rate_buzz_sees_added_ringing_at_the_frame_rate_only():
+    from evaluation.codec_report import frame_rate_buzz_db, frame_rate_harmonic_db
+
+    sr, rate = 16000, 50.0
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * sr) / sr
+    truth = (0.1 * rng.standard_normal(t.size)).astype(np.float32)
+    assert abs(frame_rate_buzz_db(truth, truth, sr, rate)) < 1e-9
+    assert abs(frame_rate_harmonic_db(truth, sr, rate)) < 1.0          # white noise: flat
+    ringing = sum(0.05 * np.sin(2 * np.pi * k * rate * t) for k in range(2, 20))
+    buzzed = frame_rate_buzz_db(truth + ringing, truth, sr, rate)
+    off_rate = frame_rate_buzz_db(truth + sum(0.05 * np.sin(2 * np.pi * (k * rate + 25) * t) for k in range(2, 20)),
+                                  truth, sr, rate)
+    assert buzzed > 10 and off_rate < 0      # tones between the harmonics count against, not for, a buzz
+    assert math.isnan(frame_rate_harmonic_db(truth[:100], sr, rate))
+
+
 # ---- the report on a synthetic manifest ---------------------------------------------------------------------
 
 
@@ -286,6 +303,10 @@ def test_report_writes_every_field(report_run):
     frames = sum(it["frames"] for it in rep["items"])
     assert frames > 0 and all(it["frames"] == math.ceil(it["seconds"] * SR / HOP - 1e-9) for it in rep["items"])
     assert rep["mel_distance"]["overall"]["n"] == 6 and rep["mel_distance"]["overall"]["mean"] > 0
+    buzz = rep["frame_rate_buzz_db"]
+    assert buzz["overall"]["n"] == 6 and set(buzz["per_task"]) == {"en_tts", "zh_tts", "t2m"}
+    assert buzz["overall"]["median"] == pytest.approx(np.median([it["frame_rate_buzz_db"] for it in rep["items"]]))
+    assert "Frame-rate buzz" in (out / "report.md").read_text()
 
     wer = rep["speech"]["wer_en"]
     assert set(wer["per_engine"]) == {"festival", "espeak-ng"}

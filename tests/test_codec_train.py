@@ -166,3 +166,17 @@ def test_warm_start_continues_an_exported_codec(sources, tmp_path):
     with pytest.raises(ValueError, match="decoder_dim"):
         CodecTrainer(tiny_cfg(decoder_dim=32), SegmentSampler(sources, cfg), tmp_path / "three",
                      log=lambda m: None).fit(init_from=first["export"])
+
+
+def test_time_box_stops_saves_exports_and_resumes(sources, tmp_path):
+    """``max_minutes``: training stops at the deadline with a checkpoint at the step reached and an
+    export of that step; the next call resumes from it to ``cfg.steps``."""
+    cfg = tiny_cfg(steps=40, save_every=1000)
+    boxed = train_codec(sources, "corpus-hash", cfg, tmp_path / "run", progress=False, log=lambda m: None,
+                        max_minutes=1e-6)
+    assert boxed["steps"] < 40
+    saved = CodecTrainer(cfg, SegmentSampler(sources, cfg), tmp_path / "run", log=lambda m: None)
+    assert saved.load() and saved.step == boxed["steps"]
+    short = tiny_cfg(steps=boxed["steps"] + 1, save_every=1000)
+    done = train_codec(sources, "corpus-hash", short, tmp_path / "run", progress=False, log=lambda m: None)
+    assert done["steps"] == boxed["steps"] + 1 and done["sha256"] != boxed["sha256"]

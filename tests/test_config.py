@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from unimoe.config import ConfigError, UniMoEConfig, get_preset, overlay, paper_preset, tiny_preset
@@ -166,3 +167,18 @@ def test_settings_are_read_from_the_environment_at_call_time(monkeypatch, tmp_pa
     monkeypatch.setenv("UNIMOE_WORKERS", "many")
     with pytest.raises(ConfigError, match="UNIMOE_WORKERS: expected an integer, got 'many'"):
         settings()
+
+
+def test_compute_device_follows_the_environment_then_the_hardware(monkeypatch):
+    from unimoe.settings import compute_device
+
+    monkeypatch.delenv("UNIMOE_DEVICE", raising=False)
+    assert compute_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compute_device() == "cuda"      # a worker that sees a GPU uses it
+    for value in ("cpu", "cuda:1"):
+        monkeypatch.setenv("UNIMOE_DEVICE", value)
+        assert compute_device() == value
+    monkeypatch.setenv("UNIMOE_DEVICE", "gpu")
+    with pytest.raises(ConfigError, match="UNIMOE_DEVICE"):
+        compute_device()

@@ -26,15 +26,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _env(tmp: Path) -> dict:
+def flow_env(tmp: Path) -> dict:
+    """The environment of a flow subprocess: offline, a Prefect home of its own under ``tmp``, and none of
+    the caller's workspace, Dask scheduler or Prefect server (test_dask_runner, test_pipeline_flow use it)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_HOME=str(tmp / "prefect-home"), PYTHONUNBUFFERED="1")
-    env.pop("UNIMOE_WORKSPACE", None)
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_HOME=str(tmp / "prefect-home"),
+               PYTHONUNBUFFERED="1")
+    for k in ("UNIMOE_WORKSPACE", "UNIMOE_DASK_ADDRESS", "PREFECT_API_URL"):
+        env.pop(k, None)
     return env
 
 
 def _curate(ws: Path, tmp: Path, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*UNIMOE, "curate", "--small", "--workspace", str(ws)], cwd=ROOT, env=_env(tmp),
+    return subprocess.run([*UNIMOE, "curate", "--small", "--workspace", str(ws)], cwd=ROOT, env=flow_env(tmp),
                           capture_output=True, text=True, timeout=600, **kw)
 
 
@@ -104,7 +108,7 @@ def test_train_flow_runs_the_curriculum_on_curated_data(clean_run):
     """The train flow on the curate flow's outputs: four specialists, the MoE warm-up, stage 3."""
     tmp, ws, _, _ = clean_run
     out = subprocess.run([*UNIMOE, "train", "--workspace", str(ws), "--max-steps", "2", "--batch-size", "2"],
-                         cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=flow_env(tmp), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
     ckpts = result["checkpoints"]
@@ -123,7 +127,7 @@ def test_train_flow_nproc_2_runs_stages_under_torchrun(clean_run):
     tmp, ws, _, _ = clean_run
     out = subprocess.run([*UNIMOE, "train", "--workspace", str(ws), "--variant", "wo-init", "--max-steps", "2",
                           "--batch-size", "1", "--nproc", "2"],
-                         cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, env=flow_env(tmp), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout[out.stdout.index("{"):out.stdout.rindex("}") + 1])
     state = json.loads((Path(result["checkpoints"]["final"]) / "state.json").read_text())
@@ -135,7 +139,7 @@ def test_train_flow_nproc_2_runs_stages_under_torchrun(clean_run):
             "    async with get_client() as c:\n"
             "        return {a.key: a.data for a in await c.read_artifacts() if a.key}\n"
             "print(json.dumps(asyncio.run(main())))\n")
-    got = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp), capture_output=True, text=True,
+    got = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=flow_env(tmp), capture_output=True, text=True,
                          timeout=300)
     assert got.returncode == 0, got.stderr[-2000:]
     artifacts = json.loads(got.stdout.strip().splitlines()[-1])
@@ -151,7 +155,7 @@ def test_experiment_replicate_on_the_small_demo(clean_run):
     out = subprocess.run([*UNIMOE, "experiment", "replicate", "--workspace", str(ws), "--seeds", "0,1",
                           "--stage1-steps", "2", "--stage2-steps", "1", "--stage3-steps", "2", "--joint-steps", "2",
                           "--batch-size", "2", "--max-frames", "40"],
-                         cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=900)
+                         cwd=ROOT, env=flow_env(tmp), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     root = ws / "experiments" / "replicate"
     nll = pq.read_table(root / "nll.parquet").to_pandas()
@@ -172,7 +176,7 @@ def test_killed_run_resumes_to_identical_outputs(clean_run):
     tmp, ws, _, _ = clean_run
     expected = _outputs(ws)
     shutil.move(ws, tmp / "ws-clean")
-    proc = subprocess.Popen([*UNIMOE, "curate", "--small", "--workspace", str(ws)], cwd=ROOT, env=_env(tmp),
+    proc = subprocess.Popen([*UNIMOE, "curate", "--small", "--workspace", str(ws)], cwd=ROOT, env=flow_env(tmp),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Kill mid-flow: once captioning has started (the corpus is built and ingested by then).
     deadline = time.time() + 300
@@ -202,6 +206,6 @@ def test_gemini_key_comes_from_a_prefect_secret_block(tmp_path, monkeypatch):
         "assert _gemini_key(None) is None\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=flow_env(tmp_path), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

@@ -4,13 +4,14 @@ outputs as Prefect's thread pool. Dask pickles every submitted task even for in-
 this also proves the tasks and their inputs are picklable."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from test_curate_flow import flow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,15 +60,6 @@ print("RESULT " + json.dumps({"runner": type(runner).__name__, "address": runner
 """
 
 
-def _env(tmp: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_HOME=str(tmp / "prefect-home"),
-               PYTHONUNBUFFERED="1")
-    for k in ("UNIMOE_WORKSPACE", "UNIMOE_DASK_ADDRESS", "PREFECT_API_URL"):
-        env.pop(k, None)
-    return env
-
-
 def test_task_runner_choice(monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
@@ -100,7 +92,7 @@ def test_curate_tasks_are_picklable_for_dask():
 
 @needs_demo_tools
 def test_curate_on_a_dask_cluster_equals_the_thread_runner(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=_env(tmp_path),
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=flow_env(tmp_path),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout[out.stdout.rindex("RESULT ") + 7:].splitlines()[0])
@@ -143,7 +135,7 @@ print("RESULT " + json.dumps(out))
 def test_gpu_tasks_go_to_gpu_workers_and_never_wait_for_a_missing_one(tmp_path):
     """Tasks that need a worker resource (a GPU scorer's) run only on the worker declaring it in a mixed
     CPU/GPU cluster; without such a worker they still run (on any worker) instead of waiting for ever."""
-    out = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=_env(tmp_path),
+    out = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(tmp_path / "ws")], cwd=ROOT, env=flow_env(tmp_path),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout[out.stdout.rindex("RESULT ") + 7:].splitlines()[0])
@@ -160,7 +152,21 @@ def test_scorers_declare_the_resources_their_tasks_need():
     for name in ("utmos22_strong", "audiobox_aesthetics", "clap"):  # the paper's quality scorers
         assert scorer_class(name).resources == {"GPU": 1}
     assert scorer_resources(["dnsmos", "utmos22_strong", "clap"]) == {"GPU": 1}
+
+
+def test_filter_resources_come_from_the_scorer_classes_without_loading_a_model(monkeypatch):
+    """The filter step's Dask resources are those the quality config's scorer classes declare: the demo
+    profile names the paper's GPU scorers (UTMOS, aesthetics, CLAP; a cluster without a GPU worker runs the
+    tasks anywhere, as the test above shows), a DNSMOS-only config needs nothing. No scorer is built."""
+    import evaluation.scorers.base as scorers_base
     from data.curate import CurateConfig
     from flows.curate import filter_resources
 
-    assert filter_resources(CurateConfig.demo("small")) == {}
+    def no_loading(name, **options):
+        raise AssertionError(f"filter_resources built scorer {name!r}")
+
+    monkeypatch.setattr(scorers_base, "load_scorer", no_loading)
+    demo = CurateConfig.demo("small")
+    assert filter_resources(demo) == {"GPU": 1}
+    dnsmos_only = demo.quality.model_copy(update={"speech_paper": ("dnsmos",), "music_paper": ()})
+    assert filter_resources(demo.model_copy(update={"quality": dnsmos_only})) == {}

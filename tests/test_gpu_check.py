@@ -1,5 +1,5 @@
-"""scripts/gpu_check.py, the CUDA check a session runs the moment a GPU is lent, runs its three checks
-(codec training, one training stage, the MoE benchmark) end to end on the CPU with tiny settings. It
+"""scripts/gpu_check.py, the CUDA check a session runs the moment a GPU is lent, runs its four checks
+(codec training, the demo codec continued through the CLI, one training stage, the MoE benchmark) end to end on the CPU with tiny settings. It
 runs rarely and far from the code it calls, so drift (a renamed config key, say) must fail here first."""
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def test_gpu_check_runs_every_check_on_cpu(tmp_path, tiny_cfg):
     assert codec["steps"] == 4 and len(codec["kmeans_perplexity"]) == 4
     assert len(codec["export_sha256"]) == 64 and len(codec["corpus_hash"]) == 64
     assert all(np.isfinite(v) for k, v in codec["last_log"].items() if k.endswith("_loss"))
+    cont = report["codec_continue"]  # the shipped demo codec continued through the CLI, exported beside the report
+    assert cont["command"].startswith("unimoe codec train") and "--init-from demo" in cont["command"]
+    assert cont["steps"] >= cont["parent_steps"] > 0
+    assert (out.parent / "codec" / "codec.safetensors").is_file() and (out.parent / "codec" / "codec.json").is_file()
     stage = report["stage"]
     assert stage["steps"] == 2 and stage["losses_finite"] and stage["checkpoint"].endswith("step-000002")
     moe = report["moe"]

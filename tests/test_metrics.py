@@ -344,6 +344,19 @@ def test_subsample_interval_is_the_scaled_spread_of_seeded_half_samples():
     assert none.m == 0 and all(math.isnan(v) for v in (none.lo, none.hi, none.scale))
 
 
+@pytest.mark.parametrize("interval, count", [(bootstrap_ci, "n_boot"), (subsample_interval, "n_sub")])
+def test_interval_arguments_are_checked(interval, count):
+    """Both intervals refuse a scalar, a level outside (0, 1) and no resamples, naming what is wrong."""
+    x = np.arange(8.0)
+    with pytest.raises(ValueError, match="1-D array"):
+        interval(3.0, np.mean)
+    for alpha in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"alpha must be in \(0, 1\)"):
+            interval(x, np.mean, alpha=alpha)
+    with pytest.raises(ValueError, match=f"{count} must be >= 1, got 0"):
+        interval(x, np.mean, **{count: 0})
+
+
 def test_subsample_ci_contains_the_point_even_for_a_skewed_statistic_and_edge_cases():
     x = np.zeros(50)
     x[0] = 1000.0  # one item dominates: half of the subsets hold it

@@ -19,8 +19,7 @@ from unimoe.moe import (
     GroupedExperts,
     LoopDispatcher,
     SwiGLU,
-    TopKRouter,
-    TopPRouter,
+    Router,
     balance_loss,
     balance_loss_from_sums,
     balance_sums,
@@ -504,14 +503,25 @@ def test_top_k_selects_exactly_k():
     layer = make_moe("top_k", top_k=3)
     st_ = layer(torch.randn(20, D)).stats
     assert (st_.experts_per_token == 3).all()
-    assert isinstance(layer.router, TopKRouter)
+    assert (layer.router.top_k, layer.router.top_p) == (3, None)  # the layer's router selects by top_k
 
 
 def test_top_p_selects_variable_number():
     layer = make_moe("top_p", router_std=2.0)
     st_ = layer(torch.randn(64, D)).stats
-    assert isinstance(layer.router, TopPRouter)
+    assert (layer.router.top_p, layer.router.top_k) == (0.7, None)  # the default top_p of make_moe
     assert st_.experts_per_token.min() >= 1 and st_.experts_per_token.unique().numel() > 1
+
+
+def test_a_router_selects_by_exactly_one_rule():
+    """``top_p`` or ``top_k``, never both or neither; the rule given is the one applied."""
+    for rules in ({}, {"top_p": 0.7, "top_k": 2}):
+        with pytest.raises(ValueError, match="exactly one rule"):
+            Router(4, 3, 1, **rules)
+    probs = torch.tensor([[0.5, 0.3, 0.2]])
+    assert Router(4, 3, 1, top_k=2).select(probs).tolist() == [[True, True, False]]
+    assert Router(4, 3, 1, top_p=0.9).select(probs).tolist() == [[True, True, True]]
+    assert Router(4, 3, 1, top_p=0.5).select(probs).tolist() == [[True, False, False]]
 
 
 # ---- construction ------------------------------------------------------------------------------------------
@@ -584,7 +594,7 @@ def test_router_input_jitter_default_is_official_and_validated():
 
 
 def test_router_input_jitter_is_multiplicative_and_train_only():
-    router = TopPRouter(4, 3, 1, top_p=0.7, input_jitter=0.01)
+    router = Router(4, 3, 1, top_p=0.7, input_jitter=0.01)
     with torch.no_grad():
         router.weight.copy_(torch.eye(4))  # logits = the (jittered) input itself
     x = torch.randn(200, 4).abs() + 0.5

@@ -5,7 +5,6 @@ the subflows' caches (no curation or training task runs), much faster, with the 
 regression fails the run only after every variant was benchmarked."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+
+from test_curate_flow import flow_env
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIMOE = [sys.executable, "-m", "flows.cli"]
@@ -32,19 +33,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _env(tmp: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_HOME=str(tmp / "prefect-home"),
-               PYTHONUNBUFFERED="1")
-    for k in ("UNIMOE_WORKSPACE", "UNIMOE_DASK_ADDRESS", "PREFECT_API_URL"):
-        env.pop(k, None)
-    return env
-
-
 def _pipeline(ws: Path, tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     t = time.perf_counter()
     out = subprocess.run([*UNIMOE, "pipeline", "--small", "--workspace", str(ws), *FAST, *args], cwd=ROOT,
-                         env=_env(tmp), capture_output=True, text=True, timeout=900)
+                         env=flow_env(tmp), capture_output=True, text=True, timeout=900)
     return out, time.perf_counter() - t
 
 

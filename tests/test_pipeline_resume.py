@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_pipeline_flow import FAST, ROOT, UNIMOE, VARIANT, _env, _pipeline, _result, _tasks_run  # noqa: E402
+from test_curate_flow import flow_env  # noqa: E402
+from test_pipeline_flow import FAST, ROOT, UNIMOE, VARIANT, _pipeline, _result, _tasks_run  # noqa: E402
 from test_pipeline_flow import pytestmark  # noqa: E402, F401  (skipped without the demo corpus' binaries)
 
 CURATE_TASKS = {"build-corpus", "ingest", "segment", "split-shards", "caption-shard", "filter-shard", "merge",
@@ -61,7 +62,7 @@ def _run_until_first_checkpoint(ws: Path, tmp: Path, log: Path) -> dict[str, str
     cmd = [*UNIMOE, "pipeline", "--small", "--workspace", str(ws), *FAST]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp), stdout=f, stderr=subprocess.STDOUT, text=True,
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=flow_env(tmp), stdout=f, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 900

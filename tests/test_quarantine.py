@@ -96,65 +96,49 @@ def salted(tmp_path_factory):
     (a / "dangling_link.wav").symlink_to(a / "gone.wav")  # inside the root, target missing
 
     good = ("kept", None)
+
+    def hello(path: str, sample_rate: str = "") -> list[str]:
+        """A speech row that says "Hello." under no id: only its file (or declared rate) is wrong."""
+        return [path, "Hello.", "en_tts", "en", "s1", "", sample_rate]
+
+    def quarantined(code: str) -> tuple[str, str]:
+        return ("quarantined", code)
+
     rows: list[tuple[list[str] | bytes, tuple[str, str | None]]] = [
         (["audio/good_speech.wav", "Hello world.", "en_tts", "en", "s1", "utt-good", ""], good),
         (["audio/good_music.flac", "Warm strings over soft piano.", "t2m", "", "", "", ""], good),
         (["audio/good_stereo48k.wav", "Drums.", "t2m", "", "", "", "48000"], good),
-        (["audio/truncated.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "truncated")),
-        (["audio/truncated.flac", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "truncated")),
-        (["audio/zero.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "zero_length")),
-        (["audio/header_only.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "zero_length")),
-        (["audio/nan.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "non_finite")),
-        (["audio/inf.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "non_finite")),
-        (
-            ["audio/absurd_rate.wav", "Hello.", "en_tts", "en", "s1", "", ""],
-            ("quarantined", "bad_sample_rate"),
-        ),
-        (["audio/huge_rate.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "bad_sample_rate")),
-        (["audio/low_rate.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "bad_sample_rate")),
-        (
-            ["audio/rate_22k.wav", "Hello.", "en_tts", "en", "s1", "", "16000"],
-            ("quarantined", "sample_rate_mismatch"),
-        ),
-        (["audio/eight_channels.wav", "Choir.", "t2m", "", "", "", ""], ("quarantined", "too_many_channels")),
-        (["audio/two_hours.flac", "A long drone.", "t2m", "", "", "", ""], ("quarantined", "too_long")),
-        (["audio/not_audio.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "not_audio")),
-        (
-            ["audio/corrupt_header.wav", "Hello.", "en_tts", "en", "s1", "", ""],
-            ("quarantined", "corrupt_audio"),
-        ),
-        (
-            ["audio/does_not_exist.wav", "Hello.", "en_tts", "en", "s1", "", ""],
-            ("quarantined", "missing_file"),
-        ),
-        (
-            ["audio/dangling_link.wav", "Hello.", "en_tts", "en", "s1", "", ""],
-            ("quarantined", "missing_file"),
-        ),
-        (["audio/a_directory.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "not_a_file")),
-        (b"audio/latin1_\xe9.wav,Hello.,en_tts,en,s1,utt-latin1-path,\n", ("quarantined", "non_utf8_path")),
-        (["../outside.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "path_escape")),
-        (["audio/escape_link.wav", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "path_escape")),
-        (["/etc/hostname", "Hello.", "en_tts", "en", "s1", "", ""], ("quarantined", "path_escape")),
-        (
-            ["audio/good_music.flac", "Same id again.", "en_tts", "en", "s1", "utt-good", ""],
-            ("quarantined", "duplicate_id"),
-        ),
-        (
-            b"audio/good_speech.wav,caf\xe9 cr\xe8me,en_tts,en,s1,utt-latin1,\n",
-            ("quarantined", "non_utf8_text"),
-        ),
-        (["audio/good_speech.wav", "", "en_tts", "en", "s1", "utt-empty", ""], ("quarantined", "empty_text")),
-        (["audio/good_music.flac", "   ", "t2m", "", "", "music-empty", ""], ("quarantined", "empty_text")),
-        (
-            ["audio/good_speech.wav", "Hello.", "speech", "en", "s1", "utt-task", ""],
-            ("quarantined", "invalid_task"),
-        ),
-        (
-            b"audio/good_speech.wav,Hello, with an unquoted comma,en_tts,en,s1,utt-comma,\n",
-            ("quarantined", "bad_row"),
-        ),
-        (["", "Hello.", "en_tts", "en", "s1", "utt-nopath", ""], ("quarantined", "bad_row")),
+        (hello("audio/truncated.wav"), quarantined("truncated")),
+        (hello("audio/truncated.flac"), quarantined("truncated")),
+        (hello("audio/zero.wav"), quarantined("zero_length")),
+        (hello("audio/header_only.wav"), quarantined("zero_length")),
+        (hello("audio/nan.wav"), quarantined("non_finite")),
+        (hello("audio/inf.wav"), quarantined("non_finite")),
+        (hello("audio/absurd_rate.wav"), quarantined("bad_sample_rate")),
+        (hello("audio/huge_rate.wav"), quarantined("bad_sample_rate")),
+        (hello("audio/low_rate.wav"), quarantined("bad_sample_rate")),
+        (hello("audio/rate_22k.wav", "16000"), quarantined("sample_rate_mismatch")),
+        (["audio/eight_channels.wav", "Choir.", "t2m", "", "", "", ""], quarantined("too_many_channels")),
+        (["audio/two_hours.flac", "A long drone.", "t2m", "", "", "", ""], quarantined("too_long")),
+        (hello("audio/not_audio.wav"), quarantined("not_audio")),
+        (hello("audio/corrupt_header.wav"), quarantined("corrupt_audio")),
+        (hello("audio/does_not_exist.wav"), quarantined("missing_file")),
+        (hello("audio/dangling_link.wav"), quarantined("missing_file")),
+        (hello("audio/a_directory.wav"), quarantined("not_a_file")),
+        (b"audio/latin1_\xe9.wav,Hello.,en_tts,en,s1,utt-latin1-path,\n", quarantined("non_utf8_path")),
+        (hello("../outside.wav"), quarantined("path_escape")),
+        (hello("audio/escape_link.wav"), quarantined("path_escape")),
+        (hello("/etc/hostname"), quarantined("path_escape")),
+        (["audio/good_music.flac", "Same id again.", "en_tts", "en", "s1", "utt-good", ""],
+         quarantined("duplicate_id")),
+        (b"audio/good_speech.wav,caf\xe9 cr\xe8me,en_tts,en,s1,utt-latin1,\n", quarantined("non_utf8_text")),
+        (["audio/good_speech.wav", "", "en_tts", "en", "s1", "utt-empty", ""], quarantined("empty_text")),
+        (["audio/good_music.flac", "   ", "t2m", "", "", "music-empty", ""], quarantined("empty_text")),
+        (["audio/good_speech.wav", "Hello.", "speech", "en", "s1", "utt-task", ""],
+         quarantined("invalid_task")),
+        (b"audio/good_speech.wav,Hello, with an unquoted comma,en_tts,en,s1,utt-comma,\n",
+         quarantined("bad_row")),
+        (["", "Hello.", "en_tts", "en", "s1", "utt-nopath", ""], quarantined("bad_row")),
     ]
     header = ["path", "text", "task", "language", "speaker", "id", "sample_rate"]
     buf = io.BytesIO()

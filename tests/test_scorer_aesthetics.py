@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
-from evaluation.scorers.aesthetics import AXES, ORIGIN, SAMPLE_RATE, make_windows
+from evaluation.scorers.aesthetics import AXES, SAMPLE_RATE, make_windows
 from unimoe.io import ChecksumError, sha256_file
 
 aes = pytest.importorskip("audiobox_aesthetics")
@@ -174,15 +174,6 @@ def test_version_and_registration(scorer, checkpoint):
 
 
 # ---- failures ------------------------------------------------------------------------------------------
-
-
-def test_missing_weights_name_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as e:
-        load_scorer("audiobox_aesthetics")
-    msg = str(e.value)
-    assert str(tmp_path / "audiobox-aesthetics" / "checkpoint.pt") in msg
-    assert ORIGIN in msg and "huggingface.co/facebook/audiobox-aesthetics" in msg
 
 
 def test_wrong_checksum_is_refused(checkpoint):

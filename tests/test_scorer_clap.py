@@ -264,17 +264,6 @@ def test_fusion_checkpoint(store, tokenizer_dir):
 # ---- failures ------------------------------------------------------------------------------------------
 
 
-def test_missing_checkpoint_names_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as e:
-        load_scorer("clap")
-    msg = str(e.value)
-    assert str(tmp_path / "laion_clap" / "music_audioset_epoch_15_esc_90.14.pt") in msg
-    assert (
-        "https://huggingface.co/lukewys/laion_clap" in msg and "music_audioset_epoch_15_esc_90.14.pt" in msg
-    )
-
-
 def test_missing_tokenizer_names_file_and_origin(music_ckpt, tmp_path):
     with pytest.raises(ScorerUnavailable) as e:
         load_scorer(

@@ -281,15 +281,6 @@ def test_runner_set_level_fad_pools_frames_with_an_interval_around_it(tiny, tmp_
 # ---- weights -------------------------------------------------------------------------------------------
 
 
-def test_missing_weights_name_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as e:
-        load_scorer("openl3_fad")
-    msg = str(e.value)
-    assert str(tmp_path / "openl3" / O.WEIGHTS_FILE) in msg
-    assert "https://github.com/torchopenl3/torchopenl3-models/raw/master/torchopenl3_mel256_music_512.pth.tar" in msg
-
-
 def test_checksum_and_architecture_are_checked(weights, tmp_path):
     with pytest.raises(ChecksumError):
         load_scorer("openl3_fad", weights_path=str(weights[0]), sha256="0" * 64)

@@ -256,15 +256,6 @@ def test_wrapper_saved_checkpoint_loads(scorer, tmp_path):
         torch.testing.assert_close(s.model.net.state_dict()[k], v)
 
 
-def test_missing_weights_name_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as e:
-        load_scorer("passt")
-    msg = str(e.value)
-    assert str(tmp_path / "passt" / "passt-s-f128-p16-s10-ap.476-swa.pt") in msg
-    assert "https://github.com/kkoutini/PaSST/releases/download/v0.0.1-audioset/" in msg
-
-
 def test_wrong_checkpoints_are_refused(ckpt, tmp_path):
     with pytest.raises(ScorerUnavailable, match="does not fit"):
         load_scorer("passt", weights_path=str(ckpt[0]), net_config={"embed_dim": 128, "depth": 1, "num_heads": 4})

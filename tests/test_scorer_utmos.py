@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
+from evaluation.scorers import AudioItem, available_scorers, load_scorer
 from evaluation.scorers.utmos import (
     DEFAULT_WEIGHTS,
     UTMOS22Strong,
@@ -285,16 +285,6 @@ def test_resampling_mono_and_bad_items(scorer):
     assert st == pytest.approx(a, abs=1e-6)
     assert all(math.isnan(r["utmos"]) for r in out[3:])
     assert scorer.score([]) == []
-
-
-def test_missing_weights_names_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as ei:
-        load_scorer("utmos22_strong")
-    msg = str(ei.value)
-    assert str(tmp_path / DEFAULT_WEIGHTS) in msg
-    assert "https://github.com/tarepan/SpeechMOS/releases" in msg and "utmos22_strong_step7459_v1.pt" in msg
-    assert "UTMOS22 strong" in msg
 
 
 def test_relative_path_from_weights_store(weights, tmp_path, monkeypatch):

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
+from evaluation.scorers import AudioItem, available_scorers, load_scorer
 from evaluation.scorers.wavlm_sim import (
-    DEFAULT_WEIGHTS,
     METRIC,
     WAVLM_LARGE,
     WavLMECAPA,
@@ -262,15 +261,6 @@ def test_bad_items_are_nan(scorer):
     assert all(math.isnan(r[METRIC]) for r in out[:3])
     assert math.isfinite(out[3][METRIC])
     assert scorer.score([]) == []
-
-
-def test_missing_weights_names_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as ei:
-        load_scorer("wavlm_sim")
-    msg = str(ei.value)
-    assert str(tmp_path / DEFAULT_WEIGHTS) in msg
-    assert "wavlm_large_finetune.pth" in msg and "microsoft/UniSpeech" in msg
 
 
 def test_checksum_and_architecture_errors(model_and_ckpt, tmp_path):

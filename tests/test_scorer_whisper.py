@@ -12,8 +12,8 @@ import torch
 
 whisper = pytest.importorskip("whisper")
 
-from evaluation.scorers import AudioItem, ScorerUnavailable, available_scorers, load_scorer
-from evaluation.scorers.whisper_wer import DEFAULT_WEIGHTS, LARGE_V3_SHA256, METRIC, WhisperWER
+from evaluation.scorers import AudioItem, available_scorers, load_scorer
+from evaluation.scorers.whisper_wer import LARGE_V3_SHA256, METRIC, WhisperWER
 from unimoe.io import ChecksumError, sha256_file
 
 # large-v3's vocabulary, mel bands and context sizes; tiny widths and depths.
@@ -105,15 +105,6 @@ def test_bad_items_are_nan(scorer):
         assert all(math.isnan(v) for v in r.values())
     assert math.isfinite(out[5][METRIC])
     assert scorer.score([]) == []
-
-
-def test_missing_weights_names_file_and_origin(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIMOE_WEIGHTS", str(tmp_path))
-    with pytest.raises(ScorerUnavailable) as ei:
-        load_scorer("whisper_wer")
-    msg = str(ei.value)
-    assert str(tmp_path / DEFAULT_WEIGHTS) in msg
-    assert f"https://openaipublic.azureedge.net/main/whisper/models/{LARGE_V3_SHA256}/large-v3.pt" in msg
 
 
 def test_checksum_error_and_default_official_digest(weights, tmp_path, monkeypatch):

@@ -81,6 +81,22 @@ def test_registry_names_and_errors(tmp_path):
         get_adapter("generic")(tmp_path, no_such_option=1)
 
 
+def test_adapter_options_are_the_constructor_chain_keywords():
+    """An adapter's options are its own keyword-only parameters plus those it passes on (``**common``) to
+    Adapter; ``root`` is positional, not an option. A check names the unknown ones and lists the known."""
+    from data.sources import adapter_options, check_adapter_options
+
+    common = {"licence", "split", "source_corpus", "max_duration", "limits"}
+    assert set(adapter_options("musiccaps")) == common | {"csv", "audio_dir", "filename", "audio_is_clip",
+                                                          "extensions"}
+    assert set(adapter_options("demo")) == common | {"metadata", "failures"}
+    check_adapter_options("musiccaps", {"csv": "x.csv", "split": "dev"})  # all known: no error
+    with pytest.raises(ValueError, match=r"MusicCapsAdapter has no option\(s\) \['bogus'\]; its options: \["):
+        check_adapter_options("musiccaps", {"bogus": 1, "csv": "x.csv"})
+    with pytest.raises(ValueError, match="unknown corpus adapter"):
+        check_adapter_options("nope", {})
+
+
 # ---------------------------------------------------------------- LibriSpeech / LibriTTS
 
 

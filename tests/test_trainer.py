@@ -53,6 +53,34 @@ def worker_env():
     return env
 
 
+def run_job(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` for a torchrun job. If the job outlives
+    ``timeout``, the test fails with the Python and native stacks of its processes (py-spy, when installed)
+    and the whole process tree is killed: killing torchrun alone would leave its workers running."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+        py_spy = Path(sys.executable).with_name("py-spy")
+        stacks = []
+        for p in tree:
+            dump = (subprocess.run([str(py_spy), "dump", "--native", "--pid", str(p.pid)], capture_output=True,
+                                   text=True, timeout=60) if py_spy.is_file() else None)
+            stacks.append(f"{p.pid}: " + ((dump.stdout or dump.stderr) if dump else " ".join(p.cmdline())))
+        for p in reversed(tree):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        out, err = proc.communicate()
+        pytest.fail(f"the job did not exit within {timeout:.0f} s; its stacks:\n" + "\n".join(stacks)
+                    + f"\nstdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 # ---- config --------------------------------------------------------------------------------------------
 
 
@@ -241,6 +269,22 @@ def test_checkpoint_contents_pointer_and_pruning(tiny_cfg, builder, tmp_path):
     assert not any(p.name.endswith(".pkl") or p.suffix in (".pt", ".bin") for p in ck.rglob("*"))
 
 
+def test_rng_state_round_trips_through_the_checkpoint_format():
+    """Right: after restoring a saved state (JSON-serialised, as in state.json), Python, NumPy and torch
+    draw exactly what they drew right after the save. Training itself keys its randomness, so the resume
+    tests would not notice a stream that is saved but not restored."""
+    import random
+
+    from unimoe.training.checkpointing import rng_state, set_rng_state
+
+    state, tensors = rng_state()
+    state = json.loads(json.dumps(state))
+    draws = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    set_rng_state(state, tensors)
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == draws
+
+
 def test_in_process_resume_is_exact_and_checks_identity(tiny_cfg, builder, tmp_path):
     full = make_trainer(tiny_cfg, builder, tmp_path / "full")
     full.train()
@@ -427,6 +471,24 @@ def test_no_stage_trains_on_held_out_rows(tiny_cfg, builder, tmp_path, caplog):
 # ---- data parallel -----------------------------------------------------------------------------------------------
 
 
+def test_close_frees_the_data_parallel_wrapper_before_the_process_group(tiny_cfg, builder, tmp_path):
+    """Right: once ``close()`` returns, nothing of the trainer keeps its data-parallel wrapper alive. DDP's
+    C++ Reducer owns the process group and is freed with the GIL held; left as the group's last owner it
+    deadlocked against gloo's worker threads at exit (a rank that never exited after the last step)."""
+    import weakref
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    trainer = Trainer(make_model(tiny_cfg), tiny_cfg, TrainConfig.from_dict(BASE), synthetic_dataset(6, 4, seed=0),
+                      builder, tmp_path, run_id="r", stage=3, wrap=lambda module, device: Wrapper(module))
+    wrapper = weakref.ref(trainer.ddp)
+    trainer.close()
+    assert wrapper() is None
+
+
 def test_two_process_data_parallel_matches_single_process(tiny_cfg, builder, tok_file, tmp_path):
     train = {**BASE, "max_steps": 3, "batch_size": 2, "grad_accum": 2, "checkpoint_every": 3}
     # The router input jitter's draws depend on how tokens are split over ranks: off for an exact match.
@@ -436,7 +498,7 @@ def test_two_process_data_parallel_matches_single_process(tiny_cfg, builder, tok
            "--workdir", str(tmp_path / "dp"), "--run-id", "dp", "--stage", "3", "--train", json.dumps(train),
            "--model-overlay", json.dumps(no_jitter),
            "--synthetic", "6", "--tokenizer", str(tok_file), "--threads", "1", "--summary", str(tmp_path / "dp.json")]
-    done = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=180)
+    done = run_job(cmd, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     dp = json.loads((tmp_path / "dp.json").read_text())
     assert dp["summary"]["world_size"] == 2

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,15 +28,18 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, cfg: UniMoEConfig, state: dict[str, Any] | None = None,
-                    *, tokenizer=None, extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a checkpoint directory atomically. ``extra_tensors`` (e.g. optimiser moments) go to
+def save_checkpoint(path: str | Path, model: torch.nn.Module | Mapping[str, torch.Tensor], cfg: UniMoEConfig,
+                    state: dict[str, Any] | None = None, *, tokenizer=None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint directory atomically. ``model``: the module or its state dict (e.g. the full
+    one gathered from a sharded run). ``extra_tensors`` (e.g. optimiser moments) go to
     ``extra.safetensors``; ``state`` must be JSON-serialisable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else model
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(tensors, tmp / WEIGHTS)
         if extra_tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra_tensors.items()}, tmp / "extra.safetensors")

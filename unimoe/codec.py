@@ -22,26 +22,25 @@ Conventions
   context on both sides at least as wide as the network's receptive field, and only each window's
   core frames are kept, so chunked output equals unchunked output and frame counts add up exactly.
 """
-
 from __future__ import annotations
 
-import inspect
-import math
-import threading
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from unimoe.codec_batching import StackPlan, masked_convs, plan_stack, use_inference_snake, windows
+from unimoe.codec_weights import CodecLoadError, build_random_dac, load_dac_weights
 from unimoe.common.audio import resample, to_mono
 from unimoe.common.files import atomic_path
 from unimoe.config import DEMO_CODEC_WEIGHTS, CodecConfig
 from unimoe.io import resolve_weights, sha256_file
+
+__all__ = ["AudioCodec", "CodecLoadError", "build_random_dac", "load_dac_weights", "use_inference_snake", "open_codec",
+           "codes_dtype", "resynthesize_folder", "DAC_RELEASE_URLS", "TRAINED_VARIANTS", "RANDOM_INIT_LABEL",
+           "AUDIO_SUFFIXES"]
 
 # Official release files per DAC variant (what the local weights store should hold).
 DAC_RELEASE_URLS = {
@@ -58,245 +57,6 @@ TRAINED_VARIANTS = {
 }
 
 RANDOM_INIT_LABEL = "random-init DAC (untrained; NOT a real codec)"
-
-
-class CodecLoadError(ValueError):
-    """A DAC weights file exists but cannot be (safely) loaded or does not fit the config."""
-
-
-def _import_dac():
-    with warnings.catch_warnings():
-        # dac/audiotools import emits deprecation noise from torch.jit.script.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        import dac
-    return dac
-
-
-def _construct_dac(**kwargs) -> nn.Module:
-    """``dac.DAC(**kwargs)`` without touching the global RNG and without weight_norm deprecation noise."""
-    dac = _import_dac()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-        return dac.DAC(**kwargs)
-
-
-_RANDOM_BUILD_LOCK = threading.Lock()
-
-
-def build_random_dac(cfg: CodecConfig, num_codebooks: int, codebook_size: int = 1024) -> nn.Module:
-    """A small randomly initialised DAC, deterministic for ``cfg.random_seed``.
-
-    Biases (zero in DAC's own init) are drawn at random too, so padding effects are not hidden by an
-    all-zero network and the codes are spread over the codebooks.
-    """
-    # The seed lives in torch's process-wide RNG: two threads building at once (parallel tokenisation
-    # tasks in one process) would interleave their draws and get different "deterministic" weights.
-    with _RANDOM_BUILD_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.random_seed)
-        model = _construct_dac(
-            encoder_dim=cfg.encoder_dim,
-            encoder_rates=list(cfg.encoder_rates),
-            decoder_dim=cfg.decoder_dim,
-            decoder_rates=list(cfg.decoder_rates),
-            n_codebooks=num_codebooks,
-            codebook_size=codebook_size,
-            codebook_dim=cfg.codebook_dim,
-            sample_rate=cfg.sample_rate,
-        )
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and m.bias is not None:
-                    m.bias.normal_(0.0, 0.01)
-    return model.eval()
-
-
-def load_dac_weights(path: str | Path) -> nn.Module:
-    """Load a DAC weights file written by ``DAC.save`` (``{"state_dict", "metadata": {"kwargs"}}``).
-
-    ``dac.DAC.load`` calls ``torch.load`` without ``weights_only=True`` (and first tries
-    ``torch.package``, which unpickles code); the project never unpickles anything else, so the file is
-    read here with ``weights_only=True`` and the model is built from its recorded constructor kwargs.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        ckpt = _read_safetensors_dac(path)
-    else:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - every failure here means "not a safe plain checkpoint"
-            raise CodecLoadError(
-                f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:300]}). "
-                "Only plain DAC state-dict files (as written by DAC.save / the official releases) are accepted; "
-                "torch.package archives and other pickles are refused."
-            ) from None
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict)
-            and isinstance(ckpt.get("metadata"), dict) and isinstance(ckpt["metadata"].get("kwargs"), dict)):
-        raise CodecLoadError(f"{path}: not a DAC weights file (expected keys 'state_dict' and 'metadata.kwargs')")
-    dac = _import_dac()
-    accepted = set(inspect.signature(dac.DAC).parameters)
-    kwargs = {k: v for k, v in ckpt["metadata"]["kwargs"].items() if k in accepted}
-    with torch.random.fork_rng(devices=[]):
-        model = _construct_dac(**kwargs)
-    result = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if result.missing_keys:
-        raise CodecLoadError(f"{path}: weights missing for {len(result.missing_keys)} tensors, e.g. {result.missing_keys[:3]}")
-    if result.unexpected_keys:
-        warnings.warn(f"{path}: ignoring {len(result.unexpected_keys)} unexpected tensors, e.g. {result.unexpected_keys[:3]}")
-    model.metadata = ckpt["metadata"]
-    return model.eval()
-
-
-def _read_safetensors_dac(path: Path) -> dict:
-    """A DAC weights file in safetensors (what ``unimoe codec train`` exports): the state dict, with
-    the constructor kwargs as JSON under the metadata key ``kwargs`` — the same content as
-    ``DAC.save``'s ``{"state_dict", "metadata": {"kwargs"}}``, without pickle."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-        kwargs = json.loads(meta["kwargs"])
-    except Exception as e:  # noqa: BLE001
-        raise CodecLoadError(f"{path}: not a DAC safetensors file ({type(e).__name__}: {str(e)[:300]}); "
-                             "expected a state dict with the DAC constructor kwargs as JSON in metadata['kwargs']") from None
-    extra = {k: v for k, v in meta.items() if k != "kwargs"}
-    return {"state_dict": state, "metadata": {"kwargs": kwargs, **extra}}
-
-
-# ---- exact batching: per-item masks at every convolution ------------------------------------------
-
-
-@dataclass
-class _ConvLen:
-    """Input length of one convolution as ``a * units + b`` (units: hops for the encoder, frames for
-    the decoder) and its receptive span in input elements."""
-
-    module: nn.Module
-    a: int
-    b: int
-    span: int
-
-
-@dataclass
-class _StackPlan:
-    convs: list[_ConvLen]
-    out_a: int
-    out_b: int
-    context_units: int  # margin (in units) that covers the stack's receptive field on either side
-
-
-def _plan_stack(stack: nn.Module, make_input, units: Sequence[int] = (1, 2, 3)) -> _StackPlan:
-    """Measure how every conv's input length depends on the stack's input length (it is affine)."""
-    convs = [m for m in stack.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
-    seen: dict[int, list[int]] = {id(m): [] for m in convs}
-    outs = []
-
-    def record(module, args):
-        seen[id(module)].append(args[0].shape[-1])
-
-    handles = [m.register_forward_pre_hook(record) for m in convs]
-    try:
-        with torch.inference_mode():
-            for n in units:
-                outs.append(stack(make_input(n)).shape[-1])
-    finally:
-        for h in handles:
-            h.remove()
-
-    def affine(vals: list[int], what: str) -> tuple[int, int]:
-        a = vals[1] - vals[0]
-        b = vals[0] - a * units[0]
-        if any(v != a * n + b for v, n in zip(vals, units)) or a <= 0:
-            raise CodecLoadError(f"codec {what}: lengths {vals} are not affine in the input length; cannot batch exactly")
-        return a, b
-
-    plans = []
-    context = 0.0
-    for m in convs:
-        vals = seen[id(m)]
-        if len(vals) != len(units):
-            raise CodecLoadError("codec: a convolution ran a different number of times than the stack")
-        a, b = affine(vals, type(m).__name__)
-        k, d, s = m.kernel_size[0], m.dilation[0], m.stride[0]
-        span = (k - 1) * d + 1 if isinstance(m, nn.Conv1d) else -(-k // s) + 1
-        plans.append(_ConvLen(m, a, b, span))
-        context += span / a  # this conv's reach, in units
-    out_a, out_b = affine(outs, "output")
-    return _StackPlan(plans, out_a, out_b, int(math.ceil(context)) + 1)
-
-
-@contextmanager
-def _masked(plan: _StackPlan, units: torch.Tensor) -> Iterator[None]:
-    """Zero each item's positions past its own length at the input of every conv of the stack."""
-
-    def hook_for(c: _ConvLen):
-        valid = (c.a * units + c.b).tolist()
-
-        def hook(module, args):
-            # Zeroed in place: positions past an item's length feed nothing valid downstream, so writing
-            # them in a tensor another layer also reads changes no valid output (and avoids a masked copy).
-            x = args[0]
-            for row, n in enumerate(valid):
-                if n < x.shape[-1]:
-                    x[row, :, max(n, 0):] = 0
-            return None
-
-        return hook
-
-    handles = [c.module.register_forward_pre_hook(hook_for(c)) for c in plan.convs]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _windows(total: int, core: int, context: int) -> list[tuple[int, int, int, int]]:
-    """Split ``total`` units into cores of ``core`` units with ``context`` units either side:
-    ``(window_start, window_end, core_start, core_end)``."""
-    if total <= core:
-        return [(0, total, 0, total)]
-    out = []
-    for start in range(0, total, core):
-        end = min(start + core, total)
-        out.append((max(0, start - context), min(total, end + context), start, end))
-    return out
-
-
-# ---- inference-speed Snake ------------------------------------------------------------------------------
-
-
-def _snake_class():
-    from dac.nn.layers import Snake1d
-
-    class InferenceSnake1d(Snake1d):
-        """DAC's Snake, ``x + sin(alpha x)^2 / (alpha + 1e-9)``, computed in place when no gradient is
-        needed: the same floating-point operations in the same order (bit-identical output, tested), one
-        buffer instead of four. Snake was half the encoder's CPU time (tokenisation profile)."""
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if torch.is_grad_enabled() or x.dim() != 3:
-                return super().forward(x)
-            y = torch.mul(x, self.alpha)
-            y.sin_().square_().mul_((self.alpha + 1e-9).reciprocal())
-            return y.add_(x)
-
-    return Snake1d, InferenceSnake1d
-
-
-def use_inference_snake(model: nn.Module) -> nn.Module:
-    """Switch every DAC Snake1d of ``model`` to ``InferenceSnake1d`` (same parameters and state-dict keys;
-    training, with gradients on, takes DAC's own path)."""
-    base, fast = _snake_class()
-    for m in model.modules():
-        if type(m) is base:
-            m.__class__ = fast
-    return model
 
 
 # ---- the codec ------------------------------------------------------------------------------------------
@@ -319,8 +79,8 @@ class AudioCodec:
         self.chunk_seconds = float(chunk_seconds)
         self.weights_path = weights_path
         self.weights_sha256 = weights_sha256
-        self._enc_plan: _StackPlan | None = None
-        self._dec_plan: _StackPlan | None = None
+        self._enc_plan: StackPlan | None = None
+        self._dec_plan: StackPlan | None = None
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
@@ -414,16 +174,16 @@ class AudioCodec:
                 f"{self.num_codebooks} x {self.codebook_size} codes)")
 
     # ---- plans ----------------------------------------------------------------------------------------
-    def _encoder_plan(self) -> _StackPlan:
+    def _encoder_plan(self) -> StackPlan:
         if self._enc_plan is None:
             dev, hop = self.device, self.hop_length
-            self._enc_plan = _plan_stack(self.model.encoder, lambda n: torch.zeros(1, 1, n * hop, device=dev))
+            self._enc_plan = plan_stack(self.model.encoder, lambda n: torch.zeros(1, 1, n * hop, device=dev))
         return self._enc_plan
 
-    def _decoder_plan(self) -> _StackPlan:
+    def _decoder_plan(self) -> StackPlan:
         if self._dec_plan is None:
             dev, dim = self.device, self.model.latent_dim
-            self._dec_plan = _plan_stack(self.model.decoder, lambda n: torch.zeros(1, dim, n, device=dev))
+            self._dec_plan = plan_stack(self.model.decoder, lambda n: torch.zeros(1, dim, n, device=dev))
             if self._dec_plan.out_a != self.hop_length:
                 raise CodecLoadError(f"codec decoder makes {self._dec_plan.out_a} samples per frame, expected {self.hop_length}")
         return self._dec_plan
@@ -458,7 +218,7 @@ class AudioCodec:
         frames = [self.num_frames(len(a)) for a in audio]
         padded = [np.pad(a, (0, f * hop - len(a))) for a, f in zip(audio, frames)]
 
-        jobs = [(i, *w) for i, f in enumerate(frames) if f > 0 for w in _windows(f, chunk, plan.context_units)]
+        jobs = [(i, *w) for i, f in enumerate(frames) if f > 0 for w in windows(f, chunk, plan.context_units)]
         jobs.sort(key=lambda j: j[2] - j[1], reverse=True)  # similar lengths share a batch
         pieces: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in range(len(audio))}
         with torch.inference_mode():
@@ -468,7 +228,7 @@ class AudioCodec:
                 x = torch.zeros(len(batch), 1, int(units.max()) * hop, device=self.device)
                 for row, (i, ws, we, _, _) in enumerate(batch):
                     x[row, 0, :(we - ws) * hop] = torch.from_numpy(padded[i][ws * hop:we * hop])
-                with _masked(plan, units):
+                with masked_convs(plan, units):
                     z = self.model.encoder(x)
                 _, codes, _, _, _ = self.model.quantizer(z, self.num_codebooks)
                 codes = codes[:, :self.num_codebooks].to("cpu", torch.long)
@@ -503,7 +263,7 @@ class AudioCodec:
         hop, chunk = self.hop_length, self._chunk_frames()
         plan = self._decoder_plan()
         jobs = [(i, *w) for i, c in enumerate(items) if c.shape[-1] > 0
-                for w in _windows(c.shape[-1], chunk, plan.context_units)]
+                for w in windows(c.shape[-1], chunk, plan.context_units)]
         jobs.sort(key=lambda j: j[2] - j[1], reverse=True)
         pieces: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in range(len(items))}
         with torch.inference_mode():
@@ -514,7 +274,7 @@ class AudioCodec:
                 for row, (i, ws, we, _, _) in enumerate(batch):
                     c[row, :, :we - ws] = items[i][:, ws:we]
                 z, _, _ = self.model.quantizer.from_codes(c)
-                with _masked(plan, units):
+                with masked_convs(plan, units):
                     y = self.model.decoder(z)[:, 0].float().cpu().numpy()
                 for row, (i, ws, _, cs, ce) in enumerate(batch):
                     valid = plan.out_a * (int(units[row])) + plan.out_b

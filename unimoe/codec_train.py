@@ -11,7 +11,7 @@ The model, losses and discriminator are the ``dac`` package's own, wired as DAC'
 
 Two additions that production codecs use against codebook collapse, which a short CPU budget
 cannot afford to wait out (a 258-step probe with the mel and VQ losses alone left codebook 0 on one
-code):
+code); both live in :mod:`unimoe.codec_codebooks`, the training audio in :mod:`unimoe.codec_data`:
 
 - **k-means initialisation** (SoundStream, EnCodec): before the first step each codebook is set to
   the centroids of a spherical k-means (cosine, as DAC's lookup) over that quantizer's projected
@@ -34,43 +34,44 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from unimoe.common.audio import load_span, resample, to_mono
+from unimoe.codec_codebooks import (CodeUsage, code_perplexity, data_dependent_init, kmeans_init_codebooks,
+                                    restart_dead_codes, spherical_kmeans)
+from unimoe.codec_data import AudioSource, SegmentSampler
 from unimoe.common.files import atomic_path
+from unimoe.config import ConfigError, DACShape
 from unimoe.io import sha256_file
 
 CHECKPOINT = "latest.pt"
 LOG = "train_log.jsonl"
+# Fields a resumed run may change (they do not change what has been computed so far).
+RESUME_MUTABLE = ("steps", "log_every", "save_every", "threads")
 
 
-@dataclass
-class CodecTrainConfig:
-    """Everything that decides a codec training run (recorded beside its output)."""
+class CodecTrainConfig(DACShape):
+    """Everything that decides a codec training run (recorded beside its output). The generator's shape
+    is the ``DACShape`` fields (a small 16 kHz-family DAC by default) plus the codebooks below."""
+
+    section = "codec_train"
 
     # generator (dac.DAC kwargs)
-    sample_rate: int = 16_000
     encoder_dim: int = 16
-    encoder_rates: list[int] = field(default_factory=lambda: [2, 4, 5, 8])
     decoder_dim: int = 96
-    decoder_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 2])
     n_codebooks: int = 4
     codebook_size: int = 1024
-    codebook_dim: int = 8
     quantizer_dropout: float = 0.5
     # discriminator (dac.model.Discriminator kwargs). DAC's 16 kHz recipe uses periods [2,3,5,7,11]
     # (MPD, 1024-channel 2-D convs) and STFT sizes [2048,1024,512] (MRD); MPD costs ~20x the
     # generator on a CPU, so the default keeps the multi-band STFT discriminator only (DAC's own
     # "no-mpd" ablation). A GPU run can restore the periods.
-    disc_periods: list[int] = field(default_factory=list)
-    disc_fft_sizes: list[int] = field(default_factory=lambda: [2048, 1024, 512])
+    disc_periods: list[int] = Field(default_factory=list)
+    disc_fft_sizes: list[int] = Field(default_factory=lambda: [2048, 1024, 512])
     disc_start_step: int = 0
     # losses (DAC's lambdas)
     lambda_mel: float = 15.0
@@ -78,11 +79,11 @@ class CodecTrainConfig:
     lambda_gen: float = 1.0
     lambda_commitment: float = 0.25
     lambda_codebook: float = 1.0
-    mel_window_lengths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
-    mel_n_mels: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    mel_window_lengths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    mel_n_mels: list[int] = Field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
     # optimisation
     lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    betas: list[float] = Field(default_factory=lambda: [0.8, 0.99])
     lr_gamma: float = 0.999996
     grad_clip_g: float = 1e3
     grad_clip_d: float = 10.0
@@ -90,7 +91,7 @@ class CodecTrainConfig:
     segment_seconds: float = 0.5
     steps: int = 4000
     seed: int = 0
-    # anti-collapse
+    # anti-collapse (unimoe.codec_codebooks)
     data_init: bool = True              # weight-norm data-dependent init of the encoder (see data_dependent_init)
     kmeans_init: bool = True
     kmeans_batches: int = 16
@@ -108,276 +109,31 @@ class CodecTrainConfig:
     save_every: int = 100
     threads: int = 0                    # torch threads (0 = leave torch's default)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CodecTrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"codec train config: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "CodecTrainConfig":
+        self.validate()
+        return self
 
     def validate(self) -> None:
-        hop = int(np.prod(self.encoder_rates))
-        if self.sample_rate % hop:
-            raise ValueError(f"sample_rate {self.sample_rate} is not a multiple of the hop {hop}")
+        """The checks that span fields (run at construction; again by the trainer, for a config changed since)."""
+        if self.sample_rate % self.hop:
+            raise ConfigError(f"sample_rate {self.sample_rate} is not a multiple of the hop {self.hop}")
         if sorted(self.encoder_rates) != sorted(self.decoder_rates):
-            raise ValueError("decoder_rates must be a permutation of encoder_rates (same hop)")
+            raise ConfigError("decoder_rates must be a permutation of encoder_rates (same hop)")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
-            raise ValueError("quantizer_dropout must lie in [0, 1]")
+            raise ConfigError("quantizer_dropout must lie in [0, 1]")
         if self.batch_size < 1 or self.steps < 0 or self.segment_seconds <= 0:
-            raise ValueError("batch_size >= 1, steps >= 0 and segment_seconds > 0 are required")
-
-    @property
-    def hop(self) -> int:
-        return int(np.prod(self.encoder_rates))
+            raise ConfigError("batch_size >= 1, steps >= 0 and segment_seconds > 0 are required")
 
     @property
     def segment_samples(self) -> int:
         # whole frames, so every crop encodes to the same number of codes
         return max(1, round(self.segment_seconds * self.sample_rate / self.hop)) * self.hop
 
-    def dac_kwargs(self) -> dict[str, Any]:
-        return dict(encoder_dim=self.encoder_dim, encoder_rates=list(self.encoder_rates), latent_dim=None,
-                    decoder_dim=self.decoder_dim, decoder_rates=list(self.decoder_rates),
-                    n_codebooks=self.n_codebooks, codebook_size=self.codebook_size,
-                    codebook_dim=self.codebook_dim, quantizer_dropout=self.quantizer_dropout,
-                    sample_rate=self.sample_rate)
-
-
-# ---- data -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AudioSource:
-    """One training file (or a span of one): path, optional offset/duration, and a group (the task)
-    used to balance sampling between speech and music."""
-
-    path: str
-    group: str = "audio"
-    offset: float | None = None
-    duration: float | None = None
-
-
-class SegmentSampler:
-    """Random fixed-length crops from a pool of audio, groups sampled equally, loudness-normalised.
-
-    All audio is decoded once into memory at the codec rate (the demo corpus is a few hundred MB);
-    the crop order comes from a numpy Generator whose state is checkpointed, so a resumed run draws
-    exactly the crops an uninterrupted one would.
-    """
-
-    def __init__(self, sources: Sequence[AudioSource], cfg: CodecTrainConfig, *,
-                 progress: Callable[[int, int], None] | None = None):
-        self.cfg = cfg
-        self.groups: dict[str, list[np.ndarray]] = {}
-        self.skipped: list[tuple[str, str]] = []
-        for n, s in enumerate(sources):
-            try:
-                wav, sr = load_span(s.path, s.offset, s.duration)
-            except Exception as e:  # noqa: BLE001 - a bad file is reported, never fatal
-                self.skipped.append((s.path, f"{type(e).__name__}: {e}"))
-                continue
-            mono = resample(to_mono(wav), sr, cfg.sample_rate).astype(np.float32)
-            if len(mono) >= cfg.segment_samples:
-                self.groups.setdefault(s.group, []).append(mono)
-            else:
-                self.skipped.append((s.path, f"shorter than one segment ({len(mono)} < {cfg.segment_samples} samples)"))
-            if progress:
-                progress(n + 1, len(sources))
-        if not self.groups:
-            raise ValueError(f"no usable training audio among {len(sources)} sources "
-                             f"(first problems: {self.skipped[:3]})")
-        self.group_names = sorted(self.groups)
-        self.rng = np.random.default_rng(cfg.seed)
-
-    @property
-    def num_clips(self) -> int:
-        return sum(len(v) for v in self.groups.values())
-
-    @property
-    def seconds(self) -> float:
-        return sum(len(w) for v in self.groups.values() for w in v) / self.cfg.sample_rate
-
-    def _crop(self) -> np.ndarray:
-        n = self.cfg.segment_samples
-        floor = 10 ** (self.cfg.min_segment_rms_db / 20)
-        for _ in range(20):
-            clips = self.groups[self.group_names[self.rng.integers(len(self.group_names))]]
-            wav = clips[self.rng.integers(len(clips))]
-            start = int(self.rng.integers(len(wav) - n + 1))
-            seg = wav[start:start + n]
-            rms = float(np.sqrt(np.mean(seg.astype(np.float64) ** 2)))
-            if rms > floor:
-                break
-        seg = seg * (10 ** (self.cfg.loudness_db / 20) / max(rms, 1e-8))
-        peak = float(np.abs(seg).max())
-        if peak > 1.0:  # DAC's RescaleAudio: never clip
-            seg = seg / peak
-        return seg.astype(np.float32)
-
-    def batch(self) -> torch.Tensor:
-        """``[batch, 1, segment_samples]``."""
-        return torch.from_numpy(np.stack([self._crop() for _ in range(self.cfg.batch_size)]))[:, None, :]
-
-    def state_dict(self) -> dict:
-        return {"bit_generator": json.dumps(self.rng.bit_generator.state)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = json.loads(state["bit_generator"])
-
-
-# ---- anti-collapse: k-means init and dead-code restarts -------------------------------------------
-
-
-def spherical_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
-    """Centroids (unnormalised cluster means) of a k-means on the unit sphere: points are assigned
-    by cosine similarity, as DAC's codebook lookup does. ``x``: ``[N, D]``; empty clusters are
-    re-seeded with random points."""
-    xn = F.normalize(x, dim=-1)
-    idx = torch.randperm(x.shape[0], generator=generator)[:k]
-    if idx.numel() < k:  # fewer points than codes: repeat with a little noise
-        idx = torch.randint(x.shape[0], (k,), generator=generator)
-    centroids = x[idx].clone()
-    for _ in range(iters):
-        assign = (xn @ F.normalize(centroids, dim=-1).T).argmax(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
-        if empty.any():
-            refill = torch.randint(x.shape[0], (int(empty.sum()),), generator=generator)
-            centroids[empty] = x[refill]
-    return centroids
-
-
-def _weight_norm_convs(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)) and hasattr(m, "weight_g")]
-
-
-@torch.no_grad()
-def data_dependent_init(stack: nn.Module, run: Callable[[], torch.Tensor]) -> int:
-    """Weight normalisation's data-dependent initialisation (Salimans & Kingma, 2016): layer by layer,
-    in forward order, scale each weight-normed convolution's gain ``g`` and set its bias so that its
-    output has zero mean and unit variance per channel on real data. ``run()`` does one forward pass
-    that goes through ``stack``. Returns the number of layers initialised.
-
-    Why: DAC's own init (truncated normal, std 0.02) leaves a small encoder's latents at ~1e-2, the
-    same order as a few Adam steps of its biases. The straight-through gradient of a (momentarily)
-    collapsed code then pushes every bias the same way, the latents drift as one common offset that
-    grows exponentially through the layers, and every codebook collapses to one code within ~10 steps
-    (measured on the demo corpus). With unit-scale activations a bias step is a small perturbation.
-    """
-    convs = _weight_norm_convs(stack)
-    for m in convs:
-        seen: list[torch.Tensor] = []
-        h = m.register_forward_hook(lambda mod, args, out: seen.append(out))
-        try:
-            run()
-        finally:
-            h.remove()
-        y = torch.cat([o.transpose(0, 1).reshape(o.shape[1], -1) for o in seen], dim=1)  # [C, N]
-        mean, std = y.mean(dim=1), y.std(dim=1).clamp_min(1e-6)
-        # weight_g is [out, 1, 1] for Conv1d (dim 0) and [1, out, 1] for ConvTranspose1d (dim 1)
-        m.weight_g.div_(std.reshape(m.weight_g.shape))
-        if m.bias is not None:
-            m.bias.copy_((m.bias - mean) / std)
-    return len(convs)
-
-
-@torch.no_grad()
-def kmeans_init_codebooks(model: nn.Module, batches: Sequence[torch.Tensor], iters: int, seed: int) -> list[float]:
-    """Initialise every codebook of ``model.quantizer`` by spherical k-means on its projected
-    latents, residual by residual (codebook i sees what codebooks < i left over). Returns each
-    codebook's perplexity on the same latents after initialisation."""
-    gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    residuals = [model.encoder(b) for b in batches]
-    perplexities = []
-    for vq in model.quantizer.quantizers:
-        # unit-scale projected latents (see data_dependent_init), then k-means on them
-        data_dependent_init(vq.in_proj, lambda: [vq.in_proj(r) for r in residuals])
-        z_e = torch.cat([vq.in_proj(r).permute(0, 2, 1).reshape(-1, vq.codebook_dim) for r in residuals])
-        vq.codebook.weight.copy_(spherical_kmeans(z_e, vq.codebook_size, iters, gen))
-        new_res, codes = [], []
-        for r in residuals:
-            z_q, _, _, idx, _ = vq(r)
-            new_res.append(r - z_q)
-            codes.append(idx.reshape(-1))
-        residuals = new_res
-        perplexities.append(code_perplexity(torch.cat(codes), vq.codebook_size))
-    model.train(was_training)
-    return perplexities
-
-
-def code_perplexity(codes: torch.Tensor | np.ndarray, codebook_size: int) -> float:
-    """exp(entropy) of the code histogram: 1 = one code used, ``codebook_size`` = uniform use."""
-    if isinstance(codes, torch.Tensor):
-        codes = codes.detach().cpu().numpy()  # codes may live on the GPU during training
-    counts = np.bincount(np.asarray(codes).reshape(-1), minlength=codebook_size).astype(np.float64)
-    if counts.sum() == 0:
-        return float("nan")
-    p = counts[counts > 0] / counts.sum()
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-class CodeUsage:
-    """EMA of per-code selection counts per step, for dead-code detection and logging. ``uniform``
-    is the count every code would get per step if all were used equally; the EMA starts there, so a
-    fresh (k-means) codebook is not dead before it has had a chance."""
-
-    def __init__(self, n_codebooks: int, codebook_size: int, decay: float, uniform: float = 1.0):
-        self.decay = decay
-        self.uniform = float(uniform)
-        self.ema = torch.full((n_codebooks, codebook_size), self.uniform)
-
-    def update(self, codes: torch.Tensor) -> None:
-        """``codes``: ``[B, n_codebooks, T]`` selected this step."""
-        k, size = self.ema.shape
-        counts = torch.stack([torch.bincount(codes[:, i].reshape(-1), minlength=size) for i in range(k)]).float()
-        self.ema.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-
-    def state_dict(self) -> dict:
-        return {"ema": self.ema.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema = state["ema"].clone()
-
-
-@torch.no_grad()
-def restart_dead_codes(model: nn.Module, usage: CodeUsage, latents: torch.Tensor, threshold: float,
-                       generator: torch.Generator, optimizer: torch.optim.Optimizer | None = None) -> list[int]:
-    """Re-seed codes whose EMA usage is below ``threshold`` x uniform use with projected latents
-    from this batch (which also keeps the codebooks at the scale of the encoder's current output).
-
-    ``latents``: ``[B, n_codebooks * codebook_dim, T]`` as ``DAC.forward`` returns them (each
-    quantizer's ``in_proj`` output). The restarted rows' Adam moments are zeroed so stale statistics
-    do not immediately push them away. Returns the number of codes restarted per codebook.
-    """
-    restarted = []
-    offset = 0
-    for i, vq in enumerate(model.quantizer.quantizers):
-        d = vq.codebook_dim
-        pool = latents[:, offset:offset + d].permute(0, 2, 1).reshape(-1, d)
-        offset += d
-        dead = torch.nonzero(usage.ema[i] < threshold * usage.uniform).reshape(-1)
-        restarted.append(int(dead.numel()))
-        if dead.numel() == 0:
-            continue
-        pick = torch.randint(pool.shape[0], (dead.numel(),), generator=generator)
-        weight = vq.codebook.weight
-        rows = dead.to(weight.device)  # usage, pool and RNG stay on the CPU (exact resume); the model may not
-        weight[rows] = pool[pick].to(device=weight.device, dtype=weight.dtype)
-        usage.ema[i, dead] = usage.uniform  # a fresh chance
-        if optimizer is not None:
-            st = optimizer.state.get(weight)
-            if st:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if key in st:
-                        st[key][rows] = 0
-    return restarted
+    def generator_kwargs(self) -> dict[str, Any]:
+        """The generator's ``dac.DAC`` constructor arguments (recorded in the exported file)."""
+        return self.dac_kwargs(self.n_codebooks, self.codebook_size, latent_dim=None,
+                               quantizer_dropout=self.quantizer_dropout)
 
 
 # ---- model construction ---------------------------------------------------------------------------
@@ -396,7 +152,7 @@ def build_generator(cfg: CodecTrainConfig) -> nn.Module:
     dac, _, _ = _quiet_dac()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*weight_norm.*")
-        return dac.DAC(**cfg.dac_kwargs())
+        return dac.DAC(**cfg.generator_kwargs())
 
 
 def build_discriminator(cfg: CodecTrainConfig) -> nn.Module:
@@ -413,7 +169,7 @@ def export_dac(generator: nn.Module, cfg: CodecTrainConfig, path: str | Path, ex
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    meta = {"format": "dac", "kwargs": json.dumps(cfg.dac_kwargs()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    meta = {"format": "dac", "kwargs": json.dumps(cfg.generator_kwargs()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return sha256_file(path)
@@ -464,7 +220,7 @@ class CodecTrainer:
         return self.out / CHECKPOINT
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "config": json.dumps(asdict(self.cfg)),
+        return {"step": self.step, "config": json.dumps(self.cfg.to_dict()),
                 "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
@@ -485,9 +241,8 @@ class CodecTrainer:
             return False
         st = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         saved = json.loads(st["config"])
-        mine = asdict(self.cfg)
-        differ = sorted(k for k in mine if k not in ("steps", "log_every", "save_every", "threads")
-                        and saved.get(k) != mine[k])
+        mine = self.cfg.to_dict()
+        differ = sorted(k for k in mine if k not in RESUME_MUTABLE and saved.get(k) != mine[k])
         if differ:
             raise ValueError(f"{self.checkpoint_path}: made with a different codec config ({differ}); "
                              "use another output directory or the same config")
@@ -518,7 +273,7 @@ class CodecTrainer:
         path = Path(path)
         model = load_dac_weights(path)
         kwargs = model.metadata["kwargs"]
-        mine = self.cfg.dac_kwargs()
+        mine = self.cfg.generator_kwargs()
         differ = sorted(k for k in mine if k in kwargs and kwargs[k] != mine[k])
         if differ:
             raise ValueError(f"{path}: cannot warm-start from it: its DAC shape differs from the config's in {differ}")
@@ -617,6 +372,7 @@ class CodecTrainer:
         log_path = self.out / LOG
         while self.step < target:
             if stop is not None and stop():
+                self.save()  # a time-boxed run (a GPU lease, say) resumes from where it stopped
                 break
             t0 = time.perf_counter()
             logs = self.train_step(self.sampler.batch())
@@ -635,11 +391,14 @@ class CodecTrainer:
 
 def train_codec(sources: Sequence[AudioSource], corpus_hash: str, cfg: CodecTrainConfig, out_dir: str | Path, *,
                 export_path: str | Path | None = None, command: str | None = None, device: str = "cpu",
-                progress: bool = True, log: Callable[[str], None] = print, init_from: str | Path | None = None) -> dict:
+                progress: bool = True, log: Callable[[str], None] = print, init_from: str | Path | None = None,
+                max_minutes: float | None = None) -> dict:
     """Train (or resume) a codec in ``out_dir`` to ``cfg.steps`` and export it as a DAC safetensors
     file (default ``<out_dir>/codec.safetensors``) with a provenance JSON beside it
     (``<export>.json``: command, corpus hash, steps, wall time, config, checksum). ``init_from``: an
-    exported codec to continue when ``out_dir`` holds no checkpoint yet (``CodecTrainer.warm_start``)."""
+    exported codec to continue when ``out_dir`` holds no checkpoint yet (``CodecTrainer.warm_start``).
+    ``max_minutes``: stop training after this much wall time (checkpoint saved, codec exported at the
+    step reached; a later call resumes towards ``cfg.steps``)."""
     from tqdm.auto import tqdm
 
     if cfg.threads:
@@ -665,14 +424,18 @@ def train_codec(sources: Sequence[AudioSource], corpus_hash: str, cfg: CodecTrai
                               refresh=False)
         steps_bar.update(0)
 
-    summary = trainer.fit(progress=on_step, init_from=init_from)
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+    summary = trainer.fit(progress=on_step, init_from=init_from,
+                          stop=None if deadline is None else lambda: time.monotonic() > deadline)
+    if trainer.step < cfg.steps:
+        log(f"codec: stopped at step {trainer.step} of {cfg.steps} after --max-minutes {max_minutes:g}")
     steps_bar.close()
     export = Path(export_path) if export_path else out / "codec.safetensors"
     provenance = {"command": command, "corpus_hash": corpus_hash, "steps": trainer.step,
                   "train_seconds": round(trainer.train_seconds, 1),
                   "wall_seconds_this_invocation": round(time.perf_counter() - wall0, 1),
                   "training_clips": sampler.num_clips, "training_hours": round(sampler.seconds / 3600, 3),
-                  "skipped_sources": len(sampler.skipped), "config": asdict(cfg),
+                  "skipped_sources": len(sampler.skipped), "config": cfg.to_dict(),
                   "kmeans_perplexity_at_init": summary["kmeans_perplexity"],
                   "dead_code_restarts": summary["dead_code_restarts"], "warm_start_from": summary["parent"],
                   "final_log": (read_log(out) or [{}])[-1], "torch": torch.__version__, "device": str(device)}

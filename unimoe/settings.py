@@ -7,15 +7,18 @@ environment, or a test that sets a variable, sees the value in force at that mom
     UNIMOE_WORKSPACE      where the flows put their outputs (default ./workspace)
     UNIMOE_WORKERS        parallel shard tasks in the flows' thread pool (default one per core)
     UNIMOE_DASK_ADDRESS   a Dask scheduler the flows run shard tasks on ("local": a local cluster)
+    UNIMOE_DEVICE         where curation runs its neural scorers and codec: "cpu", "cuda", or "auto"
+                          (default: "cuda" when this process sees a GPU, else "cpu")
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from unimoe.config import ConfigModel
+from unimoe.common.config import ConfigModel
 
 
 class Settings(ConfigModel):
@@ -28,9 +31,28 @@ class Settings(ConfigModel):
     workspace: str = Field("workspace", alias="UNIMOE_WORKSPACE")
     workers: int | None = Field(None, alias="UNIMOE_WORKERS")  # None: one per core
     dask_address: str = Field("", alias="UNIMOE_DASK_ADDRESS")  # empty: Prefect's thread pool
+    device: str = Field("auto", alias="UNIMOE_DEVICE", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def settings() -> Settings:
     """The settings the environment gives now."""
     names = [f.alias for f in Settings.model_fields.values()]
     return Settings(**{name: os.environ[name] for name in names if name in os.environ})
+
+
+def workspace_root(path: str | os.PathLike | None = None) -> Path:
+    """Where bulky outputs go: the argument, else $UNIMOE_WORKSPACE, else ./workspace (created)."""
+    root = Path(path or settings().workspace).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def compute_device() -> str:
+    """The torch device this process runs models on: ``$UNIMOE_DEVICE``, or with ``auto`` (the default)
+    ``cuda`` when a GPU is visible (a Dask worker started with ``CUDA_VISIBLE_DEVICES=i``), else ``cpu``."""
+    device = settings().device
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -17,6 +17,7 @@ root or top-level metadata file raises :class:`MissingCorpusError`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,32 @@ def get_adapter(name: str) -> type[Adapter]:
     raise ValueError(f"unknown corpus adapter {name!r}; known: {sorted(ADAPTERS)}")
 
 
+def adapter_options(name: str) -> list[str] | None:
+    """The keyword options adapter ``name`` takes: its own and those it passes on (``**common``) to the
+    classes above it; None when the chain of ``**kwargs`` never ends in named options."""
+    known: set[str] = set()
+    for cls in get_adapter(name).__mro__:
+        if "__init__" not in cls.__dict__:
+            continue
+        if cls is object:
+            return None
+        params = inspect.signature(cls.__init__).parameters
+        known |= {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return sorted(known)
+
+
+def check_adapter_options(name: str, options: dict[str, Any]) -> None:
+    """ValueError naming the options adapter ``name`` does not take (before any corpus is scanned)."""
+    known = adapter_options(name)
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise ValueError(
+            f"corpus adapter {get_adapter(name).__name__} has no option(s) {unknown}; its options: {known}"
+        )
+
+
 def ingest(name: str, root: str | Path, out: str | Path, **options: Any) -> Path:
     """Scan a corpus with adapter ``name`` and write its manifest (kept + quarantined rows) to ``out``."""
     records = list(get_adapter(name)(root, **options).scan())
@@ -65,6 +92,8 @@ def ingest(name: str, root: str | Path, out: str | Path, **options: Any) -> Path
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "adapter_options",
+    "check_adapter_options",
     "Item",
     "MissingCorpusError",
     "SourceError",

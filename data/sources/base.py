@@ -13,28 +13,21 @@ error and raises :class:`SourceError` / :class:`MissingCorpusError` before anyth
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from data.audio_probe import (
-    ProbeLimits,
-    ProbeResult,
-    QuarantineReason,
-    VideoProbe,
-    check_text,
-    has_surrogates,
-    probe_audio,
-    probe_video,
-    repair_text,
-)
+    ProbeLimits, ProbeResult, QuarantineReason, VideoProbe, check_text, probe_audio, probe_video,
+)  # fmt: skip
 from data.manifest import TTS_TASKS, ManifestRecord
 from unimoe.common.reasons import Reason
+from unimoe.common.tables import CsvHeaderError, iter_csv_rows
+from unimoe.common.text import has_surrogates, repair_text
 from unimoe.config import TASKS
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif")
@@ -205,6 +198,69 @@ class Adapter:
             **fields,
         )
 
+    # ---- for adapters: the corpus's files and table rows --------------------------------------
+
+    def required_file(self, relpath: str | Path, what: str, hint: str = "") -> Path:
+        """``root/relpath``, which must be a file: without it the folder is not this corpus."""
+        path = self.root / relpath
+        if not path.is_file():
+            raise MissingCorpusError(f"{self.name}: {what} {path} not found{hint}")
+        return path
+
+    def find_table(
+        self, given: str | None, default_names: Sequence[str], suffixes: Sequence[str], option: str
+    ) -> Path:
+        """The metadata table: ``given`` (relative to the root); else the one of ``default_names`` in
+        the root; else the only file in the root ending in one of ``suffixes``."""
+        if given is not None:
+            return self.required_file(given, "metadata table")
+        named = [self.root / n for n in default_names if (self.root / n).is_file()]
+        found = named or sorted(p for p in self.root.iterdir() if p.suffix in suffixes and p.is_file())
+        if len(found) != 1:
+            raise MissingCorpusError(
+                f"{self.name}: expected {' or '.join(default_names)} or exactly one {'/'.join(suffixes)} file "
+                f"in {self.root}, found {[p.name for p in found]}; pass {option}=..."
+            )
+        return found[0]
+
+    def table_items(
+        self,
+        table: Path,
+        rows: Iterable[tuple[int, dict[str, Any] | QuarantineReason]],
+        row_item: Callable[[str, dict[str, Any]], Item | ManifestRecord | None],
+        task: str | None = None,
+    ) -> Iterator[Item | ManifestRecord]:
+        """``row_item(source_ref, row)`` for each row of ``table`` the reader could parse (None: the row
+        is not an input row of this scan); a row it could not parse is quarantined as ``task``."""
+        table_ref = rel(table, self.root)
+        for line, row in rows:
+            ref = f"{table_ref}:{line}"
+            if isinstance(row, QuarantineReason):
+                yield self.quarantine(ref, None, row.code, row.message, task=task)
+                continue
+            item = row_item(ref, row)
+            if item is not None:
+                yield item
+
+    def unlisted_audio(
+        self, folder: Path, extensions: tuple[str, ...], used: set[Path], table: Path, id_prefix: str,
+        **fields: Any,
+    ) -> Iterator[Item]:
+        """A ``missing_metadata`` item for each audio file under ``folder`` that no row of ``table``
+        named (``used``): every file of the corpus is accounted for, listed or not."""
+        for audio in find_audio_files(folder, extensions):
+            if audio in used:
+                continue
+            where = rel(audio, self.root)
+            why = f"{where} has no row in {rel(table, self.root)}"
+            yield Item(
+                source_ref=where,
+                id=f"{id_prefix}{audio.stem}",
+                audio=audio,
+                problem=QuarantineReason(Reason.MISSING_METADATA, why),
+                **fields,
+            )
+
     # ---- helpers ------------------------------------------------------------------------------
 
     def _base_record(self, item: Item, fallback_id: str) -> ManifestRecord:
@@ -355,49 +411,13 @@ def read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
 def iter_csv(
     path: Path, header_rows: int = 1, **reader_kwargs: Any
 ) -> Iterator[tuple[int, dict[str, Any] | QuarantineReason]]:
-    """(line number, row dict or a ``bad_row`` reason) for each data row of a CSV with a header.
-
-    A multi-row header (``header_rows > 1``, e.g. FMA's ``tracks.csv``) is flattened column by
-    column, joining the non-empty parts with "." (``album`` + ``title`` -> ``album.title``).
-    """
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, **reader_kwargs)
-        rows = []
-        try:
-            for _ in range(header_rows):
-                rows.append(next(reader))
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise SourceError(f"{path}: cannot parse the CSV header: {e}") from e
-        width = max(len(r) for r in rows)
-        header = []
-        for c in range(width):
-            parts = [r[c].lstrip("\ufeff").strip() for r in rows if c < len(r)]
-            header.append(".".join(p for p in parts if p))
-        while True:
-            line_before = reader.line_num
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield line_before + 1, QuarantineReason(Reason.BAD_ROW, f"CSV error: {e}")
-                if reader.line_num == line_before:  # pragma: no cover - no progress: stop rather than loop
-                    return
-                continue
-            if not row or all(not c.strip() for c in row):
-                continue
-            line = reader.line_num
-            if len(row) != len(header):
-                yield (
-                    line,
-                    QuarantineReason(
-                        Reason.BAD_ROW, f"{len(row)} fields, the header has {len(header)} (unquoted comma?)"
-                    ),
-                )
-                continue
-            yield line, dict(zip(header, row, strict=True))
+    """(line number, row dict or a ``bad_row`` reason) for each data row of a CSV with a header
+    (:func:`unimoe.common.tables.iter_csv_rows`); an unparsable header is a :class:`SourceError`."""
+    try:
+        for line, row in iter_csv_rows(path, header_rows, **reader_kwargs):
+            yield line, QuarantineReason(Reason.BAD_ROW, row) if isinstance(row, str) else row
+    except CsvHeaderError as e:
+        raise SourceError(str(e)) from e
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | QuarantineReason]]:

@@ -23,15 +23,8 @@ from typing import Iterator
 
 from data.manifest import ManifestRecord
 from data.sources.base import (
-    LONG_MUSIC_MAX_DURATION,
-    Adapter,
-    Item,
-    MissingCorpusError,
-    QuarantineReason,
-    find_audio_files,
-    iter_csv,
-    rel,
-)
+    LONG_MUSIC_MAX_DURATION, Adapter, Item, MissingCorpusError, QuarantineReason, find_audio_files, iter_csv, rel,
+)  # fmt: skip
 
 _NESTED = {"small": ("small",), "medium": ("small", "medium"), "large": ("small", "medium", "large")}
 
@@ -65,12 +58,8 @@ class FMAAdapter(Adapter):
             raise ValueError(f"subset must be small, medium, large or full, got {subset!r}")
         self.subset = subset
         self.audio_dir = self.root / (audio_dir or f"fma_{subset}")
-        self.metadata = self.root / metadata
+        self.metadata = self.required_file(metadata, "metadata file", " (expected fma_metadata/tracks.csv)")
         self.extensions = tuple(extensions)
-        if not self.metadata.is_file():
-            raise MissingCorpusError(
-                f"fma: metadata file {self.metadata} not found (expected fma_metadata/tracks.csv)"
-            )
         if not self.audio_dir.is_dir():
             raise MissingCorpusError(f"fma: audio folder {self.audio_dir} not found")
 
@@ -82,26 +71,19 @@ class FMAAdapter(Adapter):
         return None
 
     def items(self) -> Iterator[Item | ManifestRecord]:
-        mref = rel(self.metadata, self.root)
         listed: set[int] = set()
         used: set[Path] = set()
         wanted = _NESTED.get(self.subset)
-        for line, row in iter_csv(self.metadata, header_rows=3):
-            ref = f"{mref}:{line}"
-            if isinstance(row, QuarantineReason):
-                yield self.quarantine(ref, None, row.code, row.message, task="t2m")
-                continue
+
+        def row_item(ref: str, row: dict) -> Item | ManifestRecord | None:
             raw_id = (row.get("track_id") or "").strip()
             try:
                 tid = int(raw_id)
             except ValueError:
-                yield self.quarantine(
-                    ref, None, "bad_row", f"track_id {raw_id!r} is not an integer", task="t2m"
-                )
-                continue
+                return self.quarantine(ref, None, "bad_row", f"track_id {raw_id!r} is not an integer", task="t2m")
             subset = (row.get("set.subset") or "").strip()
             if wanted is not None and subset and subset not in wanted:
-                continue  # not part of this subset: not an input row of this scan
+                return None  # not part of this subset: not an input row of this scan
             listed.add(tid)
             audio = self._find_audio(tid)
             if audio is not None:
@@ -116,7 +98,7 @@ class FMAAdapter(Adapter):
                 "fma_subset": subset or None,
                 "track_duration": row.get("track.duration") or None,
             }
-            yield Item(
+            return Item(
                 source_ref=ref,
                 id=f"fma-{tid:06d}",
                 audio=audio,
@@ -126,6 +108,9 @@ class FMAAdapter(Adapter):
                 licence=(row.get("track.license") or "").strip() or None,
                 meta=meta,
             )
+
+        yield from self.table_items(self.metadata, iter_csv(self.metadata, header_rows=3), row_item, task="t2m")
+        mref = rel(self.metadata, self.root)
         for audio in find_audio_files(self.audio_dir, self.extensions):
             try:
                 tid = int(audio.stem)

@@ -22,16 +22,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from data.manifest import ManifestRecord
-from data.sources.base import (
-    Adapter,
-    Item,
-    MissingCorpusError,
-    QuarantineReason,
-    id_from_relpath,
-    iter_csv,
-    iter_jsonl,
-    rel,
-)
+from data.sources.base import Adapter, Item, QuarantineReason, id_from_relpath, iter_csv, iter_jsonl
 
 _ALIASES = {
     "path": ("path", "audio", "audio_path", "file"),
@@ -81,21 +72,7 @@ class GenericAdapter(Adapter):
         **common,
     ) -> None:
         super().__init__(root, **common)
-        if manifest is None:
-            named = [self.root / n for n in _DEFAULT_NAMES if (self.root / n).is_file()]
-            found = named or sorted(
-                p for p in self.root.iterdir() if p.suffix in (".csv", ".jsonl") and p.is_file()
-            )
-            if len(found) != 1:
-                raise MissingCorpusError(
-                    f"generic: expected one CSV/JSONL file in {self.root} (metadata.csv or metadata.jsonl), found "
-                    f"{[p.name for p in found]}; pass manifest=..."
-                )
-            self.manifest = found[0]
-        else:
-            self.manifest = self.root / manifest
-            if not self.manifest.is_file():
-                raise MissingCorpusError(f"generic: {self.manifest} not found")
+        self.manifest = self.find_table(manifest, _DEFAULT_NAMES, (".csv", ".jsonl"), "manifest")
         if self.manifest.suffix not in (".csv", ".jsonl"):
             raise ValueError(f"generic: {self.manifest.name} must be a .csv or .jsonl file")
         self.task = task
@@ -108,57 +85,54 @@ class GenericAdapter(Adapter):
         return iter_csv(self.manifest)
 
     def items(self) -> Iterator[Item | ManifestRecord]:
-        mref = rel(self.manifest, self.root)
-        for line, row in self._rows():
-            ref = f"{mref}:{line}"
-            if isinstance(row, QuarantineReason):
-                yield self.quarantine(ref, None, row.code, row.message, task=self.task)
-                continue
-            _, path = _pick(row, "path")
-            has_text, text = _pick(row, "text")
-            _, licence = _pick(row, "licence")
-            _, video = _pick(row, "video")
-            task = row.get("task") if not _blank(row.get("task")) else self.task
-            task = task.strip() if isinstance(task, str) else task
-            rid = row.get("id")
-            if _blank(rid) and isinstance(path, str) and path.strip():
-                rid = id_from_relpath(path.strip())
-            meta = {k: v for k, v in row.items() if k not in _KNOWN}
+        return self.table_items(self.manifest, self._rows(), self._row_item, task=self.task)
 
-            problem = None
-            declared_sr = declared_dur = None
-            try:
-                if not _blank(row.get("sample_rate")):
-                    declared_sr = int(float(row["sample_rate"]))
-                if not _blank(row.get("duration")):
-                    declared_dur = float(row["duration"])
-            except (TypeError, ValueError):
-                problem = QuarantineReason(
-                    "bad_row",
-                    f"sample_rate={row.get('sample_rate')!r} / duration={row.get('duration')!r} are not numbers",
-                )
-            if problem is None and (not isinstance(path, str) or not path.strip()):
-                problem = QuarantineReason("bad_row", "no audio path (column path/audio/audio_path/file)")
+    def _row_item(self, ref: str, row: dict[str, Any]) -> Item:
+        _, path = _pick(row, "path")
+        has_text, text = _pick(row, "text")
+        _, licence = _pick(row, "licence")
+        _, video = _pick(row, "video")
+        task = row.get("task") if not _blank(row.get("task")) else self.task
+        task = task.strip() if isinstance(task, str) else task
+        rid = row.get("id")
+        if _blank(rid) and isinstance(path, str) and path.strip():
+            rid = id_from_relpath(path.strip())
+        meta = {k: v for k, v in row.items() if k not in _KNOWN}
 
-            if self.require_text is False and _blank(text):
-                text = None
-            elif not has_text:
-                text = None
-            require = bool(self.require_text) if self.require_text is not None else False
-            yield Item(
-                source_ref=ref,
-                id=str(rid).strip() if rid is not None and not _blank(rid) else None,
-                audio=path.strip() if isinstance(path, str) and path.strip() else None,
-                task=task,
-                language=row.get("language") if not _blank(row.get("language")) else self.language,
-                text=text if text is None or isinstance(text, (str, bytes)) else str(text),
-                require_text=require,
-                speaker=row.get("speaker") if not _blank(row.get("speaker")) else None,
-                split=row.get("split") if not _blank(row.get("split")) else None,
-                licence=licence if not _blank(licence) else None,
-                video=video.strip() if isinstance(video, str) and video.strip() else None,
-                declared_sample_rate=declared_sr,
-                declared_duration=declared_dur,
-                meta=meta,
-                problem=problem,
+        problem = None
+        declared_sr = declared_dur = None
+        try:
+            if not _blank(row.get("sample_rate")):
+                declared_sr = int(float(row["sample_rate"]))
+            if not _blank(row.get("duration")):
+                declared_dur = float(row["duration"])
+        except (TypeError, ValueError):
+            problem = QuarantineReason(
+                "bad_row",
+                f"sample_rate={row.get('sample_rate')!r} / duration={row.get('duration')!r} are not numbers",
             )
+        if problem is None and (not isinstance(path, str) or not path.strip()):
+            problem = QuarantineReason("bad_row", "no audio path (column path/audio/audio_path/file)")
+
+        if self.require_text is False and _blank(text):
+            text = None
+        elif not has_text:
+            text = None
+        require = bool(self.require_text) if self.require_text is not None else False
+        return Item(
+            source_ref=ref,
+            id=str(rid).strip() if rid is not None and not _blank(rid) else None,
+            audio=path.strip() if isinstance(path, str) and path.strip() else None,
+            task=task,
+            language=row.get("language") if not _blank(row.get("language")) else self.language,
+            text=text if text is None or isinstance(text, (str, bytes)) else str(text),
+            require_text=require,
+            speaker=row.get("speaker") if not _blank(row.get("speaker")) else None,
+            split=row.get("split") if not _blank(row.get("split")) else None,
+            licence=licence if not _blank(licence) else None,
+            video=video.strip() if isinstance(video, str) and video.strip() else None,
+            declared_sample_rate=declared_sr,
+            declared_duration=declared_dur,
+            meta=meta,
+            problem=problem,
+        )

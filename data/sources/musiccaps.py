@@ -28,17 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data.manifest import ManifestRecord
-from data.sources.base import (
-    AUDIO_EXTENSIONS,
-    LONG_MUSIC_MAX_DURATION,
-    Adapter,
-    Item,
-    MissingCorpusError,
-    QuarantineReason,
-    find_audio_files,
-    iter_csv,
-    rel,
-)
+from data.sources.base import AUDIO_EXTENSIONS, LONG_MUSIC_MAX_DURATION, Adapter, Item, iter_csv, rel
 from unimoe.corpora.musiccaps import AUDIO_SUFFIXES, CSV_NAME, CaptionRow, parse_row
 
 
@@ -65,19 +55,7 @@ class MusicCapsAdapter(Adapter):
         **common,
     ) -> None:
         super().__init__(root, **common)
-        if csv is None:
-            default = self.root / CSV_NAME
-            found = [default] if default.is_file() else sorted(self.root.glob("*.csv"))
-            if len(found) != 1:
-                raise MissingCorpusError(
-                    f"musiccaps: expected musiccaps-public.csv or exactly one CSV in {self.root}, found "
-                    f"{[p.name for p in found]}; pass csv=..."
-                )
-            self.csv = found[0]
-        else:
-            self.csv = self.root / csv
-            if not self.csv.is_file():
-                raise MissingCorpusError(f"musiccaps: caption CSV {self.csv} not found")
+        self.csv = self.find_table(csv, (CSV_NAME,), (".csv",), "csv")
         self.audio_dir = self.root / audio_dir
         self.filename = filename
         self.audio_is_clip = audio_is_clip
@@ -90,23 +68,17 @@ class MusicCapsAdapter(Adapter):
         return parsed.stems if self.audio_is_clip else [parsed.ytid]
 
     def items(self) -> Iterator[Item | ManifestRecord]:
-        cref = rel(self.csv, self.root)
         used: set[Path] = set()
-        for line, row in iter_csv(self.csv):
-            ref = f"{cref}:{line}"
-            if isinstance(row, QuarantineReason):
-                yield self.quarantine(ref, None, row.code, row.message, task="t2m")
-                continue
+
+        def row_item(ref: str, row: dict) -> Item | ManifestRecord:
             parsed = parse_row(row)
             ytid = parsed.ytid
             meta = {"ytid": ytid, "start_s": parsed.start, "end_s": parsed.end, **parsed.meta}
             try:
                 stems = self._stems(row, parsed) if ytid else []
             except (KeyError, IndexError, ValueError) as e:
-                yield self.quarantine(
-                    ref, ytid or None, "bad_row", f"filename template failed: {e}", task="t2m"
-                )
-                continue
+                why = f"filename template failed: {e}"
+                return self.quarantine(ref, ytid or None, "bad_row", why, task="t2m")
             audio = None
             for stem in stems:
                 for ext in self.extensions:
@@ -119,11 +91,10 @@ class MusicCapsAdapter(Adapter):
                     break
             if parsed.problem is not None:
                 code, message = parsed.problem
-                yield self.quarantine(ref, ytid or None, code, message, task="t2m", meta=meta)
-                continue
+                return self.quarantine(ref, ytid or None, code, message, task="t2m", meta=meta)
             names = stems[0] if len(stems) == 1 else "{" + ",".join(stems) + "}"
             exts = ",".join(self.extensions)
-            yield Item(
+            return Item(
                 source_ref=ref,
                 id=ytid,
                 audio=audio,
@@ -135,13 +106,8 @@ class MusicCapsAdapter(Adapter):
                 segment=None if self.audio_is_clip else (parsed.start, parsed.end),
                 meta=meta,
             )
-        for audio in find_audio_files(self.audio_dir, tuple(set(self.extensions) | set(AUDIO_EXTENSIONS))):
-            if audio in used:
-                continue
-            yield Item(
-                source_ref=rel(audio, self.root),
-                id=f"musiccaps-unlisted-{audio.stem}",
-                audio=audio,
-                task="t2m",
-                problem=QuarantineReason("missing_metadata", f"{rel(audio, self.root)} has no row in {cref}"),
-            )
+
+        yield from self.table_items(self.csv, iter_csv(self.csv), row_item, task="t2m")
+        extensions = tuple(set(self.extensions) | set(AUDIO_EXTENSIONS))
+        yield from self.unlisted_audio(self.audio_dir, extensions, used, self.csv, "musiccaps-unlisted-",
+                                       task="t2m")

@@ -19,16 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data.manifest import ManifestRecord
-from data.sources.base import (
-    LONG_MUSIC_MAX_DURATION,
-    Adapter,
-    Item,
-    MissingCorpusError,
-    QuarantineReason,
-    find_audio_files,
-    iter_csv,
-    rel,
-)
+from data.sources.base import LONG_MUSIC_MAX_DURATION, Adapter, Item, iter_csv
 
 _META_FIELDS = ("composer", "composition", "movement", "ensemble", "source", "transcriber", "catalog_name")
 
@@ -50,10 +41,8 @@ class MusicNetAdapter(Adapter):
         **common,
     ):
         super().__init__(root, **common)
-        self.metadata = self.root / metadata
+        self.metadata = self.required_file(metadata, "metadata file")
         self.splits = tuple(splits)
-        if not self.metadata.is_file():
-            raise MissingCorpusError(f"musicnet: metadata file {self.metadata} not found")
 
     def _instruments(self, labels: Path) -> list[int] | None:
         found: set[int] = set()
@@ -66,13 +55,9 @@ class MusicNetAdapter(Adapter):
         return sorted(found)
 
     def items(self) -> Iterator[Item | ManifestRecord]:
-        mref = rel(self.metadata, self.root)
         used: set[Path] = set()
-        for line, row in iter_csv(self.metadata):
-            ref = f"{mref}:{line}"
-            if isinstance(row, QuarantineReason):
-                yield self.quarantine(ref, None, row.code, row.message, task="t2m")
-                continue
+
+        def row_item(ref: str, row: dict) -> Item | ManifestRecord:
             rid = (row.get("id") or "").strip()
             audio, split = None, None
             for s in self.splits:
@@ -87,15 +72,13 @@ class MusicNetAdapter(Adapter):
                 if labels.is_file():
                     meta["labels_path"] = str(labels)
                     meta["instruments"] = self._instruments(labels)
-            declared = None
             try:
                 declared = float(row["seconds"]) if (row.get("seconds") or "").strip() else None
             except ValueError:
-                yield self.quarantine(
+                return self.quarantine(
                     ref, rid, "bad_row", f"seconds {row.get('seconds')!r} is not a number", task="t2m"
                 )
-                continue
-            yield Item(
+            return Item(
                 source_ref=ref,
                 id=f"musicnet-{rid}" if rid else None,
                 audio=audio,
@@ -105,17 +88,8 @@ class MusicNetAdapter(Adapter):
                 declared_duration=declared,
                 meta=meta,
             )
+
+        yield from self.table_items(self.metadata, iter_csv(self.metadata), row_item, task="t2m")
         for s in self.splits:
-            for audio in find_audio_files(self.root / f"{s}_data", (".wav",)):
-                if audio in used:
-                    continue
-                yield Item(
-                    source_ref=rel(audio, self.root),
-                    id=f"musicnet-{audio.stem}",
-                    audio=audio,
-                    task="t2m",
-                    split=s,
-                    problem=QuarantineReason(
-                        "missing_metadata", f"{rel(audio, self.root)} has no row in {mref}"
-                    ),
-                )
+            yield from self.unlisted_audio(self.root / f"{s}_data", (".wav",), used, self.metadata, "musicnet-",
+                                           task="t2m", split=s)

@@ -319,18 +319,26 @@ class DashboardData:
         s = self.query("routing_tasks", "SELECT DISTINCT layer FROM t ORDER BY layer")
         return [] if s.empty else [int(x) for x in s.df["layer"]]
 
+    def _last_stage(self, table: str, where: str, params: dict[str, Any], none_message: str) -> int | Section:
+        """The last training stage with rows of ``table`` matching ``where``; a Section saying why when
+        there is none (the table unreadable, or ``none_message``)."""
+        s = self.query(table, f"SELECT max(stage) AS stage FROM t WHERE {where}", params)
+        if s.message:
+            return s
+        if s.empty or pd.isna(s.df["stage"].iloc[0]):
+            return Section(message=none_message)
+        return int(s.df["stage"].iloc[0])
+
     def experts_per_token(self, series: Sequence[Series] = (), stage: int | None = None) -> Section:
         """Tokens per (training run, layer, number of dynamic experts selected) for one stage (default the
         last stage with routing data), summed over its logging windows; ``meta["mean"]`` holds the mean
         experts per token by (series label, layer)."""
         where, params, note = self._train_filter("routing_hist", series)
         if stage is None:
-            s = self.query("routing_hist", f"SELECT max(stage) AS stage FROM t WHERE {where} AND kind = 'dynamic'", params)
-            if s.message:
-                return s
-            if s.empty or pd.isna(s.df["stage"].iloc[0]):
-                return Section(message="No dynamic routing histograms (kind='dynamic') in the routing_hist table.")
-            stage = int(s.df["stage"].iloc[0])
+            stage = self._last_stage("routing_hist", f"{where} AND kind = 'dynamic'", params,
+                                     "No dynamic routing histograms (kind='dynamic') in the routing_hist table.")
+            if isinstance(stage, Section):
+                return stage
         s = self.query("routing_hist", f"""
             SELECT run_id || ' · ' || variant AS series, layer, num_experts, sum(count) AS tokens FROM t
             WHERE {where} AND kind = 'dynamic' AND stage = $stage
@@ -350,12 +358,9 @@ class DashboardData:
         MoE layer (default all layers summed), with each task's share of the expert's selections."""
         where, params, note = self._train_filter("routing_tasks", series)
         if stage is None:
-            s = self.query("routing_tasks", f"SELECT max(stage) AS stage FROM t WHERE {where}", params)
-            if s.message:
-                return s
-            if s.empty or pd.isna(s.df["stage"].iloc[0]):
-                return Section(message="The routing_tasks table has no rows.")
-            stage = int(s.df["stage"].iloc[0])
+            stage = self._last_stage("routing_tasks", where, params, "The routing_tasks table has no rows.")
+            if isinstance(stage, Section):
+                return stage
         lay = "AND layer = $layer" if layer is not None else ""
         p = {**params, "stage": int(stage)}
         if layer is not None:

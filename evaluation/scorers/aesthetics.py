@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, load_tensor_file, register
+from evaluation.scorers.base import AudioItem, Scorer, ScorerUnavailable, WeightsFileModel, load_tensor_file, register
 from unimoe.common.audio import resample, to_mono
 from unimoe.io import resolve_weights, sha256_file
 
@@ -133,7 +133,7 @@ def _package_version() -> str:
         return "unknown"
 
 
-class AudioboxAesthetics(Scorer):
+class AudioboxAesthetics(WeightsFileModel, Scorer):
     """Per-clip CE / CU / PC / PQ (higher is better), length-weighted over 10 s windows."""
 
     name = "audiobox_aesthetics"
@@ -149,13 +149,8 @@ class AudioboxAesthetics(Scorer):
         batch_size: int = 4,
         device: str | torch.device = "cpu",
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.weights_path = Path(weights_path)
-        self.weights_sha256 = weights_sha256
-        self.batch_size = int(batch_size)
+        self.init_model(model, weights_path=weights_path, weights_sha256=weights_sha256, batch_size=batch_size,
+                        device=device)
         self.package_version = _package_version()
         self._transform = {
             a: (float(model.target_transform[a]["mean"]), float(model.target_transform[a]["std"]))
@@ -166,15 +161,12 @@ class AudioboxAesthetics(Scorer):
     def version(self) -> str:
         return f"audiobox_aesthetics=={self.package_version}+sha256:{self.weights_sha256[:12]}"
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(
-            weights=str(self.weights_path),
-            weights_sha256=self.weights_sha256,
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(
+            **self.weights_info(),
             protocol=f"{SAMPLE_RATE} Hz mono, {WINDOW_S} s windows, {HOP_S} s hop, last window zero-padded "
             "and masked, clip = length-weighted mean of windows",
         )
-        return out
 
     def predict_windows(self, windows: torch.Tensor, masks: torch.Tensor) -> dict[str, np.ndarray]:
         """Scores of a batch of windows (``[n, samples]`` float, ``[n, samples]`` bool mask of real

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
@@ -138,7 +139,34 @@ class ScorerBase:
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:
-        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics)}
+        """What produced this scorer's numbers, written next to them (``scorer_protocol``): its name,
+        version and metrics, and its ``protocol_info``."""
+        return {"scorer": self.name, "version": self.version, "metrics": dict(self.metrics), **self.protocol_info()}
+
+    def protocol_info(self) -> dict[str, Any]:
+        """What this scorer's numbers depend on beyond its version (weights file and checksum, sample
+        rate, windows, decoding, normalisation): a subclass returns its own fields here."""
+        return {}
+
+
+class WeightsFileModel:
+    """The torch model of a scorer built on one checksummed weights file (audiobox aesthetics, CLAP, PaSST,
+    OpenL3): held on ``device`` in eval mode, run ``batch_size`` clips (or windows) at a time, with the file
+    and its SHA-256 recorded in the scorer's ``protocol_info`` (``weights_info``)."""
+
+    def init_model(self, model: Any, *, weights_path: Any, weights_sha256: str, batch_size: int, device: Any) -> None:
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.weights_path = Path(weights_path)
+        self.weights_sha256 = weights_sha256
+        self.batch_size = int(batch_size)
+
+    def weights_info(self) -> dict[str, str]:
+        return {"weights": str(self.weights_path), "weights_sha256": self.weights_sha256}
 
 
 class Scorer(ScorerBase, FailureNotes):
@@ -280,15 +308,20 @@ def load_scorer(name: str, **options: Any) -> ScorerBase:
         raise ScorerUnavailable(str(e)) from e
 
 
-def load_scorers(names: Iterable[str], options: Mapping[str, dict[str, Any]] | None = None
-                 ) -> tuple[dict[str, Scorer | SetScorer], dict[str, str]]:
+def load_scorers(names: Iterable[str], options: Mapping[str, dict[str, Any]] | None = None, *,
+                 gpu_device: str | None = None) -> tuple[dict[str, Scorer | SetScorer], dict[str, str]]:
     """The named scorers that can run here, and for each of the others why not (the ScorerUnavailable
-    message). ``options``: keyword arguments per scorer name."""
+    message). ``options``: keyword arguments per scorer name. ``gpu_device`` (e.g. ``"cuda"``): where the
+    scorers that declare a GPU in ``resources`` run (an explicit ``device`` option wins); the others stay
+    where they are (DNSMOS's ONNX sessions, PocketSphinx, the signal analyses run on the CPU)."""
     scorers: dict[str, Scorer | SetScorer] = {}
     unavailable: dict[str, str] = {}
     for name in names:
+        opts = dict((options or {}).get(name, {}))
+        if gpu_device is not None and "GPU" in scorer_class(name).resources:
+            opts.setdefault("device", gpu_device)
         try:
-            scorers[name] = load_scorer(name, **(options or {}).get(name, {}))
+            scorers[name] = load_scorer(name, **opts)
         except ScorerUnavailable as e:
             unavailable[name] = str(e)
     return scorers, unavailable

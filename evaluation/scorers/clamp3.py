@@ -245,13 +245,11 @@ class ClaMP3Score(Scorer):
         return (f"clamp3-saas+sha256:{self.weights_sha256[:12]}+mert-v1-95m+sha256:{self.mert_sha256[:12]}"
                 f"+transformers-{importlib.metadata.version('transformers')}")
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(weights=str(self.weights_path), weights_sha256=self.weights_sha256,
-                   mert_sha256=self.mert_sha256, checkpoint=self.checkpoint_meta, mert_sample_rate=MERT_SR,
-                   window_s=WINDOW_S, protocol="cosine(CLaMP3 text, CLaMP3 audio over MERT-v1-95M 5 s "
-                   "window features, mean over 13 hidden states and time)")
-        return out
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(weights=str(self.weights_path), weights_sha256=self.weights_sha256,
+                    mert_sha256=self.mert_sha256, checkpoint=self.checkpoint_meta, mert_sample_rate=MERT_SR,
+                    window_s=WINDOW_S, protocol="cosine(CLaMP3 text, CLaMP3 audio over MERT-v1-95M 5 s "
+                    "window features, mean over 13 hidden states and time)")
 
     # ---- features ----------------------------------------------------------------------------------
 

@@ -62,7 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.scorers.base import MUSIC, AudioItem, Scorer, ScorerUnavailable, load_state_dict_file, register
+from evaluation.scorers.base import (MUSIC, AudioItem, Scorer, ScorerUnavailable, WeightsFileModel,
+                                     load_state_dict_file, register)
 from unimoe.common.audio import resample, to_mono
 from unimoe.io import MissingWeightsError, resolve_weights, sha256_file, weights_root
 
@@ -276,7 +277,7 @@ def build_clap_model(ckpt: ClapCheckpoint, text_config: Any) -> tuple[torch.nn.M
     return model.eval(), model_cfg
 
 
-class ClapScore(Scorer):
+class ClapScore(WeightsFileModel, Scorer):
     """Cosine between caption and audio CLAP embeddings (higher is better)."""
 
     name = "clap"
@@ -298,16 +299,11 @@ class ClapScore(Scorer):
         crop_seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.init_model(model, weights_path=weights_path, weights_sha256=weights_sha256, batch_size=batch_size,
+                        device=device)
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
         self.checkpoint = checkpoint
-        self.weights_path = Path(weights_path)
-        self.weights_sha256 = weights_sha256
-        self.batch_size = int(batch_size)
         self.crop_seed = int(crop_seed)
         _, _, self._data = _import_laion_clap()
 
@@ -315,14 +311,12 @@ class ClapScore(Scorer):
     def version(self) -> str:
         return f"{self.checkpoint.name}+sha256:{self.weights_sha256[:12]}"
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(
             checkpoint=self.checkpoint.name,
             amodel=self.checkpoint.amodel,
             enable_fusion=self.checkpoint.enable_fusion,
-            weights=str(self.weights_path),
-            weights_sha256=self.weights_sha256,
+            **self.weights_info(),
             sample_rate=SAMPLE_RATE,
             crop_seed=self.crop_seed,
             protocol="cosine(text embedding, audio embedding); mono 48 kHz, int16-quantised, 10 s "
@@ -330,7 +324,6 @@ class ClapScore(Scorer):
             + ("fusion" if self.checkpoint.enable_fusion else "seeded random crop")
             + ")",
         )
-        return out
 
     # ---- embeddings --------------------------------------------------------------------------------
 

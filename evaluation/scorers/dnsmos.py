@@ -180,12 +180,8 @@ class DNSMOSScorer(Scorer):
             }
         return results
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {"sample_rate": SAMPLE_RATE, "window_s": float(self._sm.INPUT_LENGTH), "personalized": False}
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {"sample_rate": SAMPLE_RATE, "window_s": float(self._sm.INPUT_LENGTH), "personalized": False}
 
 
 @register("dnsmos", DNSMOSScorer)

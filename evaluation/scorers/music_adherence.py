@@ -178,9 +178,8 @@ class MusicAdherence(Scorer):
     def version(self) -> str:
         return f"{VERSION}+librosa-{importlib.metadata.version('librosa')}"
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(
             analysis_sample_rate=ANALYSIS_SR,
             tempo_tolerance=TEMPO_TOLERANCE,
             tempo_factors=list(TEMPO_FACTORS),
@@ -189,7 +188,6 @@ class MusicAdherence(Scorer):
             protocol="caption tempo/key vs librosa beat_track tempo and Krumhansl-Schmuckler key; "
             "tempo 1 within +-4% (x1/2, x1, x2), exp decay beyond; key MIREX weights",
         )
-        return out
 
     def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
         self.last_failures, self.last_estimates = {}, {}

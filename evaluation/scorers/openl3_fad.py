@@ -46,7 +46,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
+from evaluation.scorers.base import (AudioItem, ScorerUnavailable, SetScorer, WeightsFileModel,
+                                     load_state_dict_file, register)
 from unimoe.common.audio import as_channels_first
 from unimoe.io import resolve_weights, sha256_file
 
@@ -119,7 +120,7 @@ def soxr_resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return np.ascontiguousarray(np.atleast_2d(y.T), dtype=np.float32).reshape(x.shape[0], -1)
 
 
-class OpenL3FAD(SetScorer):
+class OpenL3FAD(WeightsFileModel, SetScorer):
     """OpenL3 (mel256, music, 512-d; L‖R 1024-d) embeddings and the Fréchet distance between sets."""
 
     name = "openl3_fad"
@@ -141,17 +142,12 @@ class OpenL3FAD(SetScorer):
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.init_model(model, weights_path=weights_path, weights_sha256=weights_sha256, batch_size=batch_size,
+                        device=device)
         if not 0 < eval_sample_rate <= OPENL3_SR:
             raise ValueError(f"eval_sample_rate must be in (0, {OPENL3_SR}], got {eval_sample_rate}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.weights_path = Path(weights_path)
-        self.weights_sha256 = weights_sha256
         self.eval_sample_rate = int(eval_sample_rate)
         self.hop_size = float(hop_size)
-        self.batch_size = int(batch_size)
         self.pooling = pooling
         self.last_failures: dict[str, str] = {}
         self._ref_cache: tuple[list[Any], tuple[tuple[np.ndarray, np.ndarray] | None, int]] | None = None
@@ -166,11 +162,9 @@ class OpenL3FAD(SetScorer):
             f"{EMBEDDING_SIZE}+sha256:{self.weights_sha256[:12]}+pool:{self.pooling}"
         )
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(
-            weights=str(self.weights_path),
-            weights_sha256=self.weights_sha256,
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(
+            **self.weights_info(),
             input_repr=INPUT_REPR,
             content_type=CONTENT_TYPE,
             embedding_size=EMBEDDING_SIZE,
@@ -184,7 +178,6 @@ class OpenL3FAD(SetScorer):
             + ("Frechet distance of Gaussians fitted to all frames of each set" if self.pooling == "frames"
                else "Frechet distance of Gaussians fitted to one mean embedding per item (NOT the reference protocol)"),
         )
-        return out
 
     # ---- embeddings --------------------------------------------------------------------------------
 

@@ -130,19 +130,15 @@ class ParaformerCER(TranscriptScorer):
         model = type(self.am.model).__name__
         return f"funasr {self.funasr_version} {model} (model.pt sha256:{self.sha256[:12]}) cer-rule={self.zh_rule}"
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "model_dir": str(self.model_dir),
-                "sha256": self.sha256,
-                "model_class": type(self.am.model).__name__,
-                "sample_rate": SAMPLE_RATE,
-                "batch_size_s": self.batch_size_s,
-                "normalisation": f"evaluation.text.normalize_pair zh_rule={self.zh_rule}",
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "sha256": self.sha256,
+            "model_class": type(self.am.model).__name__,
+            "sample_rate": SAMPLE_RATE,
+            "batch_size_s": self.batch_size_s,
+            "normalisation": f"evaluation.text.normalize_pair zh_rule={self.zh_rule}",
+        }
 
     def transcribe(self, wavs: list[np.ndarray]) -> list[str]:
         """Raw transcripts of 16 kHz mono float32 clips."""

@@ -48,7 +48,8 @@ from unittest import mock
 import numpy as np
 import torch
 
-from evaluation.scorers.base import AudioItem, ScorerUnavailable, SetScorer, load_state_dict_file, register
+from evaluation.scorers.base import (AudioItem, ScorerUnavailable, SetScorer, WeightsFileModel,
+                                     load_state_dict_file, register)
 from evaluation.scorers.openl3_fad import peak_normalise, soxr_resample
 from unimoe.common.audio import to_mono
 from unimoe.io import resolve_weights, sha256_file
@@ -155,7 +156,7 @@ def clip_windows(wav32: np.ndarray) -> np.ndarray:
     return out
 
 
-class PaSSTKL(SetScorer):
+class PaSSTKL(WeightsFileModel, SetScorer):
     """PaSST class posteriors per item; KL (named by direction) and IS over sets."""
 
     name = "passt"
@@ -176,13 +177,8 @@ class PaSSTKL(SetScorer):
     ) -> None:
         if kl_direction not in KL_FORMS:
             raise ValueError(f"kl_direction must be one of {sorted(KL_FORMS)}, got {kl_direction!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.weights_path = Path(weights_path)
-        self.weights_sha256 = weights_sha256
-        self.batch_size = int(batch_size)
+        self.init_model(model, weights_path=weights_path, weights_sha256=weights_sha256, batch_size=batch_size,
+                        device=device)
         self.is_splits = int(is_splits)
         self.kl_direction = kl_direction
         self.kl_metric, self.kl_eps, self.kl_form = KL_FORMS[kl_direction]
@@ -196,12 +192,10 @@ class PaSSTKL(SetScorer):
             f"+kl:{self.kl_direction},{self.kl_form}{self.kl_eps:g}"
         )
 
-    def info(self) -> dict[str, Any]:
-        out = super().info()
-        out.update(
+    def protocol_info(self) -> dict[str, Any]:
+        return dict(
             arch=ARCH,
-            weights=str(self.weights_path),
-            weights_sha256=self.weights_sha256,
+            **self.weights_info(),
             sample_rate=SAMPLE_RATE,
             window_s=WINDOW_S,
             hop_s=WINDOW_S - OVERLAP_S,
@@ -215,7 +209,6 @@ class PaSSTKL(SetScorer):
             f"<=15% skipped), mean logits over windows, softmax; KL({self.kl_direction}) paired, "
             f"{self.kl_form} eps {self.kl_eps:g}; IS over splits (no reference needed)",
         )
-        return out
 
     # ---- posteriors --------------------------------------------------------------------------------
 

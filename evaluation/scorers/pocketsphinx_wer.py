@@ -92,18 +92,14 @@ class PocketSphinxWER(TranscriptScorer):
     def version(self) -> str:
         return self._version
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "model_dir": str(self.model_dir),
-                "model_sha256": self.model_sha256,
-                "sample_rate": SAMPLE_RATE,
-                "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
-                "aggregation": "per item utterance WER + errors/ref_len for the corpus WER",
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "model_dir": str(self.model_dir),
+            "model_sha256": self.model_sha256,
+            "sample_rate": SAMPLE_RATE,
+            "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
+            "aggregation": "per item utterance WER + errors/ref_len for the corpus WER",
+        }
 
     def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
         """Raw PocketSphinx transcript of one clip (any rate, mono or [channels, samples])."""

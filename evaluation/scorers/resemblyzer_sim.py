@@ -114,19 +114,15 @@ class ResemblyzerSim(SpeakerSimilarityScorer):
     def version(self) -> str:
         return self._version
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "weights": str(self.weights_path),
-                "sha256": self.sha256,
-                "sample_rate": SAMPLE_RATE,
-                "protocol": "cosine(generated, prompt) of GE2E d-vectors; resemblyzer preprocess_wav + "
-                "embed_utterance (rate 1.3, min_coverage 0.75); a clip with no VAD-voiced region is embedded "
-                "whole (volume-normalised, untrimmed)",
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "weights": str(self.weights_path),
+            "sha256": self.sha256,
+            "sample_rate": SAMPLE_RATE,
+            "protocol": "cosine(generated, prompt) of GE2E d-vectors; resemblyzer preprocess_wav + "
+            "embed_utterance (rate 1.3, min_coverage 0.75); a clip with no VAD-voiced region is embedded "
+            "whole (volume-normalised, untrimmed)",
+        }
 
     def preprocess(self, x: np.ndarray) -> np.ndarray:
         """The package's ``preprocess_wav`` on 16 kHz audio (volume normalisation, then VAD trimming of

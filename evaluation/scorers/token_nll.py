@@ -105,8 +105,8 @@ class TokenNLL(ModelScorer):
                                           "protocol": PROTOCOL, "training_code": code.hexdigest()},
                                          sort_keys=True).encode()).hexdigest()
 
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "checkpoint": str(self.checkpoint), "weights_sha256": self.weights_sha256,
+    def protocol_info(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "weights_sha256": self.weights_sha256,
                 "max_frames": self.max_frames,
                 "protocol": "teacher-forced CE (nats/token) of the ground truth, encoded with the checkpoint's "
                             "codec, given the item's conditioning; trainer's BatchMaker + TrainLoss"}

@@ -387,8 +387,10 @@ class UTMOSScorer(Scorer):
         *,
         batch_size: int = 8,
         max_batch_seconds: float = 120.0,
+        device: str | torch.device = "cpu",
     ) -> None:
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         self.sha256 = sha256
         self.weights_path = weights_path
         self.batch_size = max(1, int(batch_size))
@@ -398,18 +400,14 @@ class UTMOSScorer(Scorer):
     def version(self) -> str:
         return f"sha256:{self.sha256[:12]}"
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "sha256": self.sha256,
-                "weights": str(self.weights_path),
-                "sample_rate": SAMPLE_RATE,
-                "formula": "2*mean(frame)+3",
-                "config": self.model.cfg.to_dict(),
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "weights": str(self.weights_path),
+            "sample_rate": SAMPLE_RATE,
+            "formula": "2*mean(frame)+3",
+            "config": self.model.cfg.to_dict(),
+        }
 
     def _prepare(self, item: AudioItem) -> np.ndarray:
         wav = to_mono(item.wav)
@@ -426,7 +424,7 @@ class UTMOSScorer(Scorer):
         batch = torch.zeros(len(wavs), int(lengths.max()))
         for i, w in enumerate(wavs):
             batch[i, : len(w)] = torch.from_numpy(w)
-        return [float(v) for v in self.model(batch, lengths)]
+        return [float(v) for v in self.model(batch.to(self.device), lengths.to(self.device)).cpu()]
 
     def score(self, items: list[AudioItem]) -> list[dict[str, float]]:
         results = [{"utmos": math.nan} for _ in items]
@@ -472,6 +470,7 @@ def make_utmos22_strong(
     config: UTMOS22StrongConfig | dict[str, Any] | None = None,
     batch_size: int = 8,
     max_batch_seconds: float = 120.0,
+    device: str = "cpu",
 ) -> UTMOSScorer:
     """Load UTMOS22 strong from the weights store.
 
@@ -484,4 +483,4 @@ def make_utmos22_strong(
     path = resolve_weights(weights_path, sha256=sha256, what=WHAT, origin=ORIGIN)
     digest = sha256.lower() if sha256 is not None else sha256_file(path)
     model = load_utmos22_strong(path, config)
-    return UTMOSScorer(model, digest, path, batch_size=batch_size, max_batch_seconds=max_batch_seconds)
+    return UTMOSScorer(model, digest, path, batch_size=batch_size, max_batch_seconds=max_batch_seconds, device=device)

@@ -344,19 +344,15 @@ class WavLMSim(SpeakerSimilarityScorer):
     def version(self) -> str:
         return f"transformers {self.tf_version} WavLM+ECAPA (sha256:{self.sha256[:12]})"
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "weights": str(self.weights_path),
-                "sha256": self.sha256,
-                "sample_rate": SAMPLE_RATE,
-                "channel": "first",
-                "protocol": "cosine(generated, prompt) of 256-d WavLM-large/ECAPA-TDNN embeddings",
-                "config": self.model.cfg.to_dict(),
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "weights": str(self.weights_path),
+            "sha256": self.sha256,
+            "sample_rate": SAMPLE_RATE,
+            "channel": "first",
+            "protocol": "cosine(generated, prompt) of 256-d WavLM-large/ECAPA-TDNN embeddings",
+            "config": self.model.cfg.to_dict(),
+        }
 
     @torch.inference_mode()
     def embed(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:

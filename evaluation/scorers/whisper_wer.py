@@ -110,21 +110,17 @@ class WhisperWER(TranscriptScorer):
     def version(self) -> str:
         return f"openai-whisper {self.pkg_version} (sha256:{self.sha256[:12]})"
 
-    def info(self) -> dict[str, Any]:
-        d = super().info()
-        d.update(
-            {
-                "weights": str(self.weights_path),
-                "sha256": self.sha256,
-                "official_large_v3": self.sha256 == LARGE_V3_SHA256,
-                "dims": asdict(self.model.dims),
-                "sample_rate": SAMPLE_RATE,
-                "decoding": "greedy (temperature 0, no fallback), language en, task transcribe, no timestamps, "
-                "one 30 s window; longer clips: whisper.transcribe at temperature 0",
-                "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
-            }
-        )
-        return d
+    def protocol_info(self) -> dict[str, Any]:
+        return {
+            "weights": str(self.weights_path),
+            "sha256": self.sha256,
+            "official_large_v3": self.sha256 == LARGE_V3_SHA256,
+            "dims": asdict(self.model.dims),
+            "sample_rate": SAMPLE_RATE,
+            "decoding": "greedy (temperature 0, no fallback), language en, task transcribe, no timestamps, "
+            "one 30 s window; longer clips: whisper.transcribe at temperature 0",
+            "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
+        }
 
     # ---- recognition ------------------------------------------------------------------------------------
 

@@ -352,6 +352,21 @@ def find_audio(folder: Path, stems: Iterable[str], extensions: Iterable[str] = A
     return None
 
 
+def checked_reference(ledger: Ledger, ref: str, item_id: str, audio: Path | None,
+                      missing: str) -> tuple[Path | None, float | None]:
+    """``(audio, duration)`` of an item's reference recording when it was found (``audio``) and reads as
+    audio; else ``(None, None)``, with why in the ledger (``missing_file`` with ``missing``, or the
+    reason of :func:`check_audio`)."""
+    if audio is None:
+        ledger.miss(ref, item_id, "missing_file", missing)
+        return None, None
+    chk = check_audio(audio)
+    if not chk.ok:
+        ledger.miss(ref, item_id, chk.reason, chk.detail)
+        return None, None
+    return audio, chk.duration
+
+
 def rank_key(seed: int, target: str, candidate: str) -> str:
     """Deterministic pseudo-random order of prompt candidates for one target, independent of which
     other files exist (adding a speaker never changes another speaker's prompts)."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, check_audio, finish,
-                                  require_dir, require_file, resolve)
+from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, checked_reference, find_audio,
+                                  finish, require_dir, require_file, resolve)
 from unimoe.corpora.musiccaps import AUDIO_SUFFIXES, CSV_NAME, FLAGS, REQUIRED, SUBSETS, parse_row, repaired
 
 LAYOUT = (
@@ -105,23 +105,11 @@ def load_musiccaps(
             if adir_note is not None:
                 ledger.miss(ref, ytid, "missing_file", adir_note)
             else:
-                for stem in stems:
-                    for ext in AUDIO_SUFFIXES:
-                        if (adir / f"{stem}{ext}").is_file():
-                            audio = adir / f"{stem}{ext}"
-                            break
-                    if audio is not None:
-                        break
-                if audio is None:
-                    ledger.miss(ref, ytid, "missing_file",
-                                f"none of {[s + '.wav' for s in stems]} (or .flac/.mp3/.ogg) in {adir}")
-                else:
-                    chk = check_audio(audio)
-                    if chk.ok:
-                        meta_audio = {"audio_duration": round(chk.duration, 6)}
-                    else:
-                        ledger.miss(ref, ytid, chk.reason, chk.detail)
-                        audio = None
+                audio, duration = checked_reference(
+                    ledger, ref, ytid, find_audio(adir, stems, AUDIO_SUFFIXES),
+                    f"none of {[s + '.wav' for s in stems]} (or .flac/.mp3/.ogg) in {adir}")
+                if audio is not None:
+                    meta_audio = {"audio_duration": round(duration, 6)}
             if audio is None and require_audio:
                 continue
             items.append(

@@ -32,7 +32,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, check_audio, find_audio,
+from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, checked_reference, find_audio,
                                   finish, jsonl_rows, require_dir, resolve)
 
 LAYOUT = (
@@ -185,20 +185,13 @@ def load_v2m_bench(
                               f"{duration:.3f} s, expected {clip_seconds:g} +- {tolerance:g} s", duration=duration)
                 continue
         caption, cref, extra = captions.get(vid, (None, None, {}))
-        audio = find_audio(adir, [vid]) if adir.is_dir() else None
         meta: dict[str, Any] = {"video_duration": duration, **extra}
         if cref:
             meta["metadata_ref"] = cref
-        if audio is None:
-            ledger.miss(vref, vid, "missing_file",
-                        f"no reference audio {vid}.wav (or .flac/.mp3/.ogg) in {adir}")
-        else:
-            chk = check_audio(audio)
-            if chk.ok:
-                meta["audio_duration"] = round(chk.duration, 6)
-            else:
-                ledger.miss(vref, vid, chk.reason, chk.detail)
-                audio = None
+        audio, audio_duration = checked_reference(ledger, vref, vid, find_audio(adir, [vid]) if adir.is_dir() else None,
+                                                  f"no reference audio {vid}.wav (or .flac/.mp3/.ogg) in {adir}")
+        if audio is not None:
+            meta["audio_duration"] = round(audio_duration, 6)
         items.append(
             BenchItem(
                 id=vid,

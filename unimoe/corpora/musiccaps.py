@@ -32,6 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from unimoe.common.text import has_surrogates, repair_text
+
+# evaluation.sets.musiccaps imports the repair under this name
+repaired = repair_text
+
 CSV_NAME = "musiccaps-public.csv"
 COLUMNS = ("ytid", "start_s", "end_s", "audioset_positive_labels", "aspect_list", "caption", "author_id",
            "is_balanced_subset", "is_audioset_eval")
@@ -66,22 +71,6 @@ def clean_caption(value: Any) -> str:
     return "" if value is None else str(value).replace("\ufeff", "").strip()
 
 
-def undecodable(value: str) -> bool:
-    """True when ``value`` carries bytes that were not UTF-8 (lone surrogates of ``surrogateescape``)."""
-    try:
-        value.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def repaired(value: str) -> str:
-    """``value`` with undecodable bytes shown as U+FFFD (for the informational columns kept in meta)."""
-    if not undecodable(value):
-        return value
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def clip_stems(ytid: str, start_raw: str, start: float | None) -> list[str]:
     """The file stems a clip may have, in order: ``<ytid>``, ``<ytid>_<start as written>``,
     ``<ytid>_<start as an integer>``."""
@@ -113,12 +102,12 @@ def parse_row(row: Mapping[str, Any]) -> CaptionRow:
     caption = clean_caption(raw_caption)
     start_raw, end_raw = str(row.get("start_s") or "").strip(), str(row.get("end_s") or "").strip()
     span = parse_span(start_raw, end_raw)
-    meta: dict[str, Any] = {k: (repaired(str(row[k])) if row.get(k) else None) for k in _OPTIONAL_TEXT}
+    meta: dict[str, Any] = {k: (repair_text(str(row[k])) if row.get(k) else None) for k in _OPTIONAL_TEXT}
     meta.update({k: flag(row.get(k)) for k in FLAGS})
     problem = None
     if not ytid:
         problem = ("missing_id", "empty ytid")
-    elif undecodable(ytid) or undecodable(raw_caption):
+    elif has_surrogates(ytid) or has_surrogates(raw_caption):
         problem = ("non_utf8_text", "row is not valid UTF-8")
     elif not caption:
         problem = ("empty_text", "empty caption")

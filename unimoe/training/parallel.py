@@ -1,5 +1,6 @@
 """Scale-out building blocks: process-group helpers, expert parallelism for the DCMoE layers, FSDP
-wrapping, and gradient synchronisation for data parallel + expert parallel runs.
+wrapping, and gradient synchronisation for data parallel + expert parallel runs (the trainer's view of
+the resulting sharded model is ``unimoe.training.shard_layout``).
 
 Everything here runs under ``torchrun`` (``gloo`` on CPU, ``nccl`` on CUDA) and degrades to a no-op in a
 single process. Tested with two CPU processes on ``gloo`` (tests/test_parallel.py).
@@ -68,10 +69,11 @@ from torch import Tensor, nn
 from unimoe.moe import DCMoE, GroupedDispatcher, GroupedExperts
 
 __all__ = [
-    "init_distributed", "is_main", "get_rank", "get_world_size", "barrier", "cleanup", "all_to_all",
+    "init_distributed", "dist_env", "is_main", "get_rank", "get_world_size", "barrier", "cleanup",
+    "all_reduce_sum_", "is_dtensor", "all_to_all",
     "AllToAllDispatcher", "expert_parallel", "expert_parallel_layers", "shard_experts",
-    "apply_expert_parallel", "expert_parallel_parameters", "gather_expert_state_dict", "global_routing_counts",
-    "sync_grads", "wrap_fsdp",
+    "apply_expert_parallel", "expert_parallel_parameters", "gather_expert_shard", "gather_expert_state_dict",
+    "global_routing_counts", "sync_grads", "wrap_fsdp",
 ]
 
 
@@ -123,6 +125,16 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
+def dist_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size): from the process group when there is one, else from the torchrun
+    environment (0, 0, 1 outside torchrun)."""
+    if _initialized():
+        return dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, int(os.environ.get("LOCAL_RANK", str(rank))), world
+
+
 def barrier() -> None:
     if _initialized():
         dist.barrier()
@@ -132,6 +144,28 @@ def cleanup() -> None:
     """Destroy the default process group if one was initialised."""
     if _initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_sum_(t: Tensor, world_size: int) -> Tensor:
+    """Sum ``t`` over the ranks of the default group, in place; a CPU tensor goes through the GPU when
+    the backend is nccl (which reduces CUDA tensors only). Identity when ``world_size == 1``."""
+    if world_size > 1:
+        if t.device.type == "cpu" and dist.get_backend() == "nccl":
+            tmp = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(tmp)
+            t.copy_(tmp.cpu())
+        else:
+            dist.all_reduce(t)
+    return t
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """True for an FSDP2-sharded parameter (or its gradient / optimiser state)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
 
 
 # ---- differentiable all-to-all ---------------------------------------------------------------------------
@@ -264,17 +298,23 @@ def expert_parallel_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for _, m in expert_parallel_layers(model) for p in m.experts.parameters()]
 
 
+def gather_expert_shard(shard: Tensor, dispatcher: AllToAllDispatcher) -> Tensor:
+    """The full ``[N, ...]`` tensor of an expert-sharded ``[N / W, ...]`` one (a parameter or its optimiser
+    state). A collective over the layer's EP group."""
+    parts = [torch.empty_like(shard) for _ in range(dispatcher.world_size)]
+    dist.all_gather(parts, shard.detach().contiguous(), group=dispatcher.group)
+    return torch.cat(parts)
+
+
 @torch.no_grad()
-def gather_expert_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model.state_dict()`` with every expert shard all-gathered into the full ``[N, ...]`` tensor under
-    its usual key, i.e. the state dict of the equivalent single-process model (for checkpoints).
-    A collective: every rank of each EP group must call it."""
-    sd = model.state_dict()
+def gather_expert_state_dict(model: nn.Module, state_dict: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """``state_dict`` (default ``model.state_dict()``) with every expert shard all-gathered into the full
+    ``[N, ...]`` tensor under its usual key, i.e. the state dict of the equivalent single-process model (for
+    checkpoints). A collective: every rank of each EP group must call it."""
+    sd = model.state_dict() if state_dict is None else state_dict
     for name, m in expert_parallel_layers(model):
         for pname, p in m.experts.named_parameters():
-            parts = [torch.empty_like(p) for _ in range(m.dispatcher.world_size)]
-            dist.all_gather(parts, p.detach().contiguous(), group=m.dispatcher.group)
-            sd[f"{name}.experts.{pname}"] = torch.cat(parts)
+            sd[f"{name}.experts.{pname}"] = gather_expert_shard(p, m.dispatcher)
     return sd
 
 
@@ -308,7 +348,7 @@ def sync_grads(model: nn.Module, group=None, average: bool = True) -> None:
     expert_ids = {id(p) for p in expert_parallel_parameters(model)}
     replicated: list[Tensor] = []
     for p in model.parameters():
-        if p.grad is None or _is_dtensor(p):
+        if p.grad is None or is_dtensor(p):
             continue
         if id(p) in expert_ids:
             if average:
@@ -331,14 +371,6 @@ def _all_reduce_coalesced(grads: list[Tensor], group, average: bool) -> None:
         for g in bucket:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(t, DTensor)
 
 
 # ---- FSDP ------------------------------------------------------------------------------------------------
@@ -404,3 +436,4 @@ def wrap_fsdp(model: nn.Module, *, mixed_precision=None, mesh=None, reshard_afte
         if callable(getattr(model, method, None)):
             register_fsdp_forward_method(model, method)
     return model
+

@@ -40,6 +40,7 @@ from typing import Any
 from unimoe.config import ConfigError, UniMoEConfig, deep_merge, overlay
 
 STAGES_FULL = [1, 2, 3]
+_FULL = {"stages": STAGES_FULL, "init": "specialists"}  # the paper's curriculum: every variant's default
 DENSE_ALIGN = 8
 
 Overlay = dict[str, Any] | Callable[[UniMoEConfig], dict[str, Any]]
@@ -51,9 +52,7 @@ class Variant:
     description: str
     model: Overlay = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
-    curriculum: dict[str, Any] = field(
-        default_factory=lambda: {"stages": list(STAGES_FULL), "init": "specialists"}
-    )
+    curriculum: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(_FULL))
 
     def model_overlay(self, base: UniMoEConfig) -> dict[str, Any]:
         """The model overlay resolved against ``base`` (a fresh dict)."""
@@ -142,7 +141,18 @@ def finer_experts(base: UniMoEConfig, num_experts: int) -> dict[str, Any]:
 
 # ---- the registry
 
-_FULL = {"stages": list(STAGES_FULL), "init": "specialists"}
+
+def _moe(kind: str, experts: int | None = None, **moe: Any) -> Callable[[UniMoEConfig], dict[str, Any]]:
+    """Overlay: every non-dense layer of the base a ``kind`` DCMoE with the ``moe`` settings, with
+    ``experts`` routed experts cut from the same specialist channels (``finer_experts``) when given."""
+
+    def overlay_for(base: UniMoEConfig) -> dict[str, Any]:
+        router = {"ffn": _moe_kinds(base, kind), "moe": dict(moe)}
+        return router if experts is None else deep_merge(finer_experts(base, experts), router)
+
+    return overlay_for
+
+
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -150,59 +160,33 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "unimoe-top-p0.7",
             "UniMoE-Audio default: Top-P DCMoE (p=0.7), three stages (specialists -> warm-up -> joint)",
-            lambda b: {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}},
-            {},
-            dict(_FULL),
+            _moe("top_p", top_p=0.7),
         ),
         Variant(
             "unify-dense",
             "Unify-Dense: dense model of matched total size, one joint stage on all data from random init",
             _unify_dense,
-            {},
-            {"stages": ["joint"], "init": "random"},
+            curriculum={"stages": ["joint"], "init": "random"},
         ),
         Variant(
             "unify-moe-top2",
             "Unify-MoE: Top-K router with k=2 instead of Top-P, same three-stage curriculum",
-            lambda b: {"ffn": _moe_kinds(b, "top_k"), "moe": {"top_k": 2}},
-            {},
-            dict(_FULL),
+            _moe("top_k", top_k=2),
         ),
         Variant(
             "wo-init",
             "w/o initialisation: stage 3 (joint, balance loss) from a random-init MoE, no stages 1-2",
-            lambda b: {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}},
-            {},
-            {"stages": [3], "init": "random"},
+            _moe("top_p", top_p=0.7),
+            curriculum={"stages": [3], "init": "random"},
         ),
-        Variant(
-            "p0.5",
-            "Top-P threshold p=0.5 (fewer experts per token), three-stage curriculum",
-            lambda b: {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.5}},
-            {},
-            dict(_FULL),
-        ),
-        Variant(
-            "p0.9",
-            "Top-P threshold p=0.9 (more experts per token), three-stage curriculum",
-            lambda b: {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.9}},
-            {},
-            dict(_FULL),
-        ),
-        Variant(
-            "experts-8",
-            "8 routed experts (2 slices per specialist; the released layout), Top-P p=0.7",
-            lambda b: deep_merge(finer_experts(b, 8), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
-            {},
-            dict(_FULL),
-        ),
-        Variant(
-            "experts-16",
-            "16 routed experts: the same kept specialist channels cut twice as fine, Top-P p=0.7",
-            lambda b: deep_merge(finer_experts(b, 16), {"ffn": _moe_kinds(b, "top_p"), "moe": {"top_p": 0.7}}),
-            {},
-            dict(_FULL),
-        ),
+        Variant("p0.5", "Top-P threshold p=0.5 (fewer experts per token), three-stage curriculum",
+                _moe("top_p", top_p=0.5)),
+        Variant("p0.9", "Top-P threshold p=0.9 (more experts per token), three-stage curriculum",
+                _moe("top_p", top_p=0.9)),
+        Variant("experts-8", "8 routed experts (2 slices per specialist; the released layout), Top-P p=0.7",
+                _moe("top_p", experts=8, top_p=0.7)),
+        Variant("experts-16", "16 routed experts: the same kept specialist channels cut twice as fine, Top-P p=0.7",
+                _moe("top_p", experts=16, top_p=0.7)),
     ]
 }
 
