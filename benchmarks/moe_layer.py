@@ -75,15 +75,19 @@ def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, 
 
     dispatchers = {kind: build_dispatcher(kind, moe_cfg.num_routed_experts) for kind in ("grouped", "loop")}
 
-    def use(dispatch: str, grouped_mm: bool = True):
+    def use(dispatch: str, grouped_mm: bool = True, concurrent: bool = True):
         def setup():
             layer.dispatcher = dispatchers[dispatch]
             layer.experts.use_grouped_mm = grouped_mm
+            layer.experts.concurrent_on_cpu = layer.shared_experts.concurrent_on_cpu = concurrent
         return setup
 
+    # dcmoe_grouped is the default path (on a multi-threaded CPU: concurrent experts); the next two are
+    # the other kernels GroupedExperts can take.
     variants = {
-        "dcmoe_grouped": fwd_bwd(layer, x, grad, use("grouped", True)),
-        "dcmoe_grouped_slices": fwd_bwd(layer, x, grad, use("grouped", False)),
+        "dcmoe_grouped": fwd_bwd(layer, x, grad, use("grouped")),
+        "dcmoe_grouped_mm": fwd_bwd(layer, x, grad, use("grouped", True, False)),
+        "dcmoe_grouped_slices": fwd_bwd(layer, x, grad, use("grouped", False, False)),
         "dcmoe_loop": fwd_bwd(layer, x, grad, use("loop")),
         "dense_active": fwd_bwd(dense, x, grad),
     }
@@ -116,6 +120,7 @@ def bench_shape(name: str, tokens: int, repeats: int, warmup: int, router: str, 
         "min_s": {k: round(min(v), 6) for k, v in times.items()},
         "moe_vs_dense_active": round(med["dcmoe_grouped"] / med["dense_active"], 3),
         "moe_vs_loop": round(med["dcmoe_grouped"] / med["dcmoe_loop"], 3),
+        "grouped_mm_vs_dense_active": round(med["dcmoe_grouped_mm"] / med["dense_active"], 3),
     }
 
 

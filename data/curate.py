@@ -91,6 +91,22 @@ class CurateConfig(ConfigModel):
         """Raise ``ConfigError`` if the config (changed since it was built) is inconsistent."""
         type(self).from_dict(self.to_dict())
 
+    def with_absolute_paths(self) -> "CurateConfig":
+        """The config with its paths made absolute in this process: ``corpus_root`` against the working
+        directory, a relative ``codec_weights`` against the weights store ($UNIMOE_WEIGHTS), as they are
+        read here. Shard tasks may run on other machines (a Dask cluster) whose working directory and
+        store differ; an absolute path names the same file there as long as the corpus, the workspace and
+        the codec file are mounted at the same paths. Absolute paths also make the steps' cache keys
+        fingerprint the files (a bare relative name does not look like a path)."""
+        from unimoe.io import BUILTIN_PREFIX, weights_root
+
+        update: dict[str, Any] = {}
+        if self.corpus_root:
+            update["corpus_root"] = str(Path(self.corpus_root).expanduser().resolve())
+        if self.codec_weights and not self.codec_weights.startswith(BUILTIN_PREFIX):
+            update["codec_weights"] = str((weights_root() / Path(self.codec_weights).expanduser()).resolve())
+        return self.model_copy(update=update)
+
     def quality_config(self) -> QualityConfig:
         return self.quality
 

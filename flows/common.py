@@ -133,14 +133,33 @@ def task_runner(dask: str | None = None, max_workers: int | None = None) -> Task
     return DaskTaskRunner(address=address)
 
 
+def check_cluster_reaches_prefect(log: Any) -> None:
+    """Warn when the flow's shard tasks go to a Dask scheduler while Prefect runs embedded (no
+    PREFECT_API_URL): the embedded server listens on this machine's loopback only, so each worker process
+    elsewhere starts a temporary server of its own, at this process's PREFECT_HOME path on its machine, and
+    the shard task runs are missing from this run's UI. Outputs and caches are unaffected (results live
+    in the workspace). A multi-machine run starts a Prefect server every machine reaches."""
+    from prefect.settings import PREFECT_API_URL
+
+    runner = getattr(_flow_context(), "task_runner", None)
+    address = getattr(runner, "address", None) if type(runner).__name__ == "DaskTaskRunner" else None
+    if address and not PREFECT_API_URL.value():
+        log.warning(f"shard tasks run on the Dask cluster at {address} but Prefect runs embedded here: "
+                    "worker processes start temporary Prefect servers of their own; for a multi-machine run "
+                    "start `prefect server start --host 0.0.0.0` and set PREFECT_API_URL on every machine")
+
+
 STEP_CACHE = INPUTS + TASK_SOURCE + FileFingerprints() + LibraryCode()
 
 
 def persisted(task: Task, workspace: Path, **options: Any) -> Task:
-    """The task with results persisted under the workspace (so its cache survives the process)."""
+    """The task with results persisted under the workspace (so its cache survives the process). The path
+    is absolute: a Dask worker on another machine, in another working directory, writes and reads the
+    results there too, never under its own PREFECT_HOME, so the cross-run cache and a resumed run see
+    every shard's result wherever it ran."""
     # A Path is resolved by Prefect to a local file system without needing a saved block.
-    return task.with_options(persist_result=True, result_storage=workspace / ".prefect-results",
-                             cache_policy=STEP_CACHE, **options)
+    storage = Path(workspace).resolve() / ".prefect-results"
+    return task.with_options(persist_result=True, result_storage=storage, cache_policy=STEP_CACHE, **options)
 
 
 def run_cached(task: Task, workspace: Path, *args: Any, output_exists: Callable[[Any], bool] | None = None,

@@ -16,7 +16,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from data import curate as C
-from flows.common import StepProgress, default_workers, run_cached, run_cached_map, task_runner, workspace_root
+from flows.common import (
+    StepProgress, check_cluster_reaches_prefect, default_workers, run_cached, run_cached_map, task_runner,
+    workspace_root,
+)  # fmt: skip
 
 
 def _cfg(cfg: dict[str, Any]) -> C.CurateConfig:
@@ -153,9 +156,13 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))  # parallel shard tasks share the cores
+    # Paths are resolved here, once: shard tasks may run on Dask workers on other machines, in other
+    # working directories (see the README's "Multi-machine runs").
     cfg_obj = C.CurateConfig.from_dict(config) if config else C.CurateConfig.demo(demo_size)
+    cfg_obj = cfg_obj.with_absolute_paths()
     cfg = cfg_obj.to_dict()
     ws = workspace_root(workspace)
+    check_cluster_reaches_prefect(log)
     work = ws / "curate"
     steps: list[dict] = []
 

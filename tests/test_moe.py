@@ -15,9 +15,11 @@ from unimoe.config import TASKS, MoEConfig, UniMoEConfig, tiny_preset
 from unimoe.moe import (
     DCMoE,
     FFNOutput,
+    ConcurrentExperts,
     GroupedDispatcher,
     GroupedExperts,
     LoopDispatcher,
+    StackedSwiGLU,
     SwiGLU,
     Router,
     balance_loss,
@@ -260,6 +262,57 @@ def test_grouped_matches_loop(router, weighting, mixing, grouped_mm, monkeypatch
     assert grads_g["experts.w_gate"].abs().sum() > 0
     if not (weighting == "uniform" and mixing == "add"):  # the one rule with constant weights
         assert grads_g["router.weight"][: layer.num_routed].abs().sum() > 0
+
+
+@pytest.fixture
+def concurrent_cpu_experts(monkeypatch):
+    """Two intra-op threads (the suite runs with one) and no minimum size, so that routed and shared
+    experts take the concurrent CPU path even at test sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(StackedSwiGLU, "min_concurrent_macs", 0)
+    calls = []
+    real_apply = ConcurrentExperts.apply
+    monkeypatch.setattr(ConcurrentExperts, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    yield calls
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("router", ["top_p", "top_k"])
+@pytest.mark.parametrize("mixing", ["softmax", "add"])
+def test_concurrent_experts_match_loop(router, mixing, concurrent_cpu_experts):
+    layer = make_moe(router, shared_mixing=mixing)
+    x = torch.randn(2, 9, D)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    res_c, grads_c = _run(layer, x, mask)
+    assert len(concurrent_cpu_experts) == 2  # routed and shared experts both ran concurrently
+    # The oracle: loop dispatch and the shared experts' matmul path, one thread.
+    torch.set_num_threads(1)
+    layer.dispatcher = build_dispatcher("loop", layer.num_routed)
+    res_l, grads_l = _run(layer, x, mask)
+    assert len(concurrent_cpu_experts) == 2
+    torch.testing.assert_close(res_c.out, res_l.out)
+    for name in grads_l:
+        torch.testing.assert_close(grads_c[name], grads_l[name], msg=name)
+    assert grads_c["experts.w_gate"].abs().sum() > 0 and grads_c["shared_experts.w_up"].abs().sum() > 0
+
+
+def test_concurrent_experts_match_slices_with_an_idle_expert(concurrent_cpu_experts):
+    torch.manual_seed(0)
+    experts = GroupedExperts(4, D, 8, init_std=0.2, use_grouped_mm=False)
+    counts = torch.tensor([3, 0, 5, 2])  # expert 1 gets no tokens: its gradient must be zero, not garbage
+    xs = torch.randn(10, D, requires_grad=True)
+    params = [xs, *experts.parameters()]
+    # .sum(): a broadcast (stride-0) output gradient
+    grads_c = torch.autograd.grad(experts(xs, counts).sum(), params)
+    assert len(concurrent_cpu_experts) == 1
+    experts.concurrent_on_cpu = False
+    grads_s = torch.autograd.grad(experts(xs, counts).sum(), params)
+    assert len(concurrent_cpu_experts) == 1
+    for gc, gs in zip(grads_c, grads_s):
+        torch.testing.assert_close(gc, gs)
+    assert all(g[1].abs().sum() == 0 for g in grads_c[1:]) and grads_c[1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("router", ["top_p", "top_k"])

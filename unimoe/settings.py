@@ -9,6 +9,11 @@ environment, or a test that sets a variable, sees the value in force at that mom
     UNIMOE_DASK_ADDRESS   a Dask scheduler the flows run shard tasks on ("local": a local cluster)
     UNIMOE_DEVICE         where curation runs its neural scorers and codec: "cpu", "cuda", or "auto"
                           (default: "cuda" when this process sees a GPU, else "cpu")
+
+On a Dask cluster every worker reads its own environment: UNIMOE_WEIGHTS (a relative value is relative to
+the worker's working directory) and UNIMOE_DEVICE are per machine. The workspace, the corpus root and a
+curate config's codec file reach the workers as absolute paths the flow resolved, so every machine must see
+them at the same paths (a shared mount).
 """
 
 from __future__ import annotations

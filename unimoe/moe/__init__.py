@@ -76,15 +76,19 @@ data-parallel trainer can all-reduce the counts and get the loss of the global b
 the unweighted loss; the caller averages over layers and multiplies by ``MoEConfig.balance_weight``.
 
 Dispatch is dropless. ``grouped`` sorts (token, expert) pairs by expert id (:class:`TokenReorderer`),
-runs each expert on one contiguous slice (a single ``torch._grouped_mm`` where available) and
-scatter-adds back once; ``loop`` is the straightforward loop over experts.
+runs each expert on one contiguous slice and scatter-adds back once; ``loop`` is the straightforward
+loop over experts. On a CPU with more than one intra-op thread the experts (routed and shared) run
+concurrently, one single-threaded worker each, in forward and backward (:class:`ConcurrentExperts`):
+many small matmuls each split over all threads spend their time at the barrier after each matmul.
+Elsewhere the routed experts are a single ``torch._grouped_mm`` per projection where available.
 """
 
 from unimoe.moe.balance import (BalanceSums, RoutingStats, balance_loss, balance_loss_from_sums, balance_sums,
                                 routing_stats)
 from unimoe.moe.dispatch import (Dispatch, GroupedDispatcher, LoopDispatcher, TokenDispatcher, TokenReorderer,
                                  build_dispatcher)
-from unimoe.moe.experts import GroupedExperts, SharedExperts, StackedSwiGLU, grouped_mm_works
+from unimoe.moe.experts import (ConcurrentExperts, GroupedExperts, SharedExperts, StackedSwiGLU,
+                                grouped_mm_works)
 from unimoe.moe.layer import DCMoE, FFNOutput, SwiGLU, build_ffn
 from unimoe.moe.router import Router, Routing, combine_weights, top_k_mask, top_p_mask
 
@@ -93,5 +97,5 @@ __all__ = [
     "top_p_mask", "top_k_mask", "combine_weights", "balance_sums", "balance_loss_from_sums", "balance_loss",
     "routing_stats", "SwiGLU", "StackedSwiGLU", "GroupedExperts", "SharedExperts", "TokenReorderer",
     "TokenDispatcher", "GroupedDispatcher", "LoopDispatcher", "build_dispatcher", "Router", "DCMoE", "build_ffn",
-    "grouped_mm_works",
+    "grouped_mm_works", "ConcurrentExperts",
 ]

@@ -1,11 +1,15 @@
 """The experts of a DCMoE layer: SwiGLUs stored stacked (``w_gate/w_up [E, I, D]``, ``w_down [E, D, I]``),
 run on every token (:class:`SharedExperts`) or on the contiguous per-expert slices a dispatcher lays
-out (:class:`GroupedExperts`, one ``torch._grouped_mm`` per projection where the kernel runs)."""
+out (:class:`GroupedExperts`: on a multi-threaded CPU the experts run concurrently, one single-threaded
+worker each; elsewhere one ``torch._grouped_mm`` per projection where the kernel runs)."""
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +46,87 @@ def _gmm(x: Tensor, w: Tensor, offs: Tensor) -> Tensor:
     return y
 
 
+@functools.cache
+def _expert_workers(num_threads: int, pid: int) -> ThreadPoolExecutor:
+    """``num_threads`` workers with one intra-op thread each (ATen keeps that setting per thread). Keyed
+    by process id: a forked child does not inherit the parent's threads."""
+    return ThreadPoolExecutor(num_threads, thread_name_prefix="unimoe-experts",
+                              initializer=torch.set_num_threads, initargs=(1,))
+
+
+def _run_concurrently(jobs: list[tuple[int, Callable[[], None]]]) -> None:
+    """Run ``(rows, job)`` pairs on the expert workers, most rows first (the last to start are the
+    shortest), outside autograd (grad mode is per thread); re-raises the first job's error."""
+    pool = _expert_workers(torch.get_num_threads(), os.getpid())
+    futures = [pool.submit(torch.no_grad()(job)) for _, job in sorted(jobs, key=lambda j: -j[0])]
+    for f in futures:
+        f.result()
+
+
+class ConcurrentExperts(torch.autograd.Function):
+    """``E`` SwiGLU experts on contiguous row slices ``bounds[e] = (lo, hi)`` of ``xs [P, D]``, the
+    experts running concurrently, each with single-threaded matmuls, in forward and backward.
+
+    On a CPU, torch's intra-op threads split every matmul and meet at a barrier after it: a layer of
+    small expert matmuls pays one barrier per matmul, and each one waits for the slowest thread (long
+    waits on a shared machine). Independent experts need no barrier but the last."""
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
+                bounds: list[tuple[int, int]]) -> Tensor:
+        xs = xs.contiguous()
+        gate = xs.new_empty(xs.shape[0], w_gate.shape[1])
+        up = torch.empty_like(gate)
+        out = torch.empty_like(xs)
+
+        def expert(e: int, lo: int, hi: int) -> None:
+            x = xs[lo:hi]
+            torch.mm(x, w_gate[e].t(), out=gate[lo:hi])
+            torch.mm(x, w_up[e].t(), out=up[lo:hi])
+            torch.mm(F.silu(gate[lo:hi]) * up[lo:hi], w_down[e].t(), out=out[lo:hi])
+
+        _run_concurrently([(hi - lo, functools.partial(expert, e, lo, hi))
+                           for e, (lo, hi) in enumerate(bounds) if hi > lo])
+        ctx.save_for_backward(xs, w_gate, w_up, w_down, gate, up)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        xs, w_gate, w_up, w_down, gate, up = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+        grad_x = torch.empty_like(xs) if need_x else None
+        grad_w = [torch.empty_like(w) if need else None
+                  for w, need in ((w_gate, need_gate), (w_up, need_up), (w_down, need_down))]
+        grad_gate, grad_up, grad_down = grad_w
+
+        def expert(e: int, lo: int, hi: int) -> None:
+            if hi == lo:  # an expert without tokens gets a zero gradient, as in autograd
+                for g in grad_w:
+                    if g is not None:
+                        g[e].zero_()
+                return
+            g, x, a, b = grad_out[lo:hi], xs[lo:hi], gate[lo:hi], up[lo:hi]
+            act = F.silu(a)
+            if grad_down is not None:
+                torch.mm(g.t(), act * b, out=grad_down[e])
+            grad_h = g @ w_down[e]
+            grad_a = torch.ops.aten.silu_backward(grad_h * b, a)
+            grad_b = grad_h * act
+            if grad_gate is not None:
+                torch.mm(grad_a.t(), x, out=grad_gate[e])
+            if grad_up is not None:
+                torch.mm(grad_b.t(), x, out=grad_up[e])
+            if grad_x is not None:
+                torch.mm(grad_a, w_gate[e], out=grad_x[lo:hi])
+                grad_x[lo:hi].addmm_(grad_b, w_up[e])
+
+        _run_concurrently([(hi - lo, functools.partial(expert, e, lo, hi))
+                           for e, (lo, hi) in enumerate(ctx.bounds)])
+        return grad_x, grad_gate, grad_up, grad_down, None
+
+
 class StackedSwiGLU(nn.Module):
     """``E`` SwiGLU experts stored stacked: ``w_gate, w_up [E, I, D]`` and ``w_down [E, D, I]``.
 
@@ -49,9 +134,14 @@ class StackedSwiGLU(nn.Module):
     :class:`SwiGLU` whose ``gate_proj/up_proj/down_proj`` weights are ``w_gate[e]/w_up[e]/w_down[e]``.
     """
 
-    def __init__(self, num_experts: int, hidden: int, intermediate: int, init_std: float = 0.02):
+    # Below this many multiply-adds per call, handing experts to worker threads costs more than it saves.
+    min_concurrent_macs = 2**26
+
+    def __init__(self, num_experts: int, hidden: int, intermediate: int, init_std: float = 0.02,
+                 concurrent_on_cpu: bool = True):
         super().__init__()
         self.num_experts, self.hidden, self.intermediate = num_experts, hidden, intermediate
+        self.concurrent_on_cpu = concurrent_on_cpu
         self.w_gate = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
         self.w_up = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
         self.w_down = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
@@ -71,7 +161,18 @@ class StackedSwiGLU(nn.Module):
         self.w_down[index].copy_(dense.down_proj.weight[:, start:end])
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden={self.hidden}, intermediate={self.intermediate}"
+        return (f"num_experts={self.num_experts}, hidden={self.hidden}, intermediate={self.intermediate}, "
+                f"concurrent_on_cpu={self.concurrent_on_cpu}")
+
+    def _can_run_concurrently(self, xs: Tensor, rows: int) -> bool:
+        """Whether the experts run as :class:`ConcurrentExperts` on ``rows`` rows like ``xs``: on a CPU
+        with more than one intra-op thread but no more threads than experts (each worker runs whole
+        experts), for calls big enough to pay for the hand-over. CPU autocast is per thread (the workers
+        would not see it), so it stays with autograd."""
+        return (self.concurrent_on_cpu and xs.device.type == "cpu"
+                and 1 < torch.get_num_threads() <= self.num_experts
+                and rows * self.hidden * self.intermediate >= self.min_concurrent_macs
+                and xs.dtype == self.w_gate.dtype and not torch.is_autocast_enabled("cpu"))
 
     def forward_all(self, x: Tensor, weights: Tensor) -> Tensor:
         """Every expert on every token, ``sum_e weights[:, e] * expert_e(x)`` (``x [T, D]``,
@@ -89,27 +190,39 @@ class StackedSwiGLU(nn.Module):
 
 class SharedExperts(StackedSwiGLU):
     """The always-on experts of a DCMoE layer: ``forward(x [T, D], weights [T, S])`` runs every expert
-    on every token and returns the weighted sum."""
+    on every token and returns the weighted sum (concurrently on a multi-threaded CPU: expert s takes
+    rows ``s * T .. (s + 1) * T`` of ``x`` repeated ``S`` times)."""
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        return self.forward_all(x, weights)
+        t, s = x.shape[0], self.num_experts
+        if not self._can_run_concurrently(x, s * t):
+            return self.forward_all(x, weights)
+        bounds = [(k * t, (k + 1) * t) for k in range(s)]
+        ys = ConcurrentExperts.apply(x.repeat(s, 1), self.w_gate, self.w_up, self.w_down, bounds)
+        return (ys.view(s, t, -1) * weights.t().to(ys.dtype).unsqueeze(-1)).sum(0)
 
 
 class GroupedExperts(StackedSwiGLU):
     """The routed experts: ``forward(xs [P, D], counts [E])`` runs expert e on its contiguous rows
     ``counts[:e].sum() .. counts[:e + 1].sum()`` of ``xs`` (as a dispatcher lays them out) and returns the
-    un-weighted outputs ``[P, D]``, with one ``torch._grouped_mm`` per projection where the kernel runs
-    (``use_grouped_mm``, tried once per device type and dtype) or a loop over the slices otherwise."""
+    un-weighted outputs ``[P, D]``. On a CPU with more than one intra-op thread the experts run
+    concurrently (``concurrent_on_cpu``, :class:`ConcurrentExperts`); otherwise one ``torch._grouped_mm``
+    per projection where the kernel runs (``use_grouped_mm``, tried once per device type and dtype), or
+    a loop over the slices."""
 
     def __init__(self, num_experts: int, hidden: int, intermediate: int, init_std: float = 0.02,
-                 use_grouped_mm: bool = True):
-        super().__init__(num_experts, hidden, intermediate, init_std)
+                 use_grouped_mm: bool = True, concurrent_on_cpu: bool = True):
+        super().__init__(num_experts, hidden, intermediate, init_std, concurrent_on_cpu)
         self.use_grouped_mm = use_grouped_mm
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, use_grouped_mm={self.use_grouped_mm}"
 
     def forward(self, xs: Tensor, counts: Tensor) -> Tensor:
+        if self._can_run_concurrently(xs, xs.shape[0]):
+            ends = counts.cumsum(0).tolist()
+            bounds = list(zip([0, *ends[:-1]], ends))
+            return ConcurrentExperts.apply(xs, self.w_gate, self.w_up, self.w_down, bounds)
         if self._can_use_gmm(xs):
             offs = counts.cumsum(0).to(torch.int32)
             return _gmm(F.silu(_gmm(xs, self.w_gate, offs)) * _gmm(xs, self.w_up, offs), self.w_down, offs)
