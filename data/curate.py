@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 from pydantic import Field, model_validator
 
 from data.balance import BalanceConfig, balance, write_subset
-from data.manifest import ManifestRecord, read_manifest, status_counts, write_manifest
+from data.manifest import ManifestRecord, read_kept_texts, read_manifest, status_counts, write_manifest
 from data.quality import QualityConfig, filter_records, plan_scorers, quality_report
 from data.segment import segment_records
 from unimoe.config import ConfigError, ConfigModel, UniMoEConfig, get_preset, trained_codec_config
@@ -235,7 +235,7 @@ def tokenize_one_shard(cfg: CurateConfig, manifest: str | Path, ids: list[str], 
                        tokens_dir: str | Path) -> dict[str, Any]:
     from data.tokenize import tokenize_shard
 
-    by_id = {r.id: r for r in read_manifest(manifest) if r.status == "kept"}
+    by_id = {r.id: r for r in read_manifest(manifest, ids=ids) if r.status == "kept"}
     codec, tok = _codec_and_tokenizer(cfg, manifest, tokens_dir)
     return tokenize_shard([by_id[i] for i in ids], tokens_dir, index, codec, tok,
                           video_frames=cfg.token_video_frames).to_dict()
@@ -257,15 +257,18 @@ def finish_tokens(cfg: CurateConfig, manifest: str | Path, results: list[dict[st
 
 
 def _codec_and_tokenizer(cfg: CurateConfig, manifest: str | Path, tokens_dir: str | Path):
+    """The codec and the text tokenizer (trained on the manifest's kept texts once, then reused from
+    ``tokens_dir``: every shard task checks it against the texts, read as columns, not as records)."""
     from unimoe.codec import AudioCodec
     from unimoe.settings import compute_device
-    from unimoe.tokenizer import train_or_load_tokenizer
+    from unimoe.tokenizer import TextTokenizer
 
     model_cfg = cfg.model_preset_config()
     # On a GPU worker the codec encodes there (codes can then differ from a CPU's in the last float bits);
     # the shard key names the codec's weights, not the device.
     codec = AudioCodec.from_model_config(model_cfg, device=compute_device())
-    tok = train_or_load_tokenizer(model_cfg.tokenizer, read_manifest(manifest), Path(tokens_dir) / "tokenizer.json")
+    tok = TextTokenizer.from_config(model_cfg.tokenizer, corpus_texts=read_kept_texts(manifest),
+                                    cache_path=Path(tokens_dir) / "tokenizer.json")
     return codec, tok
 
 
@@ -290,9 +293,10 @@ def check_accounting(before: str | Path, after: str | Path) -> dict[str, Any]:
     return status_counts(b)
 
 
-def step_report(name: str, rows: int, seconds: float) -> dict[str, Any]:
+def step_report(name: str, rows: int | None, seconds: float) -> dict[str, Any]:
+    """One row of the curation report; ``rows`` is None for a step without rows (building the corpus)."""
     return {"step": name, "rows": rows, "seconds": round(seconds, 3),
-            "rows_per_s": round(rows / seconds, 2) if seconds > 0 else None}
+            "rows_per_s": round(rows / seconds, 2) if rows is not None and seconds > 0 else None}
 
 
 def summary(curated: str | Path, balance_info: Mapping[str, Any], steps: list[dict[str, Any]],

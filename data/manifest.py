@@ -29,9 +29,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unimoe.common.files import atomic_path
@@ -333,13 +334,15 @@ def write_manifest(path: str | Path, records: Iterable[ManifestRecord]) -> Path:
     return path
 
 
-def read_manifest_table(path: str | Path) -> pa.Table:
-    """Read and validate a manifest as a pyarrow table (schema order)."""
+def read_manifest_table(path: str | Path, ids: Collection[str] | None = None) -> pa.Table:
+    """Read and validate a manifest as a pyarrow table (schema order); with ``ids``, only those rows
+    (in file order), selected by Arrow before any row becomes a Python object."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        table = pq.read_table(path)
+        wanted = None if ids is None else pa.array(sorted(set(ids)), type=pa.string())
+        table = pq.read_table(path, filters=None if wanted is None else pc.field("id").isin(wanted))
     except (pa.ArrowInvalid, OSError) as e:
         raise ManifestError(f"{path}: not a readable Parquet file: {e}") from e
     version = (table.schema.metadata or {}).get(b"unimoe.manifest.version")
@@ -350,10 +353,25 @@ def read_manifest_table(path: str | Path) -> pa.Table:
     return validate_table(table, where=str(path))
 
 
-def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    """Read and validate a manifest; returns its records."""
-    table = read_manifest_table(path)
+def read_manifest(path: str | Path, ids: Collection[str] | None = None) -> list[ManifestRecord]:
+    """Read and validate a manifest; returns its records (with ``ids``: only those rows, in file order).
+
+    A shard task that needs a few rows of a large manifest passes ``ids``: reading every row of a 16K-row
+    manifest as records takes ~1 s, selecting 256 of them with Arrow ~0.1 s, so per-shard tasks stay
+    linear in the corpus size."""
+    table = read_manifest_table(path, ids)
     return [ManifestRecord.from_row(r) for r in table.to_pylist()]
+
+
+def read_kept_texts(path: str | Path) -> list[str]:
+    """The non-empty texts of a manifest's kept rows, sorted by id (what the text tokenizer trains on:
+    :func:`unimoe.tokenizer.corpus_texts` of the records), reading three columns only."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    table = pq.read_table(path, columns=["id", "status", "text"], filters=[("status", "=", "kept")])
+    table = table.sort_by("id")
+    return [t for t in table.column("text").to_pylist() if t]
 
 
 # --------------------------------------------------------------------------------------------

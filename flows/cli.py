@@ -169,7 +169,7 @@ def curate_cmd(
     typer.echo(json.dumps({k: result[k] for k in ("curated", "subset", "warmup", "tokens", "summary", "status_counts")},
                           indent=2))
     for s in result["steps"]:
-        typer.echo(f"  {s['step']:<14} {s['rows']:>6} rows  {s['seconds']:>8.2f} s  {s['rows_per_s'] or '-':>8} rows/s")
+        typer.echo(f"  {s['step']:<14} {'-' if s['rows'] is None else s['rows']:>6} rows  {s['seconds']:>8.2f} s  {s['rows_per_s'] or '-':>8} rows/s")
 
 
 def curate_config_from_cli(config: Path | None, corpus: str | None, root: Path | None,

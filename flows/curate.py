@@ -170,9 +170,9 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
         t0 = _now()
         out = fn()
         seconds = _now() - t0
-        rows = rows_of(out) if rows_of else 0
+        rows = rows_of(out) if rows_of else None  # building the corpus has no rows to count
         steps.append(C.step_report(name, rows, seconds))
-        log.info(f"{name}: {rows} rows in {seconds:.1f} s")
+        log.info(f"{name}: {'done' if rows is None else f'{rows} rows'} in {seconds:.1f} s")
         return out
 
     corpus_dir = str(ws / "corpus" / cfg_obj.corpus)
@@ -225,6 +225,10 @@ def curate(config: dict | None = None, workspace: str | None = None, demo_size: 
             "steps": steps}
 
 
+def _dash(value) -> str:
+    return "—" if value is None else str(value)
+
+
 def _rows(path: str) -> int:
     import pyarrow.parquet as pq
 
@@ -243,7 +247,7 @@ def _publish(doc: dict, work: Path) -> None:
     create_table_artifact(key="curate-counts", table=table, description="Rows per task and status after curation")
     lines = ["# Curation report", "", f"Workspace: `{work}`", "", "| step | rows | seconds | rows/s |",
              "|---|---|---|---|"]
-    lines += [f"| {s['step']} | {s['rows']} | {s['seconds']} | {s['rows_per_s']} |" for s in doc["steps"]]
+    lines += [f"| {s['step']} | {_dash(s['rows'])} | {s['seconds']} | {_dash(s['rows_per_s'])} |" for s in doc["steps"]]
     lines += ["", "## Non-kept rows by reason", ""] + [f"- `{k}`: {v}" for k, v in doc["reasons"].items()]
     plan = doc.get("quality_plan") or {}
     if plan:

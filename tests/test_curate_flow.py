@@ -93,6 +93,8 @@ def test_curate_outputs_and_accounting(clean_run):
     summary = json.loads((work / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == ["build-corpus", "ingest", "segment", "caption", "filter",
                                                      "balance", "tokenize"]
+    # building the corpus counts no rows (it was logged as "0 rows"); every later step counts its own
+    assert summary["steps"][0]["rows"] is None and all(s["rows"] > 0 for s in summary["steps"][1:])
     assert "rows/s" in first.stdout
 
 

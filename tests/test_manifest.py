@@ -16,6 +16,7 @@ from data.manifest import (
     ManifestRecord,
     kept,
     mark,
+    read_kept_texts,
     read_manifest,
     read_manifest_table,
     split_by_status,
@@ -25,6 +26,7 @@ from data.manifest import (
 )
 from data.segment import segment_records
 from unimoe.config import TASKS
+from unimoe.tokenizer import corpus_texts
 
 SHA = "ab" * 32
 
@@ -302,3 +304,27 @@ def test_segmented_manifest_round_trips(tmp_path):
     ]  # fmt: skip
     assert json.loads(back[2].to_row()["meta"]) == {"pad_to_seconds": 20.0}
     assert back[-1].status == "filtered" and back[-1].reason == "short_tail"
+
+
+# ---------------------------------------------------------------- partial reads for shard tasks
+
+
+def _mixed_manifest(tmp_path):
+    rows = [rec("b", text="bee"), mark(rec("a", text="ay"), "filtered", "low_dnsmos"), rec("é-1", text="accent"),
+            rec("Z", text="upper"), music("m", 10.0), rec("aa", text="double a")]
+    return write_manifest(tmp_path / "m.parquet", rows), rows
+
+
+def test_read_manifest_selects_rows_by_id_in_file_order(tmp_path):
+    path, rows = _mixed_manifest(tmp_path)
+    got = read_manifest(path, ids=["Z", "b", "unknown", "m"])
+    assert [r.id for r in got] == ["b", "Z", "m"]  # file order; an unknown id selects nothing
+    assert got == [r for r in rows if r.id in ("b", "Z", "m")]
+    assert read_manifest(path, ids=[]) == []
+    assert read_manifest(path, ids=None) == rows
+
+
+def test_read_kept_texts_equals_the_tokenizer_corpus_of_the_records(tmp_path):
+    path, _ = _mixed_manifest(tmp_path)
+    texts = read_kept_texts(path)
+    assert texts == corpus_texts(read_manifest(path)) == ["upper", "double a", "bee", "accent"]

@@ -38,6 +38,7 @@ def test_registered_metrics_and_version(scorer):
     assert scorer.metrics == {METRIC: "lower"}
     assert "wer" not in scorer.metrics  # never impersonates the paper's Whisper WER
     assert scorer.version.startswith(f"pocketsphinx {version('pocketsphinx')} (en-us model sha256:")
+    assert scorer.version.endswith(", clip-reset)")
     assert scorer.info()["model_sha256"].startswith(scorer.version.split("sha256:")[1][:12])
 
 
@@ -51,6 +52,24 @@ def test_clear_festival_sentence_is_recognised(scorer, speech):
     stereo = np.stack([wav, wav])
     again = scorer.score([AudioItem("s2", stereo, sr, text=SENTENCE)])[0]
     assert again[METRIC] == out[METRIC]
+
+
+def test_transcript_does_not_depend_on_what_was_decoded_before():
+    """The decoder's front end (noise estimate, cepstral mean) is reset per clip: a clip decoded by a
+    fresh scorer, again right after, and after loud noise gives one transcript. Without the reset this
+    espeak-ng clip's second decode differed from its first ("recently off the ball ..." then "the salty
+    off the ball ...")."""
+    voice = BUILTIN_VOICES["gb-m3"]
+    reason = check_voice(voice)
+    if reason:
+        pytest.skip(reason)
+    wav, sr = synthesize("We shall be off to the ball on Saturday, said the single mother.", voice)
+    first = PocketSphinxWER().transcribe(wav, sr)
+    scorer = PocketSphinxWER()
+    assert [scorer.transcribe(wav, sr) for _ in range(3)] == [first] * 3
+    noise = np.random.default_rng(0).standard_normal(6 * sr).astype(np.float32) * 0.5
+    scorer.transcribe(noise, sr)
+    assert scorer.transcribe(wav, sr) == first and first.strip()
 
 
 def test_wrong_transcript_scores_worse(scorer, speech):

@@ -8,7 +8,11 @@ weaker recogniser, so its absolute numbers are much higher.
 
 Protocol: mono (channel mean), resampled to 16 kHz, clipped to [-1, 1] and quantised to int16; one
 utterance per clip (``process_raw(full_utt=True)``); the package's default decoder configuration
-(bundled model, default beams). Hypothesis and reference (``AudioItem.text``) are normalised with the
+(bundled model, default beams), its front end reset before every clip. Without the reset a clip's
+transcript depends on the clips decoded before it in the same process: the default ``remove_noise``
+carries its noise estimate from one utterance to the next (measured: the same festival clip decoded
+twice in a row gave two different transcripts), which made cached per-item scores depend on the
+order and batching of a run. Hypothesis and reference (``AudioItem.text``) are normalised with the
 Seed-TTS-eval rules (``evaluation.text.normalize(.., "en")``) and aligned with jiwer.
 
 Per item: ``wer_pocketsphinx`` (utterance WER), ``wer_pocketsphinx_errors`` (S + D + I) and
@@ -77,7 +81,10 @@ class PocketSphinxWER(TranscriptScorer):
             )
         self.model_dir = model_dir
         self.model_sha256 = _tree_sha256(model_dir, files)
-        self._version = f"pocketsphinx {pkg_version('pocketsphinx')} (en-us model sha256:{self.model_sha256[:12]})"
+        # "clip-reset": per-clip front-end reset (see the module docstring); scores cached under the
+        # version before it depended on the decoding order, so they are not reused.
+        self._version = (f"pocketsphinx {pkg_version('pocketsphinx')} (en-us model sha256:{self.model_sha256[:12]}, "
+                         "clip-reset)")
         self._pkg = pocketsphinx
         # Defaults = the bundled en-us model; explicit paths so the digest above is what is loaded.
         self._decoder = Decoder(
@@ -99,6 +106,7 @@ class PocketSphinxWER(TranscriptScorer):
             "sample_rate": SAMPLE_RATE,
             "normalisation": "seed-tts-eval (evaluation.text.normalize, en)",
             "aggregation": "per item utterance WER + errors/ref_len for the corpus WER",
+            "front_end": "reset before every clip (decoder.reinit_feat): order-independent transcripts",
         }
 
     def transcribe(self, wav: np.ndarray, sample_rate: int) -> str:
@@ -106,6 +114,7 @@ class PocketSphinxWER(TranscriptScorer):
         x = prepare_clip(wav, sample_rate, SAMPLE_RATE)
         pcm = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         d = self._decoder
+        d.reinit_feat()  # a fresh front end (noise estimate, CMN): the transcript depends on this clip only
         d.start_utt()
         d.process_raw(pcm, full_utt=True)
         d.end_utt()

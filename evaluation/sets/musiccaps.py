@@ -22,11 +22,11 @@ bytes that are not UTF-8, an empty caption, unparsable start/end; then a ytid al
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from evaluation.sets.base import (BenchItem, BenchmarkError, BenchmarkSet, Ledger, checked_reference, find_audio,
                                   finish, require_dir, require_file, resolve)
+from unimoe.common.tables import BadCsvRow, CsvHeaderError, iter_csv_rows
 from unimoe.corpora.musiccaps import AUDIO_SUFFIXES, CSV_NAME, FLAGS, REQUIRED, SUBSETS, parse_row, repaired
 
 LAYOUT = (
@@ -56,78 +56,59 @@ def load_musiccaps(
     ledger = Ledger()
     items: list[BenchItem] = []
     seen: set[str] = set()
-    # surrogateescape, not replace: bytes that are not UTF-8 are then told apart from a real U+FFFD
-    with open(table, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.lstrip("\ufeff").strip() for h in next(reader)]
-        except StopIteration:
-            raise BenchmarkError(f"musiccaps: {table} is empty; expected layout:\n{LAYOUT}") from None
-        except csv.Error as e:
-            raise BenchmarkError(f"musiccaps: cannot parse the header of {table}: {e}") from None
-        absent = [c for c in REQUIRED if c not in header]
-        if absent:
-            raise BenchmarkError(f"musiccaps: {table} lacks column(s) {absent}; expected layout:\n{LAYOUT}")
-        while True:
-            line_before = reader.line_num
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                ledger.reject(f"{table.name}:{line_before + 1}", None, "bad_row", f"CSV error: {e}")
-                continue
-            ref = f"{table.name}:{reader.line_num}"
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                ledger.reject(ref, repaired(row[0].strip()) or None, "bad_row",
-                              f"{len(row)} fields, the header has {len(header)} (unquoted comma?)")
-                continue
-            r = dict(zip(header, row))
-            parsed = parse_row(r)
-            ytid, caption = parsed.ytid, parsed.caption
-            if parsed.problem is not None:
-                code, detail = parsed.problem
-                ledger.reject(ref, repaired(ytid) or None, code, detail)
-                continue
-            if ytid in seen:
-                ledger.reject(ref, ytid, "duplicate_id", f"ytid {ytid!r} already listed")
-                continue
-            start, end = parsed.start, parsed.end
-            flags = {k: parsed.meta[k] for k in FLAGS}
-            if SUBSETS[subset] and not flags[SUBSETS[subset]]:
-                ledger.exclude(ref, ytid, "not_in_subset", f"{SUBSETS[subset]} is not true")
-                continue
-            seen.add(ytid)
-            stems = parsed.stems
-            audio, meta_audio = None, {}
-            if adir_note is not None:
-                ledger.miss(ref, ytid, "missing_file", adir_note)
-            else:
-                audio, duration = checked_reference(
-                    ledger, ref, ytid, find_audio(adir, stems, AUDIO_SUFFIXES),
-                    f"none of {[s + '.wav' for s in stems]} (or .flac/.mp3/.ogg) in {adir}")
-                if audio is not None:
-                    meta_audio = {"audio_duration": round(duration, 6)}
-            if audio is None and require_audio:
-                continue
-            items.append(
-                BenchItem(
-                    id=ytid,
-                    task="t2m",
-                    language="en",
-                    text=caption,
-                    reference_audio=str(audio.resolve()) if audio is not None else None,
-                    meta={
-                        "source_ref": ref,
-                        "start_s": start,
-                        "end_s": end,
-                        **parsed.meta,  # aspect_list, audioset_positive_labels, author_id and the two flags
-                        **meta_audio,
-                    },
-                )
+    try:
+        rows = list(iter_csv_rows(table, required=REQUIRED, allow_empty=False))
+    except CsvHeaderError as e:
+        raise BenchmarkError(f"musiccaps: {e}; expected layout:\n{LAYOUT}") from None
+    for line, r in rows:
+        ref = f"{table.name}:{line}"
+        if isinstance(r, BadCsvRow):
+            first = r.fields[0].strip() if r.fields else ""
+            ledger.reject(ref, repaired(first) or None, "bad_row", str(r))
+            continue
+        parsed = parse_row(r)
+        ytid, caption = parsed.ytid, parsed.caption
+        if parsed.problem is not None:
+            code, detail = parsed.problem
+            ledger.reject(ref, repaired(ytid) or None, code, detail)
+            continue
+        if ytid in seen:
+            ledger.reject(ref, ytid, "duplicate_id", f"ytid {ytid!r} already listed")
+            continue
+        start, end = parsed.start, parsed.end
+        flags = {k: parsed.meta[k] for k in FLAGS}
+        if SUBSETS[subset] and not flags[SUBSETS[subset]]:
+            ledger.exclude(ref, ytid, "not_in_subset", f"{SUBSETS[subset]} is not true")
+            continue
+        seen.add(ytid)
+        stems = parsed.stems
+        audio, meta_audio = None, {}
+        if adir_note is not None:
+            ledger.miss(ref, ytid, "missing_file", adir_note)
+        else:
+            audio, duration = checked_reference(
+                ledger, ref, ytid, find_audio(adir, stems, AUDIO_SUFFIXES),
+                f"none of {[s + '.wav' for s in stems]} (or .flac/.mp3/.ogg) in {adir}")
+            if audio is not None:
+                meta_audio = {"audio_duration": round(duration, 6)}
+        if audio is None and require_audio:
+            continue
+        items.append(
+            BenchItem(
+                id=ytid,
+                task="t2m",
+                language="en",
+                text=caption,
+                reference_audio=str(audio.resolve()) if audio is not None else None,
+                meta={
+                    "source_ref": ref,
+                    "start_s": start,
+                    "end_s": end,
+                    **parsed.meta,  # aspect_list, audioset_positive_labels, author_id and the two flags
+                    **meta_audio,
+                },
             )
+        )
     return finish(
         "musiccaps",
         items,
