@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,98 @@ def test_transcript_does_not_depend_on_what_was_decoded_before():
     noise = np.random.default_rng(0).standard_normal(6 * sr).astype(np.float32) * 0.5
     scorer.transcribe(noise, sr)
     assert scorer.transcribe(wav, sr) == first and first.strip()
+
+
+def test_worker_processes_give_the_in_process_scores(speech):
+    """A batch decoded by two worker processes scores exactly as one in-process decoder, in item order;
+    a clip that cannot be prepared is NaN there too, and the others still count."""
+    wav, sr = speech
+    noise = np.random.default_rng(1).standard_normal(3 * sr).astype(np.float32) * 0.3
+    items = [AudioItem("a", wav, sr, text=SENTENCE), AudioItem("noise", noise, sr, text="Nothing said here."),
+             AudioItem("bad", np.full(800, np.nan, np.float32), sr, text=SENTENCE),
+             AudioItem("slow", wav[: len(wav) // 2], sr, text="The quick brown fox")]
+    one = PocketSphinxWER(processes=1)
+    two = PocketSphinxWER(processes=2)
+    try:
+        seq, par = one.score(items), two.score(items)
+        assert two._pool is not None and one._pool is None
+        assert set(two.item_errors) == {"bad"} and math.isnan(par[2][METRIC])
+        assert [r for i, r in enumerate(par) if i != 2] == [r for i, r in enumerate(seq) if i != 2]
+    finally:
+        two.close()
+    assert two._pool is None
+    with pytest.raises(ValueError, match="processes"):
+        PocketSphinxWER(processes=0)
+
+
+def test_worker_processes_end_with_a_killed_parent(tmp_path):
+    """SIGKILL of the scoring process (no exit handler runs) still ends its decoder processes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, time, numpy as np\n"
+        "from evaluation.scorers.base import AudioItem\n"
+        "from evaluation.scorers.pocketsphinx_wer import PocketSphinxWER\n"
+        "if __name__ == '__main__':\n"
+        "    s = PocketSphinxWER(processes=2)\n"
+        "    x = np.zeros(8000, np.float32)\n"
+        "    s.recognise_all([AudioItem(str(i), x, 16000, text='a b') for i in range(2)])\n"
+        "    print(*s._pool._processes, flush=True)\n"
+        "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [w for w in workers if _running(w)]
+        assert alive == [], f"decoder processes {alive} outlived their killed parent"
+    finally:
+        proc.kill()
+
+
+def test_a_script_without_main_guard_falls_back_to_in_process(tmp_path, speech):
+    """Spawned workers re-import the main script; without a main guard they cannot start. The scorer
+    then decodes in process (warning) and still returns the right transcripts."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    wav, sr = speech
+    sf.write(tmp_path / "s.wav", wav, sr)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import soundfile as sf\n"
+        "from evaluation.scorers.base import AudioItem\n"
+        "from evaluation.scorers.pocketsphinx_wer import PocketSphinxWER\n"
+        f"x, sr = sf.read({str(tmp_path / 's.wav')!r}, dtype='float32')\n"
+        "s = PocketSphinxWER(processes=2)\n"
+        "hyps = s.recognise_all([AudioItem('a', x, sr, text='a'), AudioItem('b', x, sr, text='b')])\n"
+        "print(repr(hyps), s.processes)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    expected = PocketSphinxWER(processes=1).transcribe(wav, sr)
+    assert out.stdout.strip().splitlines()[-1] == f"{[expected, expected]!r} 1", out.stderr[-2000:]
+    assert "decoding in this process from now on" in out.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_wrong_transcript_scores_worse(scorer, speech):

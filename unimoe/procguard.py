@@ -40,13 +40,20 @@ def _watch(parent: int) -> None:
     os._exit(1)
 
 
+def watch_parent(parent: int | None = None) -> None:
+    """End this process once ``parent`` (default: the current parent) is gone: a daemon watchdog thread.
+    For worker processes a library starts itself (e.g. a ``ProcessPoolExecutor`` initializer)."""
+    parent = os.getppid() if parent is None else parent
+    threading.Thread(target=_watch, args=(parent,), name="parent-watchdog", daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "-m":
         sys.exit("usage: python -m unimoe.procguard PARENT_PID -m MODULE [ARGS...]")
     parent, module, args = int(argv[0]), argv[2], argv[3:]
     if os.getppid() != parent:  # the parent died before we got here
         sys.exit(1)
-    threading.Thread(target=_watch, args=(parent,), name="parent-watchdog", daemon=True).start()
+    watch_parent(parent)
     import runpy
 
     sys.argv = [module, *args]
