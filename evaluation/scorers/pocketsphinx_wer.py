@@ -10,7 +10,7 @@ Protocol: mono (channel mean), resampled to 16 kHz, clipped to [-1, 1] and quant
 utterance per clip (``process_raw(full_utt=True)``); the package's default decoder configuration
 (bundled model, default beams), its front end reset before every clip. Without the reset a clip's
 transcript depends on the clips decoded before it in the same process: the default ``remove_noise``
-carries its noise estimate from one utterance to the next (measured: the same festival clip decoded
+carries its noise estimate from one utterance to the next (measured: the same espeak-ng clip decoded
 twice in a row gave two different transcripts), which made cached per-item scores depend on the
 order and batching of a run. Hypothesis and reference (``AudioItem.text``) are normalised with the
 Seed-TTS-eval rules (``evaluation.text.normalize(.., "en")``) and aligned with jiwer.
