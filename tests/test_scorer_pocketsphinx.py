@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("pocketsphinx")
 
+from conftest import assert_processes_end
 from data.speech_synth import BUILTIN_VOICES, check_voice, synthesize
 from evaluation.scorers import AudioItem, available_scorers, load_scorer
 from evaluation.scorers.pocketsphinx_wer import METRIC, PocketSphinxWER
@@ -101,7 +102,8 @@ def test_worker_processes_end_with_a_killed_parent(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
+
+    import psutil
 
     script = tmp_path / "run.py"
     script.write_text(
@@ -117,16 +119,11 @@ def test_worker_processes_end_with_a_killed_parent(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             cwd=str(Path(__file__).resolve().parents[1]))
     try:
-        workers = [int(p) for p in proc.stdout.readline().split()]
+        workers = [psutil.Process(int(p)) for p in proc.stdout.readline().split()]
         assert len(workers) == 2
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        deadline = time.monotonic() + 15
-        alive = workers
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.2)
-            alive = [w for w in workers if _running(w)]
-        assert alive == [], f"decoder processes {alive} outlived their killed parent"
+        assert_processes_end(workers, timeout=15)
     finally:
         proc.kill()
 
@@ -155,14 +152,6 @@ def test_a_script_without_main_guard_falls_back_to_in_process(tmp_path, speech):
     expected = PocketSphinxWER(processes=1).transcribe(wav, sr)
     assert out.stdout.strip().splitlines()[-1] == f"{[expected, expected]!r} 1", out.stderr[-2000:]
     assert "decoding in this process from now on" in out.stderr
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
 
 
 def test_wrong_transcript_scores_worse(scorer, speech):
