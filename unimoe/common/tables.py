@@ -11,8 +11,8 @@ bad line instead).
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 
