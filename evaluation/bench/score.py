@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ from evaluation.bench.config import SPEECH, is_model_scorer, scores_row
 from unimoe.common.files import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+# Options the runner gives a scorer beyond its defaults: PocketSphinx decodes a batch on every usable
+# core (worker processes; its transcripts do not depend on the process). The runner's entry points
+# (the CLI, Prefect's engine, pytest) guard their main module, as spawned workers need.
+RUNNER_SCORER_OPTIONS: dict[str, dict[str, Any]] = {
+    "pocketsphinx_wer": {"processes": len(os.sched_getaffinity(0))},
+}
 
 ITEM_COLUMNS = ["task", "item_id", "seed", "system", "metric", "value", "scorer", "scorer_version", "error",
                 "voice_prompt", "transcript"]
@@ -96,7 +104,8 @@ def score(outputs_index: str, scorer_name: str, tasks: list[str], cache_dir: str
     if not rows:
         return {**base, "status": "skipped", "reason": "no items of its tasks in this run"}
     try:
-        options = {"checkpoint": checkpoint, "codes_cache": str(Path(cache_dir) / "codes")} if model_scorer else {}
+        options = ({"checkpoint": checkpoint, "codes_cache": str(Path(cache_dir) / "codes")} if model_scorer
+                   else dict(RUNNER_SCORER_OPTIONS.get(scorer_name, {})))
         scorer = load_scorer(scorer_name, **options)
     except (ScorerUnavailable, KeyError, ImportError) as e:
         log.warning(f"scorer {scorer_name} SKIPPED: {e}")

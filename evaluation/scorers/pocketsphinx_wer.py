@@ -16,9 +16,12 @@ order and batching of a run. Hypothesis and reference (``AudioItem.text``) are n
 Seed-TTS-eval rules (``evaluation.text.normalize(.., "en")``) and aligned with jiwer.
 
 Speed: decoding is single-threaded C (about 0.5x real time on speech, 0.85x on noise, on one core), so
-a batch is decoded by ``processes`` worker processes (default: every usable core, at most 8), each with
-its own decoder; with the per-clip reset the transcripts are those of one in-process decoder (tested).
-Inside a daemonic process (a Dask worker), which may not have children, it decodes in process.
+with ``processes=N`` a batch is decoded by N spawned worker processes, each with its own decoder; with
+the per-clip reset the transcripts are those of one in-process decoder (tested). Off by default: spawned
+workers import the main module, so a script calling the scorer needs an ``if __name__ == "__main__":``
+guard (without one the scorer warns and decodes in process, after the workers re-ran the script's
+top level). The benchmark runner turns it on (its entry points are guarded). Inside a daemonic process
+(a Dask worker), which may not have children, it decodes in process.
 
 Per item: ``wer_pocketsphinx`` (utterance WER), ``wer_pocketsphinx_errors`` (S + D + I) and
 ``wer_pocketsphinx_ref_len`` (reference words), so the corpus WER can be aggregated. An item that
@@ -31,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
-import os
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -68,13 +70,6 @@ def _tree_sha256(root: Path, files: list[Path]) -> str:
             while block := f.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _pcm(wav: np.ndarray, sample_rate: int) -> bytes:
@@ -120,7 +115,7 @@ class PocketSphinxWER(TranscriptScorer):
     def __init__(self, processes: int | None = None) -> None:
         if processes is not None and processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
-        self.processes = processes if processes is not None else min(_usable_cpus(), MAX_PROCESSES)
+        self.processes = 1 if processes is None else min(processes, MAX_PROCESSES)
         self._pool: ProcessPoolExecutor | None = None
         try:
             import pocketsphinx
@@ -221,5 +216,5 @@ class PocketSphinxWER(TranscriptScorer):
 @register("pocketsphinx_wer", PocketSphinxWER)
 def make_pocketsphinx_wer(*, processes: int | None = None) -> PocketSphinxWER:
     """The PocketSphinx demo WER scorer. No weights store: the model ships inside ``pocketsphinx``.
-    ``processes``: decoding worker processes (default: the usable cores, at most 8; 1 = in process)."""
+    ``processes``: decoding worker processes (default 1: in process; at most 8)."""
     return PocketSphinxWER(processes=processes)
