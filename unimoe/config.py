@@ -286,7 +286,7 @@ def paper_preset() -> UniMoEConfig:
 # The demo codec shipped in unimoe/assets/codecs/ (trained by `make demo-codec`; its provenance and
 # quality report lie beside it). The checksum pins the file: regenerating the codec updates it here.
 DEMO_CODEC_WEIGHTS = "builtin:codecs/demo-dac.safetensors"
-DEMO_CODEC_SHA256 = "0a7f73b3873e6efe4054bc34e1d4fccfda7a40307c8b32153a838b2e6fe6110b"
+DEMO_CODEC_SHA256 = "c4e56afd42257b06f78e5791d3464ce46eeee76de5ec9f00e9e97772f00f8d13"
 
 
 def demo_codec_config() -> CodecConfig:
